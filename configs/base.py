@@ -1,0 +1,61 @@
+"""Shared defaults for every task config.
+
+A task config starts from `get_config()` here and changes only what differs,
+so each field has one default in one place. Fields are grouped the way a run
+flows: model -> data -> train -> eval -> mesh -> checkpoint.
+
+Overrides on the command line (`--config.train.batch_size=64`) must name an
+existing field: the dict is locked, so a typo is an error naming the key.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Seeds parameter init, dropout and data shuffling.
+
+  # ---------------------------------------------------------------- model
+  c.model = ml_collections.ConfigDict()
+  c.model.variant = "tiny"  # Size name, resolved in models/variants.py.
+  # Size overrides; -1 keeps the variant's value.
+  c.model.d_model = -1
+  c.model.num_heads = -1
+  c.model.d_ff = -1
+  c.model.num_encoder_layers = -1
+  c.model.num_decoder_layers = -1
+  c.model.norm = "pre"  # "pre" (stable default) or "post" (original paper).
+  c.model.activation = "relu"  # Feed-forward nonlinearity: "relu" or "gelu".
+  c.model.positions = "sinusoidal"  # "learned", "sinusoidal" or "rope".
+  c.model.max_len = 512  # Longest sequence the position table supports.
+  c.model.fused_qkv = False  # One [D, 3D] projection instead of three.
+  c.model.dropout_rate = 0.1
+  c.model.attention_dropout_rate = 0.0
+  c.model.share_embeddings = False  # Source and target share one table.
+  c.model.tie_output = True  # Output projection = target embedding^T.
+  c.model.pooling = "mean"  # Classifier pooling: "mean" or "cls".
+  c.model.classifier_hidden = 0  # Classifier MLP hidden width; 0 = d_model.
+  c.model.compute_dtype = "float32"  # "bfloat16" on TPU/GPU; params stay f32.
+
+  # ----------------------------------------------------------------- data
+  c.data = ml_collections.ConfigDict()
+  c.data.task = ""  # Task registry name (data/tasks.py).
+
+  # ---------------------------------------------------------------- train
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 1000
+  c.train.batch_size = 64  # Global batch, over all processes and devices.
+
+  # ----------------------------------------------------------------- eval
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 500
+
+  # ----------------------------------------------------------------- mesh
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 = remaining devices.
+
+  # ----------------------------------------------------------- checkpoint
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 500
+  c.checkpoint.init_from = ""  # Warm-start params from this checkpoint dir.
+  return c

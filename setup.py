@@ -1,0 +1,33 @@
+"""Installs transformer_research: `pip install -e .[test]`."""
+
+import setuptools
+
+setuptools.setup(
+    name="transformer_research",
+    version="0.1.0",
+    description="A small, readable Haiku/JAX research codebase for Transformers.",
+    packages=setuptools.find_packages(include=["transformer_research", "transformer_research.*"]),
+    package_data={"transformer_research": ["data/builders/*/checksums.tsv", "data/builders/*/dummy_data/*"]},
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "jaxlib>=0.10.2,<0.11",
+        "dm-haiku>=0.0.17,<0.1",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "chex>=0.1.92,<0.2",
+        "ml-collections>=1.1.0,<2",
+        "absl-py>=2.5.1,<3",
+        "numpy>=2.0,<3",
+        "tensorflow-datasets>=4.9.10,<5",
+        "importlib_resources>=6",
+        "grain>=0.2.18,<0.3",
+        "sentencepiece>=0.2.3,<0.3",
+        "bpemb>=0.3.6,<0.4",
+        "tiktoken>=0.9,<1",
+        "sacrebleu>=2.6.0,<3",
+        "tensorboardX>=2.6,<3",
+        "matplotlib>=3.8,<4",
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5"]},
+)

@@ -1,0 +1,1 @@
+"""transformer_research: Haiku/JAX Transformers, from one CPU to a TPU pod."""
