@@ -1,0 +1,190 @@
+"""Projections and multi-head attention.
+
+`Dense` keeps parameters in float32 and computes in the configured compute
+dtype (bfloat16 on accelerators); `MultiHeadAttention` computes attention
+logits and the softmax in float32 whatever the compute dtype, because bf16
+exponentials of large logits lose most of their mantissa.
+
+Shape glossary:
+  B: batch.  Tq: query length.  Tk: key length.  L: cache length.
+  D: model width.  H: heads.  Dh: D // H, width of one head.
+"""
+
+from typing import Any
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Cache = dict[str, jnp.ndarray]
+
+
+class Dense(hk.Module):
+  """y = x @ w + b with float32 parameters and a chosen compute dtype.
+
+  `hk.Linear` creates its parameters in the dtype of its input, so bf16
+  activations would give bf16 parameters; this one always stores float32.
+  """
+
+  def __init__(self, output_size: int, *, with_bias: bool = True,
+               compute_dtype: Any = jnp.float32, name: str | None = None):
+    super().__init__(name=name)
+    self.output_size = output_size
+    self.with_bias = with_bias
+    self.compute_dtype = compute_dtype
+
+  def __call__(self, x: jnp.ndarray, out_dtype: Any = None) -> jnp.ndarray:
+    """Args: x [..., Din]. Returns [..., output_size] in `out_dtype` (default compute dtype)."""
+    fan_in = x.shape[-1]
+    w = hk.get_parameter("w", [fan_in, self.output_size], jnp.float32,
+                         init=hk.initializers.VarianceScaling(1.0, "fan_avg", "uniform"))
+    out_dtype = out_dtype or self.compute_dtype
+    y = jnp.dot(x.astype(self.compute_dtype), w.astype(self.compute_dtype),
+                preferred_element_type=jnp.float32)
+    if self.with_bias:
+      y += hk.get_parameter("b", [self.output_size], jnp.float32, init=jnp.zeros)
+    return y.astype(out_dtype)
+
+
+def apply_rope(x: jnp.ndarray, positions: jnp.ndarray) -> jnp.ndarray:
+  """Rotary position embedding (Su et al. 2021), "rotate half" layout.
+
+  Rotating q and k by angles proportional to their positions makes q.k depend
+  only on the relative offset, so it works unchanged for cached decoding and
+  for packed rows whose positions restart.
+
+  Args:
+    x: [B, T, H, Dh] queries or keys, Dh even.
+    positions: [B, T] int positions.
+
+  Returns:
+    [B, T, H, Dh], same dtype as `x`; rotation computed in float32.
+  """
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (10000.0 ** (np.arange(half, dtype=np.float32) / half))  # [Dh/2]
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, Dh/2]
+  sin = jnp.sin(angles)[:, :, None, :]  # [B, T, 1, Dh/2]
+  cos = jnp.cos(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # [B, T, H, Dh/2] each
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+def masked_softmax(logits: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  """Softmax over the last axis restricted to `mask`, in float32.
+
+  A row with no allowed key gives all zeros (not NaN, not uniform weights):
+  masked entries are zeroed after the exponential and the normaliser is
+  guarded, so fully padded rows stay finite in the forward and backward pass.
+
+  Args:
+    logits: [..., Tk] float.
+    mask: bool, broadcastable to `logits`.
+
+  Returns:
+    float32 weights, same shape as `logits`; each row sums to 1 or to 0.
+  """
+  logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+  logits -= jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  unnormalised = jnp.exp(logits) * mask
+  total = jnp.sum(unnormalised, axis=-1, keepdims=True)
+  return unnormalised / jnp.where(total > 0, total, 1.0)
+
+
+def check_mask(mask: jnp.ndarray, expected: tuple[int, int, int, int]) -> None:
+  """Raises ValueError unless `mask` is bool and broadcasts to `expected`."""
+  if mask.dtype != jnp.bool_:
+    raise ValueError(f"mask has dtype {mask.dtype}; expected bool (True = may attend).")
+  shape = tuple(mask.shape)
+  if len(shape) != 4 or any(m not in (1, e) for m, e in zip(shape, expected)):
+    raise ValueError(f"mask has shape {shape}; expected a shape broadcastable "
+                     f"to [B, H, Tq, Tk] = {list(expected)}.")
+
+
+class MultiHeadAttention(hk.Module):
+  """Scaled dot-product attention over H heads, with an optional KV cache.
+
+  Parameters: `query/w`, `key/w`, `value/w` (or one fused `qkv/w` [D, 3D] for
+  self-attention when `fused_qkv`), output `linear/w`, each with a bias `b`.
+  """
+
+  def __init__(self, num_heads: int, d_model: int, *, fused_qkv: bool = False,
+               dropout_rate: float = 0.0, rope: bool = False,
+               compute_dtype: Any = jnp.float32, name: str | None = None):
+    super().__init__(name=name)
+    if d_model % num_heads:
+      raise ValueError(f"num_heads={num_heads} does not divide d_model={d_model}; "
+                       "expected a divisor of d_model.")
+    self.num_heads = num_heads
+    self.d_model = d_model
+    self.head_dim = d_model // num_heads
+    self.fused_qkv = fused_qkv
+    self.dropout_rate = dropout_rate
+    self.rope = rope
+    self.compute_dtype = compute_dtype
+
+  @hk.transparent
+  def _project(self, x: jnp.ndarray, name: str) -> jnp.ndarray:
+    y = Dense(self.d_model, compute_dtype=self.compute_dtype, name=name)(x)  # [B, T, D]
+    return y.reshape(*y.shape[:-1], self.num_heads, self.head_dim)  # [B, T, H, Dh]
+
+  @hk.transparent
+  def _qkv(self, query: jnp.ndarray, memory: jnp.ndarray | None):
+    if memory is None and self.fused_qkv:
+      qkv = Dense(3 * self.d_model, compute_dtype=self.compute_dtype, name="qkv")(query)
+      qkv = qkv.reshape(*qkv.shape[:-1], 3, self.num_heads, self.head_dim)  # [B, T, 3, H, Dh]
+      return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+    source = query if memory is None else memory
+    return (self._project(query, "query"), self._project(source, "key"),
+            self._project(source, "value"))
+
+  def __call__(self, query: jnp.ndarray, mask: jnp.ndarray, *,
+               memory: jnp.ndarray | None = None, is_training: bool = False,
+               positions: jnp.ndarray | None = None,
+               cache: Cache | None = None, cache_index: jnp.ndarray | None = None,
+               ) -> tuple[jnp.ndarray, Cache | None]:
+    """Attends from `query` to itself (self-attention) or to `memory`.
+
+    Args:
+      query: [B, Tq, D].
+      mask: bool broadcastable to [B, 1, Tq, Tk]; True = may attend. With a
+        cache, the look-ahead part is added here and `mask` may be all True.
+      memory: [B, Tk, D] for cross-attention; None for self-attention.
+      is_training: enables dropout on the attention weights.
+      positions: [B, Tq] int positions for RoPE (self-attention only).
+      cache: {"key", "value": [B, L, H, Dh]} for incremental self-attention;
+        then Tq must be 1 and the new key/value is written at `cache_index`.
+      cache_index: [B] int32 position of this step, per example.
+
+    Returns:
+      ([B, Tq, D] in the compute dtype, the updated cache or None).
+    """
+    batch, q_len = query.shape[:2]
+    q, k, v = self._qkv(query, memory)  # [B, T, H, Dh] each
+    key_len = k.shape[1] if cache is None else cache["key"].shape[1]
+    check_mask(mask, (batch, self.num_heads, q_len, key_len))
+    if self.rope and memory is None:
+      q, k = apply_rope(q, positions), apply_rope(k, positions)
+    if cache is not None:
+      if q_len != 1:
+        raise ValueError(f"query has length {q_len} with a cache; expected 1 "
+                         "(one token per decode step).")
+      cache_len = cache["key"].shape[1]
+      write = jnp.arange(cache_len)[None, :] == cache_index[:, None]  # [B, L]
+      k = jnp.where(write[:, :, None, None], k.astype(cache["key"].dtype), cache["key"])
+      v = jnp.where(write[:, :, None, None], v.astype(cache["value"].dtype), cache["value"])
+      cache = {"key": k, "value": v}  # [B, L, H, Dh]
+      seen = jnp.arange(cache_len)[None, :] <= cache_index[:, None]  # [B, L]
+      mask = mask & seen[:, None, None, :]  # [B, 1, 1, L]
+    scale = 1.0 / np.sqrt(self.head_dim)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,
+                        preferred_element_type=jnp.float32) * scale  # [B, H, Tq, Tk]
+    weights = masked_softmax(logits, mask)  # [B, H, Tq, Tk] f32
+    if is_training and self.dropout_rate > 0:
+      weights = hk.dropout(hk.next_rng_key(), self.dropout_rate, weights)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.compute_dtype),
+                     v.astype(self.compute_dtype))  # [B, Tq, H, Dh]
+    out = out.reshape(batch, q_len, self.d_model)  # [B, Tq, D]
+    out = Dense(self.d_model, compute_dtype=self.compute_dtype, name="linear")(out)
+    return out, cache

@@ -1,0 +1,247 @@
+"""Building blocks: embeddings, positions, feed-forward, encoder/decoder blocks.
+
+Every block takes `is_training` explicitly; dropout is active only when it is
+True. Blocks are pre-LN by default (LayerNorm inside the residual branch,
+stable without warm-up tricks) or post-LN (LayerNorm after the residual add,
+the original paper). LayerNorm statistics are computed in float32.
+
+Shape glossary:
+  B: batch.  T: sequence length (S for the source).  D: model width.
+  F: feed-forward hidden width.  V: vocabulary size.  L: cache length.
+"""
+
+import dataclasses
+from typing import Any
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from transformer_research.models import attention
+
+ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu}
+POSITIONS = ("learned", "sinusoidal", "rope")
+NORMS = ("pre", "post")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """Everything a block needs, resolved once from `config.model` by `build`."""
+  d_model: int
+  num_heads: int
+  d_ff: int
+  norm: str = "pre"
+  activation: str = "relu"
+  positions: str = "sinusoidal"
+  max_len: int = 512
+  fused_qkv: bool = False
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  compute_dtype: Any = jnp.float32
+
+
+def layer_name(index: int) -> str:
+  """Stable, sortable block names: layer_00, layer_01, ..."""
+  return f"layer_{index:02d}"
+
+
+class TokenEmbedding(hk.Module):
+  """Token lookup (scaled by sqrt(D), as in the paper) and its transpose.
+
+  Parameter `embeddings` [V, D] float32. `attend` reuses it as the output
+  projection when the output is tied to the embedding.
+  """
+
+  def __init__(self, vocab_size: int, d_model: int, *,
+               compute_dtype: Any = jnp.float32, name: str | None = None):
+    super().__init__(name=name)
+    self.vocab_size = vocab_size
+    self.d_model = d_model
+    self.compute_dtype = compute_dtype
+
+  def _table(self) -> jnp.ndarray:
+    init = hk.initializers.TruncatedNormal(stddev=self.d_model ** -0.5)
+    return hk.get_parameter("embeddings", [self.vocab_size, self.d_model],
+                            jnp.float32, init=init)  # [V, D]
+
+  def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
+    """Args: tokens [B, T] int. Returns [B, T, D] in the compute dtype."""
+    x = jnp.take(self._table(), tokens, axis=0) * np.sqrt(self.d_model)
+    return x.astype(self.compute_dtype)
+
+  def attend(self, x: jnp.ndarray) -> jnp.ndarray:
+    """Args: x [B, T, D]. Returns logits [B, T, V] float32."""
+    table = self._table().astype(self.compute_dtype)
+    return jnp.einsum("btd,vd->btv", x.astype(self.compute_dtype), table,
+                      preferred_element_type=jnp.float32)
+
+
+def sinusoidal(positions: jnp.ndarray, d_model: int) -> jnp.ndarray:
+  """Fixed sin/cos position encodings (sin half, then cos half).
+
+  Computed from the positions themselves, so there is no table and no length
+  limit, and packed rows (positions restarting per segment) need nothing
+  special.
+
+  Args:
+    positions: [B, T] int.
+
+  Returns:
+    [B, T, D] float32.
+  """
+  half = d_model // 2
+  inv_freq = np.exp(-np.log(10000.0) * np.arange(half) / max(half - 1, 1))  # [D/2]
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, D/2]
+  enc = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+  return jnp.pad(enc, ((0, 0), (0, 0), (0, d_model - 2 * half)))  # odd D
+
+
+class PositionEmbedding(hk.Module):
+  """Adds absolute positions: a learned table `embeddings` [max_len, D] or
+  sinusoids. RoPE is relative and lives in the attention, so here it adds
+  nothing."""
+
+  def __init__(self, options: Options, name: str | None = None):
+    super().__init__(name=name)
+    self.options = options
+
+  def __call__(self, x: jnp.ndarray, positions: jnp.ndarray) -> jnp.ndarray:
+    """Args: x [B, T, D]; positions [B, T] int. Returns [B, T, D]."""
+    kind, d_model = self.options.positions, self.options.d_model
+    if kind == "learned":
+      max_len = self.options.max_len
+      if x.shape[1] > max_len:
+        raise ValueError(f"sequence length {x.shape[1]} exceeds model.max_len="
+                         f"{max_len}, the size of the learned position table; "
+                         f"expected at most {max_len} tokens.")
+      table = hk.get_parameter("embeddings", [max_len, d_model], jnp.float32,
+                               init=hk.initializers.TruncatedNormal(stddev=0.02))
+      return x + jnp.take(table, positions, axis=0).astype(x.dtype)
+    if kind == "sinusoidal":
+      return x + sinusoidal(positions, d_model).astype(x.dtype)
+    return x
+
+
+def layer_norm(x: jnp.ndarray, name: str) -> jnp.ndarray:
+  """LayerNorm with float32 statistics and parameters; returns x's dtype."""
+  y = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True,
+                   name=name)(x.astype(jnp.float32))
+  return y.astype(x.dtype)
+
+
+def dropout(x: jnp.ndarray, rate: float, is_training: bool) -> jnp.ndarray:
+  """Inverted dropout, only while training (no rng needed otherwise)."""
+  if is_training and rate > 0:
+    return hk.dropout(hk.next_rng_key(), rate, x)
+  return x
+
+
+class FeedForward(hk.Module):
+  """Position-wise MLP: `linear_0` (D -> F), activation, `linear_1` (F -> out)."""
+
+  def __init__(self, hidden_size: int, output_size: int, *, activation: str,
+               compute_dtype: Any = jnp.float32, name: str | None = None):
+    super().__init__(name=name)
+    self.hidden_size = hidden_size
+    self.output_size = output_size
+    self.activation = ACTIVATIONS[activation]
+    self.compute_dtype = compute_dtype
+
+  def __call__(self, x: jnp.ndarray, out_dtype: Any = None) -> jnp.ndarray:
+    """Args: x [..., D]. Returns [..., output_size]."""
+    dense = lambda size, name: attention.Dense(size, compute_dtype=self.compute_dtype,
+                                               name=name)
+    h = self.activation(dense(self.hidden_size, "linear_0")(x))  # [..., F]
+    return dense(self.output_size, "linear_1")(h, out_dtype)
+
+
+class _Block(hk.Module):
+  """Shared residual wiring of encoder and decoder blocks."""
+
+  def __init__(self, options: Options, name: str | None = None):
+    super().__init__(name=name)
+    self.options = options
+
+  @hk.transparent
+  def _attention(self, name: str, rope: bool) -> attention.MultiHeadAttention:
+    o = self.options
+    return attention.MultiHeadAttention(
+        o.num_heads, o.d_model, fused_qkv=o.fused_qkv,
+        dropout_rate=o.attention_dropout_rate, rope=rope,
+        compute_dtype=o.compute_dtype, name=name)
+
+  @hk.transparent
+  def _residual(self, x, sublayer, ln_name: str, is_training: bool):
+    """pre-LN: x + drop(f(LN(x)));  post-LN: LN(x + drop(f(x)))."""
+    rate = self.options.dropout_rate
+    if self.options.norm == "pre":
+      y, aux = sublayer(layer_norm(x, ln_name))
+      return x + dropout(y, rate, is_training), aux
+    y, aux = sublayer(x)
+    return layer_norm(x + dropout(y, rate, is_training), ln_name), aux
+
+  @hk.transparent
+  def _mlp(self, x, is_training: bool) -> jnp.ndarray:
+    o = self.options
+    mlp = FeedForward(o.d_ff, o.d_model, activation=o.activation,
+                      compute_dtype=o.compute_dtype, name="mlp")
+    x, _ = self._residual(x, lambda h: (mlp(h), None), "ln_mlp", is_training)
+    return x
+
+
+class EncoderBlock(_Block):
+  """Self-attention (`attn`) then feed-forward (`mlp`)."""
+
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, positions: jnp.ndarray,
+               *, is_training: bool) -> jnp.ndarray:
+    """Args: x [B, S, D]; mask [B, 1, S, S] bool; positions [B, S]. Returns [B, S, D]."""
+    attn = self._attention("attn", rope=self.options.positions == "rope")
+    x, _ = self._residual(
+        x, lambda h: attn(h, mask, is_training=is_training, positions=positions),
+        "ln_attn", is_training)
+    return self._mlp(x, is_training)
+
+
+class DecoderBlock(_Block):
+  """Causal self-attention (`self_attn`), optional cross-attention to the
+  encoder output (`cross_attn`), then feed-forward (`mlp`)."""
+
+  def __init__(self, options: Options, *, cross_attention: bool,
+               name: str | None = None):
+    super().__init__(options, name=name)
+    self.cross_attention = cross_attention
+
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, positions: jnp.ndarray,
+               *, is_training: bool, memory: jnp.ndarray | None = None,
+               memory_mask: jnp.ndarray | None = None,
+               cache: attention.Cache | None = None,
+               cache_index: jnp.ndarray | None = None,
+               ) -> tuple[jnp.ndarray, attention.Cache | None]:
+    """Runs the block on a whole sequence, or on one step with a cache.
+
+    Args:
+      x: [B, T, D] (T = 1 with a cache).
+      mask: [B, 1, T, T] bool causal mask (with a cache, [B, 1, 1, 1] True;
+        the cache adds the look-ahead limit).
+      positions: [B, T] int.
+      is_training: enables dropout.
+      memory: [B, S, D] encoder output, when `cross_attention`.
+      memory_mask: [B, 1, T, S] bool.
+      cache: this block's self-attention {"key", "value": [B, L, H, Dh]}.
+      cache_index: [B] int32 decode position.
+
+    Returns:
+      ([B, T, D], the updated cache or None).
+    """
+    self_attn = self._attention("self_attn", rope=self.options.positions == "rope")
+    x, cache = self._residual(
+        x, lambda h: self_attn(h, mask, is_training=is_training, positions=positions,
+                               cache=cache, cache_index=cache_index),
+        "ln_self_attn", is_training)
+    if self.cross_attention:
+      cross_attn = self._attention("cross_attn", rope=False)
+      x, _ = self._residual(
+          x, lambda h: cross_attn(h, memory_mask, memory=memory, is_training=is_training),
+          "ln_cross_attn", is_training)
+    return self._mlp(x, is_training), cache

@@ -1,0 +1,470 @@
+"""Encoder, Decoder and the three models, plus `build`, the one place that
+wraps them with `hk.multi_transform`.
+
+Models:
+  Transformer        encoder-decoder (kind "seq2seq"), "Attention is all you need".
+  EncoderClassifier  encoder + mean/CLS pooling + MLP head (kind "classify").
+  TransformerLM      decoder-only language model (kind "lm").
+
+Parameter paths are explicit and stable: the models' methods are
+`hk.transparent`, so paths start at the parts, e.g. `embed/embeddings`,
+`encoder/layer_00/attn/query/w`, `decoder/layer_01/cross_attn/key/w`,
+`decoder/layer_01/mlp/linear_0/w`, `encoder/ln_final/scale`, `head/linear_1/w`.
+
+Packed rows: when a batch carries `<key>_segmentation` and `<key>_position`,
+masks keep segments apart and positions restart per segment, so a packed row
+computes what its examples would compute alone.
+
+Shape glossary:
+  B: batch.  S: source length.  T: target length.  D: model width.
+  H: heads.  V: vocabulary size.  C: classes.  L: cache length.
+"""
+
+import haiku as hk
+import jax.numpy as jnp
+
+from transformer_research.models import attention
+from transformer_research.models import layers
+from transformer_research.models import masks
+from transformer_research.models import variants
+
+Batch = dict[str, jnp.ndarray]
+
+
+def _positions(batch: Batch, key: str) -> jnp.ndarray:
+  """[B, T] positions: the packed `<key>_position`, else 0..T-1."""
+  if f"{key}_position" in batch:
+    return batch[f"{key}_position"]
+  tokens = batch[key]
+  return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+
+
+class Encoder(hk.Module):
+  """Positions, dropout, `layer_XX` EncoderBlocks, final LayerNorm (pre-LN)."""
+
+  def __init__(self, options: layers.Options, num_layers: int, name: str = "encoder"):
+    super().__init__(name=name)
+    self.options = options
+    self.num_layers = num_layers
+
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, positions: jnp.ndarray,
+               *, is_training: bool) -> jnp.ndarray:
+    """Args: x [B, S, D] token embeddings; mask [B, 1, S, S]; positions [B, S].
+    Returns [B, S, D] in the compute dtype."""
+    o = self.options
+    x = layers.PositionEmbedding(o, name="pos_embed")(x, positions)
+    x = layers.dropout(x, o.dropout_rate, is_training)
+    for i in range(self.num_layers):
+      x = layers.EncoderBlock(o, name=layers.layer_name(i))(
+          x, mask, positions, is_training=is_training)
+    if o.norm == "pre":  # Pre-LN leaves the residual stream unnormalised.
+      x = layers.layer_norm(x, "ln_final")
+    return x
+
+
+class Decoder(hk.Module):
+  """Positions, dropout, `layer_XX` DecoderBlocks, final LayerNorm (pre-LN).
+
+  Runs a whole sequence (training, teacher forcing) or one step against a
+  cache {"index": [B] int32, "layer_XX": {"key", "value": [B, L, H, Dh]}}.
+  """
+
+  def __init__(self, options: layers.Options, num_layers: int, *,
+               cross_attention: bool, name: str = "decoder"):
+    super().__init__(name=name)
+    self.options = options
+    self.num_layers = num_layers
+    self.cross_attention = cross_attention
+
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, positions: jnp.ndarray,
+               *, is_training: bool, memory: jnp.ndarray | None = None,
+               memory_mask: jnp.ndarray | None = None,
+               cache: dict | None = None) -> tuple[jnp.ndarray, dict | None]:
+    """Args: x [B, T, D] embedded decoder inputs; mask [B, 1, T, T];
+    positions [B, T]; memory [B, S, D]; memory_mask [B, 1, T, S]; cache as
+    above (then T = 1 and positions = cache["index"]).
+    Returns ([B, T, D], the updated cache or None)."""
+    o = self.options
+    x = layers.PositionEmbedding(o, name="pos_embed")(x, positions)
+    x = layers.dropout(x, o.dropout_rate, is_training)
+    new_cache = None if cache is None else {"index": cache["index"] + 1}
+    for i in range(self.num_layers):
+      name = layers.layer_name(i)
+      x, layer_cache = layers.DecoderBlock(o, cross_attention=self.cross_attention, name=name)(
+          x, mask, positions, is_training=is_training, memory=memory,
+          memory_mask=memory_mask, cache=None if cache is None else cache[name],
+          cache_index=None if cache is None else cache["index"])
+      if cache is not None:
+        new_cache[name] = layer_cache
+    if o.norm == "pre":
+      x = layers.layer_norm(x, "ln_final")
+    return x, new_cache
+
+
+class _OutputMixin:
+  """Logits through the tied embedding or a separate `logits` projection."""
+
+  def _logits(self, y: jnp.ndarray, embed: layers.TokenEmbedding,
+              vocab_size: int) -> jnp.ndarray:
+    if self.tie_output:
+      return embed.attend(y)  # [B, T, V] f32
+    return attention.Dense(vocab_size, compute_dtype=self.options.compute_dtype,
+                           name="logits")(y, jnp.float32)
+
+
+def _step_inputs(tokens: jnp.ndarray, cache: dict):
+  """One decode step: [B, 1] tokens, [B, 1] positions, an all-True mask."""
+  tokens = tokens[:, None]  # [B, 1]
+  positions = cache["index"][:, None]  # [B, 1]
+  mask = jnp.ones((tokens.shape[0], 1, 1, 1), bool)  # The cache adds causality.
+  return tokens, positions, mask
+
+
+class Transformer(_OutputMixin, hk.Module):
+  """Encoder-decoder Transformer; reads `inputs`, `targets` (+ packing keys)."""
+
+  def __init__(self, options: layers.Options, *, num_encoder_layers: int,
+               num_decoder_layers: int, input_vocab_size: int,
+               target_vocab_size: int, share_embeddings: bool, tie_output: bool,
+               name: str = "transformer"):
+    super().__init__(name=name)
+    self.options = options
+    self.num_encoder_layers = num_encoder_layers
+    self.num_decoder_layers = num_decoder_layers
+    self.input_vocab_size = input_vocab_size
+    self.target_vocab_size = target_vocab_size
+    self.share_embeddings = share_embeddings
+    self.tie_output = tie_output
+    self._built = None
+
+  @hk.transparent
+  def _parts(self):
+    """Creates the embeddings, encoder and decoder once, at the top scope.
+
+    __call__ uses encode; creating a second "embed" there would get a fresh
+    name ("embed_1") and a second table, hence the memo.
+    """
+    if self._built is None:
+      o = self.options
+      embed = lambda vocab, name: layers.TokenEmbedding(
+          vocab, o.d_model, compute_dtype=o.compute_dtype, name=name)
+      if self.share_embeddings:
+        source = target = embed(self.target_vocab_size, "embed")
+      else:
+        source = embed(self.input_vocab_size, "source_embed")
+        target = embed(self.target_vocab_size, "target_embed")
+      self._built = (source, target, Encoder(o, self.num_encoder_layers),
+                     Decoder(o, self.num_decoder_layers, cross_attention=True))
+    return self._built
+
+  @hk.transparent
+  def encode(self, batch: Batch, is_training: bool = False) -> jnp.ndarray:
+    """Returns the memory [B, S, D] for `batch["inputs"]` [B, S]."""
+    source, _, encoder, _ = self._parts()
+    inputs = batch["inputs"]
+    mask = masks.encoder_mask(inputs, batch.get("inputs_segmentation"))  # [B, 1, S, S]
+    return encoder(source(inputs), mask, _positions(batch, "inputs"),
+                   is_training=is_training)
+
+  @hk.transparent
+  def __call__(self, batch: Batch, is_training: bool) -> jnp.ndarray:
+    """Teacher-forced logits [B, T, V] float32."""
+    _, target, _, decoder = self._parts()
+    memory = self.encode(batch, is_training)  # [B, S, D]
+    targets, seg = batch["targets"], batch.get("targets_segmentation")
+    decoder_inputs = masks.shift_right(targets, seg)  # [B, T]
+    y, _ = decoder(
+        target(decoder_inputs), masks.decoder_mask(targets, seg),
+        _positions(batch, "targets"), is_training=is_training, memory=memory,
+        memory_mask=masks.memory_mask(targets, batch["inputs"], seg,
+                                      batch.get("inputs_segmentation")))
+    return self._logits(y, target, self.target_vocab_size)
+
+  @hk.transparent
+  def decode_step(self, tokens: jnp.ndarray, cache: dict, memory: jnp.ndarray,
+                  inputs: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+    """Args: tokens [B] previous tokens; memory [B, S, D]; inputs [B, S].
+    Returns (logits [B, V] float32, cache advanced by one)."""
+    _, target, _, decoder = self._parts()
+    tokens, positions, mask = _step_inputs(tokens, cache)
+    memory_mask = (inputs > 0)[:, None, None, :]  # [B, 1, 1, S]
+    y, cache = decoder(target(tokens), mask, positions, is_training=False,
+                       memory=memory, memory_mask=memory_mask, cache=cache)
+    return self._logits(y, target, self.target_vocab_size)[:, 0], cache
+
+
+class TransformerLM(_OutputMixin, hk.Module):
+  """Decoder-only language model; reads `targets` (+ packing keys)."""
+
+  def __init__(self, options: layers.Options, *, num_layers: int,
+               vocab_size: int, tie_output: bool, name: str = "transformer_lm"):
+    super().__init__(name=name)
+    self.options = options
+    self.num_layers = num_layers
+    self.vocab_size = vocab_size
+    self.tie_output = tie_output
+
+  @hk.transparent
+  def _parts(self):
+    embed = layers.TokenEmbedding(self.vocab_size, self.options.d_model,
+                                  compute_dtype=self.options.compute_dtype, name="embed")
+    return embed, Decoder(self.options, self.num_layers, cross_attention=False)
+
+  @hk.transparent
+  def __call__(self, batch: Batch, is_training: bool) -> jnp.ndarray:
+    """Next-token logits [B, T, V] float32 (position t predicts targets[t])."""
+    embed, decoder = self._parts()
+    targets, seg = batch["targets"], batch.get("targets_segmentation")
+    y, _ = decoder(embed(masks.shift_right(targets, seg)),
+                   masks.decoder_mask(targets, seg), _positions(batch, "targets"),
+                   is_training=is_training)
+    return self._logits(y, embed, self.vocab_size)
+
+  @hk.transparent
+  def decode_step(self, tokens: jnp.ndarray, cache: dict, memory=None,
+                  inputs=None) -> tuple[jnp.ndarray, dict]:
+    """Args: tokens [B]. Returns (logits [B, V] float32, advanced cache)."""
+    del memory, inputs  # Decoder-only: nothing to attend to but itself.
+    embed, decoder = self._parts()
+    tokens, positions, mask = _step_inputs(tokens, cache)
+    y, cache = decoder(embed(tokens), mask, positions, is_training=False, cache=cache)
+    return self._logits(y, embed, self.vocab_size)[:, 0], cache
+
+
+class EncoderClassifier(hk.Module):
+  """Encoder, then mean pooling over non-pad tokens or a learned CLS token
+  (`cls/embeddings`, prepended at position 0), then an MLP `head`."""
+
+  def __init__(self, options: layers.Options, *, num_layers: int,
+               vocab_size: int, num_classes: int, pooling: str, hidden_size: int,
+               name: str = "encoder_classifier"):
+    super().__init__(name=name)
+    self.options = options
+    self.num_layers = num_layers
+    self.vocab_size = vocab_size
+    self.num_classes = num_classes
+    self.pooling = pooling
+    self.hidden_size = hidden_size
+
+  @hk.transparent
+  def __call__(self, batch: Batch, is_training: bool) -> jnp.ndarray:
+    """Class logits [B, C] float32 for `batch["inputs"]` [B, S]."""
+    o = self.options
+    inputs = batch["inputs"]  # [B, S]
+    x = layers.TokenEmbedding(self.vocab_size, o.d_model, compute_dtype=o.compute_dtype,
+                              name="embed")(inputs)  # [B, S, D]
+    if self.pooling == "cls":
+      cls = layers.TokenEmbedding(1, o.d_model, compute_dtype=o.compute_dtype, name="cls")
+      x = jnp.concatenate([cls(jnp.zeros_like(inputs[:, :1])), x], axis=1)  # [B, 1+S, D]
+      inputs = jnp.pad(inputs, ((0, 0), (1, 0)), constant_values=1)  # CLS is never pad.
+    positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
+    x = Encoder(o, self.num_layers)(x, masks.encoder_mask(inputs), positions,
+                                    is_training=is_training)
+    if self.pooling == "cls":
+      pooled = x[:, 0].astype(jnp.float32)  # [B, D]
+    else:
+      keep = (inputs > 0)[..., None].astype(jnp.float32)  # [B, S, 1]
+      pooled = jnp.sum(x.astype(jnp.float32) * keep, 1) / jnp.maximum(keep.sum(1), 1.0)
+    pooled = layers.dropout(pooled, o.dropout_rate, is_training)  # [B, D]
+    head = layers.FeedForward(self.hidden_size, self.num_classes, activation=o.activation,
+                              compute_dtype=o.compute_dtype, name="head")
+    return head(pooled, jnp.float32)  # [B, C]
+
+
+KINDS = ("seq2seq", "classify", "lm")
+_BATCH_KEYS = {
+    "seq2seq": ("inputs", "targets", "inputs_segmentation", "inputs_position",
+                "targets_segmentation", "targets_position"),
+    "lm": ("targets", "targets_segmentation", "targets_position"),
+    "classify": ("inputs",),
+}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _check_ids(name: str, value) -> None:
+  """Token ids must be integers: a float array here is a data bug."""
+  dtype = jnp.asarray(value).dtype if not hasattr(value, "dtype") else value.dtype
+  if not jnp.issubdtype(dtype, jnp.integer):
+    raise ValueError(f"{name} has dtype {dtype}; expected integer token ids "
+                     "(int32).")
+
+
+def _model_batch(kind: str, batch: Batch) -> Batch:
+  """The keys the model reads, checked; extra keys (e.g. `length`) dropped."""
+  required = {"seq2seq": ("inputs", "targets"), "lm": ("targets",),
+              "classify": ("inputs",)}[kind]
+  missing = [k for k in required if k not in batch]
+  if missing:
+    raise ValueError(f"batch lacks {missing} (has {sorted(batch)}); expected "
+                     f"{list(required)} for kind={kind!r}.")
+  out = {k: batch[k] for k in _BATCH_KEYS[kind] if k in batch}
+  for k, v in out.items():
+    _check_ids(f'batch["{k}"]', v)
+    if v.ndim != 2:
+      raise ValueError(f'batch["{k}"] has shape {v.shape}; expected [B, length].')
+  return out
+
+
+class Model:
+  """The transformed model: pure functions of (params, rng, data).
+
+  Built once by `build`; every method is safe to call under `jax.jit`.
+  """
+
+  def __init__(self, kind: str, options: layers.Options, sizes, transformed):
+    self.kind = kind
+    self.options = options
+    self.sizes = sizes
+    self._transformed = transformed
+
+  def init(self, rng, batch: Batch) -> hk.Params:
+    """Returns float32 params for batches shaped like `batch`."""
+    return self._transformed.init(rng, _model_batch(self.kind, batch))
+
+  def apply(self, params: hk.Params, rng, batch: Batch,
+            is_training: bool = False) -> jnp.ndarray:
+    """Logits, float32: seq2seq [B, T, V_tgt]; lm [B, T, V]; classify [B, C].
+
+    `rng` drives dropout and may be None when not training.
+    """
+    if is_training and rng is None and (self.options.dropout_rate > 0 or
+                                        self.options.attention_dropout_rate > 0):
+      raise ValueError("rng=None with is_training=True; expected a PRNG key "
+                       "for dropout.")
+    return self._transformed.apply[0](params, rng, _model_batch(self.kind, batch),
+                                      is_training)
+
+  def encode(self, params: hk.Params, batch: Batch) -> jnp.ndarray:
+    """seq2seq only: memory [B, S, D] for `batch["inputs"]` (+ segmentation)."""
+    self._need("seq2seq", "encode")
+    batch = {k: v for k, v in batch.items() if k.startswith("inputs")}
+    _model_batch("classify", batch)  # Checks `inputs` only.
+    return self._transformed.apply[1](params, None, batch)
+
+  def init_cache(self, batch_size: int, max_len: int) -> dict:
+    """Zero decoding cache; every leaf has leading dim `batch_size`.
+
+    {"index": [B] int32, "layer_XX": {"key", "value": [B, L, H, Dh]}}, in the
+    compute dtype; L = `max_len` decoding steps.
+    """
+    self._need(("seq2seq", "lm"), "init_cache")
+    o = self.options
+    if o.positions == "learned" and max_len > o.max_len:
+      raise ValueError(f"max_len={max_len} exceeds model.max_len={o.max_len}, the "
+                       f"learned position table; expected at most {o.max_len}.")
+    shape = (batch_size, max_len, o.num_heads, o.d_model // o.num_heads)
+    cache = {"index": jnp.zeros((batch_size,), jnp.int32)}
+    for i in range(self.sizes.num_decoder_layers):
+      cache[layers.layer_name(i)] = {"key": jnp.zeros(shape, o.compute_dtype),
+                                     "value": jnp.zeros(shape, o.compute_dtype)}
+    return cache
+
+  def decode_step(self, params: hk.Params, tokens: jnp.ndarray, cache: dict,
+                  memory: jnp.ndarray | None = None,
+                  inputs: jnp.ndarray | None = None) -> tuple[jnp.ndarray, dict]:
+    """One decoding step: tokens [B] int32 (previous token, 0 at the first
+    step) -> (logits [B, V] float32, cache advanced by one position).
+
+    seq2seq needs `memory` [B, S, D] from `encode` and its `inputs` [B, S]
+    (for the memory mask).
+    """
+    self._need(("seq2seq", "lm"), "decode_step")
+    _check_ids("tokens", tokens)
+    if tokens.ndim != 1:
+      raise ValueError(f"tokens has shape {tokens.shape}; expected [B].")
+    if self.kind == "seq2seq":
+      if memory is None or inputs is None:
+        raise ValueError("memory and inputs are None; expected encode()'s memory "
+                         "[B, S, D] and the inputs [B, S] for kind='seq2seq'.")
+      _check_ids("inputs", inputs)
+      return self._transformed.apply[2](params, None, tokens, cache, memory, inputs)
+    return self._transformed.apply[1](params, None, tokens, cache)
+
+  def _need(self, kinds, method: str) -> None:
+    kinds = (kinds,) if isinstance(kinds, str) else kinds
+    if self.kind not in kinds:
+      raise ValueError(f"{method}() needs kind in {list(kinds)}; this model has "
+                       f"kind={self.kind!r}.")
+
+
+def _options(model_config) -> tuple[layers.Options, "variants.Sizes"]:
+  """Validated Options from `config.model` (sizes from the variant table)."""
+  c = model_config
+  sizes = variants.resolve(c)
+  for field, value, valid in (("norm", c.norm, layers.NORMS),
+                              ("activation", c.activation, tuple(layers.ACTIVATIONS)),
+                              ("positions", c.positions, layers.POSITIONS),
+                              ("pooling", c.pooling, ("mean", "cls")),
+                              ("compute_dtype", c.compute_dtype, tuple(_DTYPES))):
+    if value not in valid:
+      raise ValueError(f"model.{field}={value!r}; expected one of {list(valid)}.")
+  if c.positions == "rope" and (sizes.d_model // sizes.num_heads) % 2:
+    raise ValueError(f"model.positions='rope' needs an even head width; got "
+                     f"d_model // num_heads = {sizes.d_model // sizes.num_heads}.")
+  options = layers.Options(
+      d_model=sizes.d_model, num_heads=sizes.num_heads, d_ff=sizes.d_ff,
+      norm=c.norm, activation=c.activation, positions=c.positions,
+      max_len=c.max_len, fused_qkv=c.fused_qkv, dropout_rate=c.dropout_rate,
+      attention_dropout_rate=c.attention_dropout_rate,
+      compute_dtype=_DTYPES[c.compute_dtype])
+  return options, sizes
+
+
+def _positive(name: str, value) -> int:
+  if not isinstance(value, int) or value <= 0:
+    raise ValueError(f"{name}={value!r}; expected a positive int.")
+  return value
+
+
+def build(model_config, kind: str, *, input_vocab_size: int | None = None,
+          target_vocab_size: int | None = None,
+          num_classes: int | None = None) -> Model:
+  """Builds the model for a task kind from `config.model`.
+
+  Args:
+    model_config: the `config.model` section.
+    kind: "seq2seq" (needs both vocab sizes), "lm" (target_vocab_size) or
+      "classify" (input_vocab_size, num_classes).
+    input_vocab_size: source vocabulary size.
+    target_vocab_size: target vocabulary size.
+    num_classes: number of classes.
+
+  Returns:
+    A Model; its functions come from one `hk.multi_transform`.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"kind={kind!r}; expected one of {list(KINDS)}.")
+  options, sizes = _options(model_config)
+  if kind == "seq2seq":
+    v_in = _positive("input_vocab_size", input_vocab_size)
+    v_out = _positive("target_vocab_size", target_vocab_size)
+    if model_config.share_embeddings and v_in != v_out:
+      raise ValueError(f"model.share_embeddings=True with input_vocab_size={v_in} "
+                       f"!= target_vocab_size={v_out}; expected equal sizes.")
+    make = lambda: Transformer(
+        options, num_encoder_layers=sizes.num_encoder_layers,
+        num_decoder_layers=sizes.num_decoder_layers, input_vocab_size=v_in,
+        target_vocab_size=v_out, share_embeddings=model_config.share_embeddings,
+        tie_output=model_config.tie_output)
+  elif kind == "lm":
+    v_out = _positive("target_vocab_size", target_vocab_size)
+    make = lambda: TransformerLM(options, num_layers=sizes.num_decoder_layers,
+                                 vocab_size=v_out, tie_output=model_config.tie_output)
+  else:
+    v_in = _positive("input_vocab_size", input_vocab_size)
+    n = _positive("num_classes", num_classes)
+    make = lambda: EncoderClassifier(
+        options, num_layers=sizes.num_encoder_layers, vocab_size=v_in,
+        num_classes=n, pooling=model_config.pooling,
+        hidden_size=model_config.classifier_hidden or sizes.d_model)
+
+  def functions():
+    module = make()
+    init = lambda batch: module(batch, is_training=False)
+    if kind == "seq2seq":
+      return init, (module.__call__, module.encode, module.decode_step)
+    if kind == "lm":
+      return init, (module.__call__, module.decode_step)
+    return init, (module.__call__,)
+
+  return Model(kind, options, sizes, hk.multi_transform(functions))
