@@ -1,0 +1,1 @@
+"""TFDS dataset builders shipped with the package (one subpackage each)."""

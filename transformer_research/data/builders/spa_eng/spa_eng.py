@@ -1,0 +1,146 @@
+"""TFDS builder for the Tatoeba / manythings.org English-Spanish pairs.
+
+The archive (`spa-eng.zip`, the file of the TensorFlow NMT tutorials) has one
+split only, so the splits are made here: each English sentence is hashed into
+train / validation / test = 70 / 15 / 15. Hashing the English side, rather
+than the line, keeps every translation of one English sentence in one split,
+so no test source sentence is seen in training, and the assignment does not
+depend on line order or on the other lines of the file.
+
+Offline machines put `spa-eng.zip` into the TFDS manual directory
+(`<data_dir>/downloads/manual/` or `DownloadConfig(manual_dir=...)`); it is
+used in preference to downloading. Examples are stored as array_record so the
+dataset is readable without TensorFlow (`builder.as_data_source()`).
+"""
+
+from collections.abc import Iterable, Iterator
+import hashlib
+import logging
+import zipfile
+
+from etils import epath
+import tensorflow_datasets as tfds
+
+URL = "http://storage.googleapis.com/download.tensorflow.org/data/spa-eng.zip"
+ARCHIVE_NAME = "spa-eng.zip"
+_MEMBER = "spa-eng/spa.txt"  # Path of the pairs inside the archive.
+SPLIT_PERCENT = (("train", 70), ("validation", 15), ("test", 15))
+
+_CITATION = """\
+@misc{tatoeba_anki_spa_eng,
+  author = {{Tatoeba Project} and {manythings.org}},
+  title = {Tab-delimited Bilingual Sentence Pairs: Spanish - English},
+  howpublished = {\\url{http://www.manythings.org/anki/}},
+  note = {CC BY 2.0, from tatoeba.org},
+}
+"""
+
+
+def split_of(english: str) -> str:
+  """The split of every pair whose English side is `english`.
+
+  A cryptographic hash (not Python's salted `hash`) so the split is the same
+  in every process and every run.
+  """
+  digest = hashlib.sha256(english.encode("utf-8")).digest()
+  bucket = int.from_bytes(digest[:8], "big") % 100
+  for name, percent in SPLIT_PERCENT:
+    if bucket < percent:
+      return name
+    bucket -= percent
+  raise AssertionError("SPLIT_PERCENT must sum to 100")
+
+
+def parse_pairs(lines: Iterable[bytes]) -> tuple[list[tuple[int, str, str]], dict[str, int]]:
+  """Parses `English<TAB>Spanish[<TAB>attribution]` lines.
+
+  Bad lines are skipped and counted by reason instead of raising: the archive
+  is user-contributed text, and one stray line must not stop a build.
+  Fields after the second are ignored (newer manythings exports append an
+  attribution column).
+
+  Returns:
+    (line_number, english, spanish) for every good line, and the number of
+    skipped lines per reason (`no_tab`, `empty_side`, `not_utf8`).
+  """
+  pairs = []
+  bad = {"no_tab": 0, "empty_side": 0, "not_utf8": 0}
+  for number, raw in enumerate(lines):
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+      bad["not_utf8"] += 1
+      continue
+    if not line.strip():
+      continue  # Blank lines (e.g. a trailing newline) are not data.
+    fields = line.split("\t")
+    if len(fields) < 2:
+      bad["no_tab"] += 1
+      continue
+    en, es = fields[0].strip(), fields[1].strip()
+    if not en or not es:
+      bad["empty_side"] += 1
+      continue
+    pairs.append((number, en, es))
+  return pairs, bad
+
+
+class SpaEng(tfds.core.GeneratorBasedBuilder):
+  """English-Spanish sentence pairs, split by English sentence."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "70/15/15 split by hash of the English sentence."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+  Offline: copy {ARCHIVE_NAME} ({URL}) into the TFDS manual directory,
+  `<data_dir>/downloads/manual/{ARCHIVE_NAME}`, or pass
+  `download_config=tfds.download.DownloadConfig(manual_dir=DIR)`. With
+  internet access and no manual copy it is downloaded.
+  """
+
+  def __init__(self, *, file_format: str | None = None, **kwargs):
+    # array_record by default: random access and no TensorFlow needed.
+    super().__init__(file_format=file_format or "array_record", **kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "en": tfds.features.Text(),
+            "es": tfds.features.Text(),
+        }),
+        supervised_keys=("en", "es"),
+        homepage="http://www.manythings.org/anki/",
+        citation=_CITATION,
+    )
+
+  def _archive(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
+    """The archive: the manual copy if present, else downloaded."""
+    try:
+      manual = dl_manager.manual_dir / ARCHIVE_NAME
+    except AssertionError:  # TFDS raises this for a missing or empty manual dir.
+      manual = None
+    if manual is not None and manual.exists():
+      return manual
+    try:
+      return dl_manager.download(URL)
+    except Exception as e:  # Offline: connection errors from the downloader.
+      where = getattr(dl_manager, "_manual_dir", None) or "<data_dir>/downloads/manual"
+      raise FileNotFoundError(
+          f"Could not download {URL} ({e!r}). Offline, put {ARCHIVE_NAME} at "
+          f"{epath.Path(where) / ARCHIVE_NAME} (the TFDS manual directory).") from e
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    # Read straight from the zip: TFDS's extractor needs TensorFlow.
+    with self._archive(dl_manager).open("rb") as f:
+      lines = zipfile.ZipFile(f).read(_MEMBER).splitlines()
+    pairs, bad = parse_pairs(lines)
+    by_split = {name: [] for name, _ in SPLIT_PERCENT}
+    for pair in pairs:
+      by_split[split_of(pair[1])].append(pair)
+    level = logging.WARNING if sum(bad.values()) else logging.INFO
+    logging.log(level, "spa_eng: %d pairs (%s); skipped bad lines: %s", len(pairs),
+                ", ".join(f"{k} {len(v)}" for k, v in by_split.items()), bad)
+    return {name: self._generate_examples(examples) for name, examples in by_split.items()}
+
+  def _generate_examples(self, examples: list[tuple[int, str, str]]) -> Iterator[tuple[int, dict[str, str]]]:
+    for number, en, es in examples:
+      yield number, {"en": en, "es": es}  # Line number: a stable, unique key.

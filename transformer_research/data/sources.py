@@ -1,0 +1,131 @@
+"""Sources: random-access sequences of raw python examples, one per task kind.
+
+A source has `len()` and `source[i] -> dict`, so the pipeline can shuffle by
+index and shard by process without reading what it skips. Example kinds:
+
+* translation (English -> Spanish): `{"inputs": str, "targets": str}`;
+* classification: `{"text": str, "label": int}`;
+* language modelling: `{"text": str}`.
+
+TFDS sources are stored as array_record and read with `as_data_source()`,
+which needs no TensorFlow. They are prepared on first use
+(`download_and_prepare` is a no-op once the data is in `data_dir`).
+"""
+
+from collections.abc import Callable, Sequence
+import os
+from typing import Any
+
+from transformer_research.data.text_files import text_files
+
+__all__ = ["Source", "spa_eng", "wmt13_es_en", "imdb", "text_files", "group_references"]
+
+PathLike = str | os.PathLike
+
+
+class Source(Sequence):
+  """A TFDS data source whose examples are converted by `fn` when read."""
+
+  def __init__(self, data_source: Any, fn: Callable[[dict[str, Any]], dict[str, Any]], name: str):
+    self._data_source = data_source
+    self._fn = fn
+    self._name = name
+
+  def __len__(self) -> int:
+    return len(self._data_source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    if not -len(self) <= index < len(self):
+      raise IndexError(f"index={index}: source {self._name} has {len(self)} examples")
+    return self._fn(self._data_source[index % len(self)])
+
+  def __repr__(self) -> str:
+    return f"Source({self._name}, {len(self)} examples)"
+
+
+def _text(value: bytes | str) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _check_split(split: str, allowed: tuple[str, ...], arg: str = "split") -> None:
+  # Slices ("train[:1000]") are passed through to TFDS; the base name is checked here.
+  if split.split("[", 1)[0] not in allowed:
+    raise ValueError(f"{arg}={split!r}: expected one of {allowed} (optionally sliced, e.g. 'train[:1000]')")
+
+
+def _prepared(builder: Any, manual_dir: PathLike | None) -> Any:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (heavy; only TFDS sources)
+  config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir else None)
+  builder.download_and_prepare(download_config=config)
+  return builder
+
+
+def spa_eng(split: str, data_dir: PathLike | None = None, manual_dir: PathLike | None = None) -> Source:
+  """English -> Spanish pairs of the `spa_eng` builder (Tatoeba; 70/15/15 split).
+
+  Args:
+    split: "train", "validation" or "test" (TFDS slices allowed).
+    data_dir: TFDS data dir (default `~/tensorflow_datasets`).
+    manual_dir: a directory holding `spa-eng.zip`, for offline machines.
+  """
+  _check_split(split, ("train", "validation", "test"))
+  from transformer_research.data.builders import spa_eng as spa_eng_lib  # pylint: disable=g-import-not-at-top
+  builder = _prepared(spa_eng_lib.SpaEng(data_dir=data_dir), manual_dir)
+  return Source(builder.as_data_source(split=split),
+                lambda ex: {"inputs": _text(ex["en"]), "targets": _text(ex["es"])}, f"spa_eng:{split}")
+
+
+def wmt13_es_en(split: str, data_dir: PathLike | None = None, manual_dir: PathLike | None = None) -> Source:
+  """English -> Spanish pairs of the stock TFDS `wmt13_translate/es-en` (downloads ~GBs).
+
+  Args:
+    split: "train", "validation" (newstest2012) or "test" (newstest2013).
+    data_dir: TFDS data dir.
+    manual_dir: TFDS manual dir, for archives fetched by hand.
+  """
+  _check_split(split, ("train", "validation", "test"))
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = _prepared(tfds.builder("wmt13_translate/es-en", data_dir=data_dir, file_format="array_record"), manual_dir)
+  return Source(builder.as_data_source(split=split),
+                lambda ex: {"inputs": _text(ex["en"]), "targets": _text(ex["es"])}, f"wmt13_es_en:{split}")
+
+
+def imdb(split: str, data_dir: PathLike | None = None, *, with_label: bool = True) -> Source:
+  """IMDB reviews from TFDS `imdb_reviews/plain_text`.
+
+  Args:
+    split: "train", "test" or "unsupervised" (unlabelled; only with `with_label=False`).
+    data_dir: TFDS data dir.
+    with_label: classification examples, or `{"text"}` only for language modelling.
+  """
+  _check_split(split, ("train", "test", "unsupervised"))
+  if with_label and split.startswith("unsupervised"):
+    raise ValueError(f"split={split!r}: has no labels; expected with_label=False")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = _prepared(tfds.builder("imdb_reviews/plain_text", data_dir=data_dir, file_format="array_record"), None)
+
+  def convert(ex: dict[str, Any]) -> dict[str, Any]:
+    if with_label:
+      return {"text": _text(ex["text"]), "label": int(ex["label"])}
+    return {"text": _text(ex["text"])}
+
+  return Source(builder.as_data_source(split=split), convert, f"imdb:{split}")
+
+
+def group_references(source: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
+  """Groups a translation split by source sentence, for multi-reference metrics.
+
+  The Tatoeba data has several Spanish translations for many English
+  sentences; scoring a hypothesis against only one of them underrates it.
+
+  Returns:
+    `{"inputs": str, "references": list[str]}` per distinct source sentence, in
+    order of first appearance; references keep their order in the split.
+  """
+  grouped: dict[str, list[str]] = {}
+  for i in range(len(source)):
+    ex = source[i]
+    grouped.setdefault(ex["inputs"], []).append(ex["targets"])
+  return [{"inputs": k, "references": v} for k, v in grouped.items()]
