@@ -1,4 +1,5 @@
-"""Building blocks: embeddings, positions, feed-forward, encoder/decoder blocks.
+"""Building blocks: embeddings, positions, feed-forward, encoder/decoder
+blocks and the Encoder / Decoder stacks the models in transformer.py use.
 
 Every block takes `is_training` explicitly; dropout is active only when it is
 True. Blocks are pre-LN by default (LayerNorm inside the residual branch,
@@ -245,3 +246,65 @@ class DecoderBlock(_Block):
           x, lambda h: cross_attn(h, memory_mask, memory=memory, is_training=is_training),
           "ln_cross_attn", is_training)
     return self._mlp(x, is_training), cache
+
+
+class Encoder(hk.Module):
+  """Positions, dropout, `layer_XX` EncoderBlocks, final LayerNorm (pre-LN)."""
+
+  def __init__(self, options: Options, num_layers: int, name: str = "encoder"):
+    super().__init__(name=name)
+    self.options = options
+    self.num_layers = num_layers
+
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, positions: jnp.ndarray,
+               *, is_training: bool) -> jnp.ndarray:
+    """Args: x [B, S, D] token embeddings; mask [B, 1, S, S]; positions [B, S].
+    Returns [B, S, D] in the compute dtype."""
+    o = self.options
+    x = PositionEmbedding(o, name="pos_embed")(x, positions)
+    x = dropout(x, o.dropout_rate, is_training)
+    for i in range(self.num_layers):
+      x = EncoderBlock(o, name=layer_name(i))(
+          x, mask, positions, is_training=is_training)
+    if o.norm == "pre":  # Pre-LN leaves the residual stream unnormalised.
+      x = layer_norm(x, "ln_final")
+    return x
+
+
+class Decoder(hk.Module):
+  """Positions, dropout, `layer_XX` DecoderBlocks, final LayerNorm (pre-LN).
+
+  Runs a whole sequence (training, teacher forcing) or one step against a
+  cache {"index": [B] int32, "layer_XX": {"key", "value": [B, L, H, Dh]}}.
+  """
+
+  def __init__(self, options: Options, num_layers: int, *,
+               cross_attention: bool, name: str = "decoder"):
+    super().__init__(name=name)
+    self.options = options
+    self.num_layers = num_layers
+    self.cross_attention = cross_attention
+
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, positions: jnp.ndarray,
+               *, is_training: bool, memory: jnp.ndarray | None = None,
+               memory_mask: jnp.ndarray | None = None,
+               cache: dict | None = None) -> tuple[jnp.ndarray, dict | None]:
+    """Args: x [B, T, D] embedded decoder inputs; mask [B, 1, T, T];
+    positions [B, T]; memory [B, S, D]; memory_mask [B, 1, T, S]; cache as
+    above (then T = 1 and positions = cache["index"]).
+    Returns ([B, T, D], the updated cache or None)."""
+    o = self.options
+    x = PositionEmbedding(o, name="pos_embed")(x, positions)
+    x = dropout(x, o.dropout_rate, is_training)
+    new_cache = None if cache is None else {"index": cache["index"] + 1}
+    for i in range(self.num_layers):
+      name = layer_name(i)
+      x, layer_cache = DecoderBlock(o, cross_attention=self.cross_attention, name=name)(
+          x, mask, positions, is_training=is_training, memory=memory,
+          memory_mask=memory_mask, cache=None if cache is None else cache[name],
+          cache_index=None if cache is None else cache["index"])
+      if cache is not None:
+        new_cache[name] = layer_cache
+    if o.norm == "pre":
+      x = layer_norm(x, "ln_final")
+    return x, new_cache

@@ -1,5 +1,5 @@
-"""Encoder, Decoder and the three models, plus `build`, the one place that
-wraps them with `hk.multi_transform`.
+"""The three models, plus `build`, the one place that wraps them with
+`hk.multi_transform` (once) into a `Model` of pure functions.
 
 Models:
   Transformer        encoder-decoder (kind "seq2seq"), "Attention is all you need".
@@ -37,68 +37,6 @@ def _positions(batch: Batch, key: str) -> jnp.ndarray:
     return batch[f"{key}_position"]
   tokens = batch[key]
   return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-
-
-class Encoder(hk.Module):
-  """Positions, dropout, `layer_XX` EncoderBlocks, final LayerNorm (pre-LN)."""
-
-  def __init__(self, options: layers.Options, num_layers: int, name: str = "encoder"):
-    super().__init__(name=name)
-    self.options = options
-    self.num_layers = num_layers
-
-  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, positions: jnp.ndarray,
-               *, is_training: bool) -> jnp.ndarray:
-    """Args: x [B, S, D] token embeddings; mask [B, 1, S, S]; positions [B, S].
-    Returns [B, S, D] in the compute dtype."""
-    o = self.options
-    x = layers.PositionEmbedding(o, name="pos_embed")(x, positions)
-    x = layers.dropout(x, o.dropout_rate, is_training)
-    for i in range(self.num_layers):
-      x = layers.EncoderBlock(o, name=layers.layer_name(i))(
-          x, mask, positions, is_training=is_training)
-    if o.norm == "pre":  # Pre-LN leaves the residual stream unnormalised.
-      x = layers.layer_norm(x, "ln_final")
-    return x
-
-
-class Decoder(hk.Module):
-  """Positions, dropout, `layer_XX` DecoderBlocks, final LayerNorm (pre-LN).
-
-  Runs a whole sequence (training, teacher forcing) or one step against a
-  cache {"index": [B] int32, "layer_XX": {"key", "value": [B, L, H, Dh]}}.
-  """
-
-  def __init__(self, options: layers.Options, num_layers: int, *,
-               cross_attention: bool, name: str = "decoder"):
-    super().__init__(name=name)
-    self.options = options
-    self.num_layers = num_layers
-    self.cross_attention = cross_attention
-
-  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, positions: jnp.ndarray,
-               *, is_training: bool, memory: jnp.ndarray | None = None,
-               memory_mask: jnp.ndarray | None = None,
-               cache: dict | None = None) -> tuple[jnp.ndarray, dict | None]:
-    """Args: x [B, T, D] embedded decoder inputs; mask [B, 1, T, T];
-    positions [B, T]; memory [B, S, D]; memory_mask [B, 1, T, S]; cache as
-    above (then T = 1 and positions = cache["index"]).
-    Returns ([B, T, D], the updated cache or None)."""
-    o = self.options
-    x = layers.PositionEmbedding(o, name="pos_embed")(x, positions)
-    x = layers.dropout(x, o.dropout_rate, is_training)
-    new_cache = None if cache is None else {"index": cache["index"] + 1}
-    for i in range(self.num_layers):
-      name = layers.layer_name(i)
-      x, layer_cache = layers.DecoderBlock(o, cross_attention=self.cross_attention, name=name)(
-          x, mask, positions, is_training=is_training, memory=memory,
-          memory_mask=memory_mask, cache=None if cache is None else cache[name],
-          cache_index=None if cache is None else cache["index"])
-      if cache is not None:
-        new_cache[name] = layer_cache
-    if o.norm == "pre":
-      x = layers.layer_norm(x, "ln_final")
-    return x, new_cache
 
 
 class _OutputMixin:
@@ -153,8 +91,8 @@ class Transformer(_OutputMixin, hk.Module):
       else:
         source = embed(self.input_vocab_size, "source_embed")
         target = embed(self.target_vocab_size, "target_embed")
-      self._built = (source, target, Encoder(o, self.num_encoder_layers),
-                     Decoder(o, self.num_decoder_layers, cross_attention=True))
+      self._built = (source, target, layers.Encoder(o, self.num_encoder_layers),
+                     layers.Decoder(o, self.num_decoder_layers, cross_attention=True))
     return self._built
 
   @hk.transparent
@@ -208,7 +146,7 @@ class TransformerLM(_OutputMixin, hk.Module):
   def _parts(self):
     embed = layers.TokenEmbedding(self.vocab_size, self.options.d_model,
                                   compute_dtype=self.options.compute_dtype, name="embed")
-    return embed, Decoder(self.options, self.num_layers, cross_attention=False)
+    return embed, layers.Decoder(self.options, self.num_layers, cross_attention=False)
 
   @hk.transparent
   def __call__(self, batch: Batch, is_training: bool) -> jnp.ndarray:
@@ -258,7 +196,7 @@ class EncoderClassifier(hk.Module):
       x = jnp.concatenate([cls(jnp.zeros_like(inputs[:, :1])), x], axis=1)  # [B, 1+S, D]
       inputs = jnp.pad(inputs, ((0, 0), (1, 0)), constant_values=1)  # CLS is never pad.
     positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
-    x = Encoder(o, self.num_layers)(x, masks.encoder_mask(inputs), positions,
+    x = layers.Encoder(o, self.num_layers)(x, masks.encoder_mask(inputs), positions,
                                     is_training=is_training)
     if self.pooling == "cls":
       pooled = x[:, 0].astype(jnp.float32)  # [B, D]
