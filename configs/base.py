@@ -40,6 +40,36 @@ def get_config() -> ml_collections.ConfigDict:
   # ----------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
   c.data.task = ""  # Task registry name (data/tasks.py).
+  # Longest inputs / targets in tokens (EOS included): longer translation
+  # pairs are skipped and counted, classification texts cut, LM documents
+  # split into chunks. Also the packed row length and the eval padding.
+  c.data.max_input_len = 64
+  c.data.max_target_len = 64
+  c.data.packing = False  # Several examples per row (seq2seq, lm; never classify).
+  c.data.num_buckets = 3  # Unpacked: pad to max_len, max_len/2, ... (few compiles).
+  c.data.max_train_examples = -1  # Use only the first N training records; -1 = all.
+  # Text tasks: "sentencepiece" (trained on train into the workdir), "bpemb"
+  # or "tiktoken" (cl100k_base). Synthetic tasks use a fixed character vocab.
+  c.data.tokenizer = "sentencepiece"
+  c.data.vocab_size = 8000  # SentencePiece pieces / BPEmb vocabulary size.
+  c.data.joint_vocab = True  # Translation: one SentencePiece model for en+es.
+  c.data.standardize = False  # Lowercase + strip punctuation (Keras tutorial).
+  c.data.tfds_data_dir = ""  # TFDS data_dir; "" = TFDS default.
+  c.data.manual_dir = ""  # Holds spa-eng.zip offline; "" = TFDS default.
+  c.data.bpemb_cache_dir = ""  # BPEmb models dir; "" = ~/.cache/bpemb.
+  # Local JSON lines / TSV files (imdb, lm_imdb) instead of TFDS; the last
+  # tenth of train_path is held out as validation, eval_path is the test split.
+  c.data.train_path = ""
+  c.data.eval_path = ""
+  # Synthetic tasks (reverse, sort, addition, difference); "length" is the
+  # sequence length or the digits of the longer number.
+  c.data.num_train_examples = 100_000  # Generated once from `seed`.
+  c.data.num_eval_per_length = 100  # Eval examples per length (per-length tables).
+  c.data.min_len = 1  # Training lengths: [min_len, train_max_len].
+  c.data.train_max_len = 10
+  c.data.eval_min_len = 1  # Eval lengths: [eval_min_len, eval_max_len].
+  c.data.eval_max_len = 20
+  c.data.num_symbols = 10  # reverse / sort alphabet size (digits, then a-z).
 
   # ---------------------------------------------------------------- train
   c.train = ml_collections.ConfigDict()

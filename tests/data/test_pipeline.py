@@ -1,0 +1,204 @@
+"""Tests of the input pipeline on small in-memory data (no files, no tokenizers)."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from transformer_research.data import pipeline
+
+MAX = {"inputs": 12, "targets": 10}
+
+
+def _records(n: int, seed: int = 0) -> list[dict]:
+  """Token ids that encode (example, position), so any misplaced token is visible."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(n):
+    ni, nt = rng.integers(1, MAX["inputs"] + 1), rng.integers(1, MAX["targets"] + 1)
+    out.append({"inputs": [1000 * (i + 1) + k for k in range(ni)],
+                "targets": [1000 * (i + 1) + 500 + k for k in range(nt)], "label": i})
+  return out
+
+
+def _data(n: int = 40) -> pipeline.TokenizedData:
+  return pipeline.tokenize(_records(n), lambda r: r, MAX)
+
+
+def _segments(batch: dict, field: str) -> list[np.ndarray]:
+  """Splits packed rows into their segments, checking ids and positions on the way."""
+  out = []
+  for tokens, seg, pos in zip(batch[field], batch[field + "_segmentation"],
+                              batch[field + "_position"]):
+    used = seg > 0
+    assert used[:used.sum()].all()  # Padding only at the end.
+    assert (tokens[~used] == 0).all() and (pos[~used] == 0).all()
+    ids = seg[used]
+    assert ids[0] == 1 and set(np.diff(ids)) <= {0, 1}  # 1, 1, 2, 2, 2, 3...
+    for s in np.unique(ids):
+      np.testing.assert_array_equal(pos[seg == s], np.arange((seg == s).sum()))
+      out.append(tokens[seg == s])
+  return out
+
+
+def test_packing_keeps_every_token_once_with_segments_and_positions():
+  data = _data(40)
+  it = pipeline.BatchIterator(data, batch_size=4, max_lengths=MAX, packing=True, seed=3,
+                              process_index=0, process_count=1)
+  seen = []
+  while it.get_state()["epoch"] == 0:
+    batch = next(it)
+    assert batch["inputs"].shape == (4, 12) and batch["targets"].shape == (4, 10)
+    inputs, targets = _segments(batch, "inputs"), _segments(batch, "targets")
+    assert len(inputs) == len(targets)
+    for x, y in zip(inputs, targets):
+      i = x[0] // 1000 - 1
+      assert y[0] // 1000 - 1 == i  # Same example on both sides of a segment.
+      np.testing.assert_array_equal(x, data.get("inputs", i))
+      np.testing.assert_array_equal(y, data.get("targets", i))
+      seen.append(i)
+  # Epoch 0 in full plus the start of epoch 1, less what packing carries over.
+  state = it.get_state()
+  epoch1 = np.random.default_rng([3, 1]).permutation(40)[:state["position"]]
+  expected = 1 + np.bincount(epoch1, minlength=40) - np.bincount(state["carry"], minlength=40)
+  np.testing.assert_array_equal(np.bincount(seen, minlength=40), expected)
+
+
+def test_packing_fills_rows():
+  """Carrying a misfit to the next batch keeps rows well filled."""
+  it = pipeline.BatchIterator(_data(200), batch_size=4, max_lengths=MAX, packing=True,
+                              process_index=0, process_count=1)
+  fill = [(next(it)["targets_segmentation"] > 0).mean() for _ in range(20)]
+  assert np.mean(fill) > 0.75
+  assert len(it.get_state()["carry"]) <= 4
+
+
+@pytest.mark.parametrize("packing", [True, False])
+@pytest.mark.parametrize("count", [2, 4])
+def test_process_shards_concatenate_to_the_single_process_batch(packing, count):
+  data = _data(30)
+  kwargs = dict(batch_size=8, max_lengths=MAX, packing=packing, seed=1)
+  whole = pipeline.BatchIterator(data, process_index=0, process_count=1, **kwargs)
+  shards = [pipeline.BatchIterator(data, process_index=i, process_count=count, **kwargs)
+            for i in range(count)]
+  for _ in range(5):
+    want, parts = next(whole), [next(s) for s in shards]
+    assert all(p["inputs"].shape[0] == 8 // count for p in parts)
+    for key in want:
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), want[key])
+  assert len({json.dumps(s.get_state()) for s in shards + [whole]}) == 1
+
+
+def test_padded_epoch_covers_each_example_once_across_processes():
+  data = _data(24)
+  seen = []
+  for i in range(3):
+    it = pipeline.BatchIterator(data, batch_size=6, max_lengths=MAX, packing=False,
+                                process_index=i, process_count=3)
+    for _ in range(24 // 6):
+      seen.extend(next(it)["label"])
+  assert sorted(seen) == list(range(24))
+
+
+def test_eval_batches_cover_each_example_once_across_processes():
+  data = _data(23)
+  seen, shapes = [], set()
+  for i in range(2):
+    batches = list(pipeline.eval_batches(data, batch_size=4, max_lengths=MAX,
+                                         process_index=i, process_count=2))
+    assert len(batches) == 6  # ceil(23 / 4) on every process.
+    for b in batches:
+      shapes.add((b["inputs"].shape, b["targets"].shape))
+      seen.extend(b["label"][b["example_mask"] == 1])
+      assert (b["targets"][b["example_mask"] == 0] == 0).all()
+  assert shapes == {((2, 12), (2, 10))}
+  assert sorted(seen) == list(range(23))
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_restored_state_gives_identical_next_batches(packing):
+  data = _data(30)
+  kwargs = dict(batch_size=4, max_lengths=MAX, packing=packing, seed=7,
+                process_index=0, process_count=1)
+  it = pipeline.BatchIterator(data, **kwargs)
+  for _ in range(9):  # Crosses an epoch boundary when padded.
+    next(it)
+  state = json.loads(json.dumps(it.get_state()))
+  want = [next(it) for _ in range(6)]
+  resumed = pipeline.BatchIterator(data, **kwargs)
+  resumed.set_state(state)
+  for w in want:
+    got = next(resumed)
+    assert got.keys() == w.keys()
+    for key in w:
+      np.testing.assert_array_equal(got[key], w[key])
+
+
+def test_state_for_other_data_is_refused():
+  it = pipeline.BatchIterator(_data(30), batch_size=4, max_lengths=MAX, packing=True,
+                              process_index=0, process_count=1)
+  state = it.get_state()
+  other = pipeline.BatchIterator(_data(31), batch_size=4, max_lengths=MAX, packing=True,
+                                 process_index=0, process_count=1)
+  with pytest.raises(ValueError, match="num_examples"):
+    other.set_state(state)
+
+
+def test_padded_batches_use_bucket_lengths():
+  it = pipeline.BatchIterator(_data(50), batch_size=2, max_lengths=MAX, packing=False,
+                              num_buckets=2, process_index=0, process_count=1)
+  for _ in range(20):
+    batch = next(it)
+    assert batch["inputs"].shape[1] in (6, 12) and batch["targets"].shape[1] in (5, 10)
+    assert "inputs_segmentation" not in batch
+
+
+class _Source:
+  """A source whose record 2 cannot be decoded, as a corrupt file line would."""
+
+  def __init__(self, records):
+    self._records = records
+
+  def __len__(self):
+    return len(self._records)
+
+  def __getitem__(self, i):
+    if i == 2:
+      raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    return self._records[i]
+
+
+def test_bad_records_are_skipped_and_counted_in_one_line(caplog):
+  good = {"inputs": [5, 6], "targets": [7]}
+  records = [good, {"inputs": [], "targets": [7]}, good, {"inputs": [1] * 13, "targets": [7]},
+             {"inputs": [5]}, good]
+  with caplog.at_level(logging.INFO):
+    data = pipeline.tokenize(_Source(records), lambda r: {k: r[k] for k in MAX}, MAX, "toy")
+  assert len(data) == 2
+  assert data.skipped == {"malformed": 2, "empty": 1, "too_long": 1}
+  lines = [r.getMessage() for r in caplog.records if "toy" in r.getMessage()]
+  assert lines == ["toy: kept 2 examples from 6 records; skipped 4 "
+                   "(malformed=2, empty=1, too_long=1)"]
+
+
+def test_lm_packing_targets_only():
+  records = [{"targets": list(range(1, n + 1))} for n in (3, 5, 2, 7, 1)]
+  data = pipeline.tokenize(records, lambda r: r, {"targets": 8})
+  batch = next(pipeline.BatchIterator(data, batch_size=2, max_lengths={"targets": 8},
+                                      packing=True, process_index=0, process_count=1))
+  assert set(batch) == {"targets", "targets_segmentation", "targets_position"}
+  assert all(s.size for s in _segments(batch, "targets"))
+
+
+def test_bad_arguments_name_the_value():
+  with pytest.raises(ValueError, match="batch_size=5"):
+    pipeline.BatchIterator(_data(5), batch_size=5, max_lengths=MAX, packing=True,
+                           process_index=0, process_count=2)
+  with pytest.raises(ValueError, match="process_index=2"):
+    pipeline.BatchIterator(_data(5), batch_size=4, max_lengths=MAX, packing=True,
+                           process_index=2, process_count=2)
+  empty = pipeline.tokenize([], lambda r: r, MAX)
+  with pytest.raises(ValueError, match="no examples"):
+    pipeline.BatchIterator(empty, batch_size=4, max_lengths=MAX, packing=True,
+                           process_index=0, process_count=1)

@@ -1,0 +1,139 @@
+"""Tests of the task registry on synthetic tasks and on small in-memory text data."""
+
+import gzip
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from transformer_research.data import sources
+from transformer_research.data import tasks
+
+CONFIGS = pathlib.Path(__file__).parents[2] / "configs"
+
+
+def _config(name: str, arg: str = "tiny"):
+  spec = importlib.util.spec_from_file_location(f"test_cfg_{name}", CONFIGS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _build(config, workdir="/nonexistent"):
+  return tasks.build(config, str(workdir), process_index=0, process_count=1)
+
+
+def test_registry_declares_kind_loss_and_metrics():
+  for name, spec in tasks.REGISTRY.items():
+    assert spec.kind in tasks.KINDS, name
+    assert spec.loss and "loss" in spec.metric_names, name
+
+
+def test_unknown_task_is_an_error_naming_it():
+  config = _config("reverse")
+  config.data.task = "reverse_typo"
+  with pytest.raises(ValueError, match="reverse_typo"):
+    _build(config)
+
+
+def test_reverse_batches_follow_the_contract():
+  task = _build(_config("reverse"))
+  assert (task.kind, task.num_classes) == ("seq2seq", None)
+  assert task.input_vocab_size == task.target_vocab_size == 13
+  eos = task.target_tokenizer.eos_id
+  batch = next(task.train_iterator(8, process_index=0, process_count=1))
+  assert set(batch) == {"inputs", "targets"} and batch["targets"].dtype == np.int32
+  ends = (batch["targets"] > 0).sum(axis=1) - 1
+  assert (batch["targets"][np.arange(8), ends] == eos).all()  # EOS, then only padding.
+  lengths = set()
+  for batch in task.eval_batches("test", 8, process_index=0, process_count=1):
+    assert batch["inputs"].shape == (8, 20) and batch["targets"].shape == (8, 21)
+    real = batch["example_mask"] == 1
+    np.testing.assert_array_equal((batch["inputs"][real] > 0).sum(axis=1), batch["length"][real])
+    lengths.update(batch["length"][real].tolist())
+  assert lengths == set(range(1, 21))
+
+
+def test_eval_examples_match_eval_batches_and_are_not_trained_on():
+  task = _build(_config("sort"))
+  examples = task.eval_examples("test")
+  batch = next(task.eval_batches("test", 4, process_index=0, process_count=1))
+  first = examples[0]
+  assert task.target_tokenizer.decode(batch["targets"][0]) in first["references"]
+  assert task.encode_inputs(first["source"]) == [t for t in batch["inputs"][0] if t]
+  assert first["length"] == batch["length"][0]
+  train = {task._raw("train")[i]["inputs"] for i in range(len(task._raw("train")))}
+  assert not train & {e["source"] for e in examples}
+
+
+def test_difference_is_a_classifier_tested_on_longer_numbers():
+  task = _build(_config("difference"))
+  assert (task.kind, task.num_classes, task.target_tokenizer) == ("classify", 2, None)
+  batch = next(task.train_iterator(8, process_index=0, process_count=1))
+  assert set(batch) == {"inputs", "label"} and set(batch["label"]) <= {0, 1}
+  lengths = {e["length"] for e in task.eval_examples("test")}
+  assert lengths == set(range(11, 16))
+
+
+def test_unknown_split_is_an_error():
+  with pytest.raises(ValueError, match="split='dev'"):
+    _build(_config("addition")).eval_examples("dev")
+
+
+_PAIRS = [("Hello.", "Hola."), ("Hello.", "¡Hola!"), ("I am here.", "Estoy aquí."),
+          ("Thank you.", "Gracias."), ("Where is the station?", "¿Dónde está la estación?")]
+
+
+def _fake_spa_eng(split, **kwargs):
+  """In-memory stand-in for the TFDS source, with one empty and one huge pair."""
+  del kwargs
+  pairs = [{"inputs": e, "targets": s} for e, s in _PAIRS * 20]
+  if split != "train":
+    pairs = pairs[:5] + [{"inputs": "", "targets": "Nada."},
+                         {"inputs": "word " * 100, "targets": "palabra"}]
+  return pairs
+
+
+def test_translation_task_trains_sentencepiece_and_groups_references(tmp_path, monkeypatch):
+  monkeypatch.setattr(sources, "spa_eng", _fake_spa_eng)
+  config = _config("wmt_spa")
+  config.data.vocab_size = 40
+  task = _build(config, tmp_path)
+  assert list(tmp_path.glob("spm_joint_40*.model"))
+  assert task.input_tokenizer is task.target_tokenizer and task.input_vocab_size == 40
+  batch = next(task.train_iterator(4, process_index=0, process_count=1))
+  assert "inputs_segmentation" in batch and batch["inputs"].shape == (4, 64)
+  examples = task.eval_examples("test")
+  assert examples[0]["source"] == "Hello." and examples[0]["references"] == ["Hola.", "¡Hola!"]
+  assert len(examples) == 4  # The empty and the over-long pair were skipped.
+  assert sum(b["example_mask"].sum() for b in task.eval_batches("test", 4, 0, 1)) == 5
+
+
+def _write_jsonl(path, records):
+  with gzip.open(path, "wt") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+@pytest.mark.parametrize("name", ["imdb", "lm_imdb"])
+def test_text_tasks_read_local_files(tmp_path, name):
+  words = "good bad movie film plot actor great awful story fun".split()
+  rng = np.random.default_rng(0)
+  records = [{"text": " ".join(rng.choice(words, 30)), "label": i % 2} for i in range(60)]
+  _write_jsonl(tmp_path / "train.jsonl.gz", records)
+  _write_jsonl(tmp_path / "test.jsonl.gz", records[:7])
+  config = _config(name)
+  config.data.train_path = str(tmp_path / "train.jsonl.gz")
+  config.data.eval_path = str(tmp_path / "test.jsonl.gz")
+  config.data.vocab_size = 30
+  config.data.max_input_len = config.data.max_target_len = 16
+  task = _build(config, tmp_path)
+  batch = next(task.train_iterator(4, process_index=0, process_count=1))
+  if name == "imdb":
+    assert batch["inputs"].shape[1] <= 16 and task.num_classes == 2
+  else:
+    assert task.input_tokenizer is None and task.target_vocab_size == 30
+    assert batch["targets"].shape == (4, 16) and "targets_segmentation" in batch
+  assert len(task.eval_examples("test")) == 7
+  assert len(task.eval_examples("validation")) == 6  # Last tenth of train.
