@@ -167,8 +167,12 @@ class SentencePieceTokenizer(Tokenizer):
     return self._sp.bos_id()
 
   def normalize(self, text: str) -> str:
-    """The text as the model sees it (NFKC, whitespace runs collapsed)."""
-    return self._sp.normalize(text)
+    """The text as the model sees it (NFKC, whitespace runs collapsed).
+
+    SentencePiece's own normaliser marks spaces as "▁" and adds one in front;
+    both are undone so the result is comparable with `decode` output.
+    """
+    return self._sp.normalize(text).replace("\u2581", " ").strip(" ")
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)

@@ -1,5 +1,5 @@
 """The `spa_eng` TFDS builder; importing this package registers it with TFDS."""
 
-from transformer_research.data.builders.spa_eng.spa_eng import SpaEng, parse_pairs, split_of
+from transformer_research.data.builders.spa_eng.spa_eng import ARCHIVE_NAME, SpaEng, URL, parse_pairs, split_of
 
-__all__ = ["SpaEng", "parse_pairs", "split_of"]
+__all__ = ["ARCHIVE_NAME", "SpaEng", "URL", "parse_pairs", "split_of"]

@@ -120,13 +120,15 @@ class SpaEng(tfds.core.GeneratorBasedBuilder):
       manual = None
     if manual is not None and manual.exists():
       return manual
+    where = epath.Path(getattr(dl_manager, "_manual_dir", None) or "<data_dir>/downloads/manual") / ARCHIVE_NAME
+    # Said before downloading: offline, TFDS retries for ~3 minutes before it fails.
+    logging.warning("spa_eng: %s not found, downloading %s (offline: put the archive there)", where, URL)
     try:
       return dl_manager.download(URL)
     except Exception as e:  # Offline: connection errors from the downloader.
-      where = getattr(dl_manager, "_manual_dir", None) or "<data_dir>/downloads/manual"
       raise FileNotFoundError(
-          f"Could not download {URL} ({e!r}). Offline, put {ARCHIVE_NAME} at "
-          f"{epath.Path(where) / ARCHIVE_NAME} (the TFDS manual directory).") from e
+          f"Could not download {URL} ({e!r}). Offline, put {ARCHIVE_NAME} at {where} "
+          "(the TFDS manual directory).") from e
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     # Read straight from the zip: TFDS's extractor needs TensorFlow.

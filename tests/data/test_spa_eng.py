@@ -1,0 +1,159 @@
+"""Tests for the spa_eng TFDS builder and the spa_eng source, on dummy_data.
+
+`tfds.testing.DatasetBuilderTestCase` needs TensorFlow (it subclasses
+`tf.test.TestCase` and reads through `as_dataset`), which this project does
+not install. These tests make the same checks in the same way: the download
+manager is mocked to return the fixture, the split sizes are pinned, the
+downloaded URL must have a recorded checksum, a reloaded builder sees the same
+splits, and the splits must not overlap (here: by English sentence).
+"""
+
+import collections
+import logging
+import os
+import pathlib
+import zipfile
+from unittest import mock
+
+import pytest
+import tensorflow_datasets as tfds
+
+from transformer_research.data import sources
+from transformer_research.data.builders import spa_eng as spa_eng_lib
+
+FIXTURE = pathlib.Path(spa_eng_lib.__file__).parent / "dummy_data" / "spa.txt"
+SPLITS = {"train": 27, "validation": 5, "test": 10}  # Fixed by the sha256 split of the fixture.
+REAL_ARCHIVE = pathlib.Path(os.environ.get(
+    "SPA_ENG_ZIP", pathlib.Path(__file__).parents[3] / "shared/data/spa-eng/spa-eng.zip"))
+
+
+def _write_archive(directory: pathlib.Path) -> pathlib.Path:
+  """The fixture packed like the real archive (member `spa-eng/spa.txt`)."""
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / "spa-eng.zip"
+  with zipfile.ZipFile(path, "w") as z:
+    z.write(FIXTURE, "spa-eng/spa.txt")
+  return path
+
+
+def _prepare(data_dir, *, download, manual_dir=None):
+  """download_and_prepare with `DownloadManager.download` replaced by `download`."""
+  builder = spa_eng_lib.SpaEng(data_dir=os.fspath(data_dir))
+  config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir else None)
+  with mock.patch.object(tfds.download.DownloadManager, "download", autospec=True, side_effect=download):
+    builder.download_and_prepare(download_config=config)
+  return builder
+
+
+def _examples(builder) -> dict[str, list[tuple[str, str]]]:
+  out = {}
+  for split in SPLITS:
+    ds = builder.as_data_source(split=split)
+    out[split] = [(ds[i]["en"].decode(), ds[i]["es"].decode()) for i in range(len(ds))]
+  return out
+
+
+@pytest.fixture(scope="module")
+def downloaded(tmp_path_factory):
+  """The builder prepared through the (mocked) download path; returns (builder, urls, data_dir)."""
+  tmp = tmp_path_factory.mktemp("spa_eng")
+  archive = _write_archive(tmp / "fake_download")
+  urls = []
+
+  def download(self, url):
+    del self
+    urls.append(url)
+    return archive
+
+  return _prepare(tmp / "data", download=download), urls, tmp / "data"
+
+
+def test_split_sizes_and_reload(downloaded):
+  builder, _, data_dir = downloaded
+  assert {s: builder.info.splits[s].num_examples for s in SPLITS} == SPLITS
+  assert {s: len(v) for s, v in _examples(builder).items()} == SPLITS
+  reloaded = spa_eng_lib.SpaEng(data_dir=os.fspath(data_dir))
+  assert reloaded.is_prepared()
+  assert _examples(reloaded) == _examples(builder)
+
+
+def test_downloaded_url_has_recorded_checksum(downloaded):
+  _, urls, _ = downloaded
+  assert urls == [spa_eng_lib.URL]
+  info = spa_eng_lib.SpaEng.url_infos[spa_eng_lib.URL]
+  assert info.size == 2_638_744
+  assert info.checksum == "0c4fd7825d3d872488d38c157f784e035edab4f2ff0df25a2a208790ecb5b58f"
+
+
+def test_no_english_sentence_in_two_splits(downloaded):
+  builder, _, _ = downloaded
+  english = {split: {en for en, _ in exs} for split, exs in _examples(builder).items()}
+  assert not english["train"] & english["validation"]
+  assert not english["train"] & english["test"]
+  assert not english["validation"] & english["test"]
+  # All three translations of "Go." stay together (a multi-reference group).
+  go = [split for split, exs in _examples(builder).items() for en, _ in exs if en == "Go."]
+  assert len(go) == 3 and len(set(go)) == 1
+
+
+def test_splits_are_deterministic_and_independent_of_line_order():
+  lines = FIXTURE.read_bytes().splitlines()
+  pairs, _ = spa_eng_lib.parse_pairs(lines)
+  reversed_pairs, _ = spa_eng_lib.parse_pairs(lines[::-1])
+  first = {en: spa_eng_lib.split_of(en) for _, en, _ in pairs}
+  assert first == {en: spa_eng_lib.split_of(en) for _, en, _ in reversed_pairs}
+  assert collections.Counter(first[en] for _, en, _ in pairs) == SPLITS
+  # Pinned values: a change of hash or of the percentages must be deliberate.
+  assert [spa_eng_lib.split_of(s) for s in ("Go.", "Help!", "Wait!")] == ["train", "test", "validation"]
+
+
+def test_bad_lines_are_skipped_and_counted_in_one_log_line(tmp_path, caplog):
+  archive = _write_archive(tmp_path / "manual")
+  with caplog.at_level(logging.INFO):
+    _prepare(tmp_path / "data", download=lambda self, url: archive)
+  lines = [r.getMessage() for r in caplog.records if "skipped bad lines" in r.getMessage()]
+  assert len(lines) == 1
+  assert "{'no_tab': 1, 'empty_side': 2, 'not_utf8': 1}" in lines[0]
+  assert "42 pairs" in lines[0]
+
+
+def test_manual_dir_archive_is_used_without_downloading(tmp_path, downloaded):
+  manual = tmp_path / "manual"
+  _write_archive(manual)
+
+  def no_download(self, url):
+    raise AssertionError(f"downloaded {url} although {manual}/spa-eng.zip exists")
+
+  builder = _prepare(tmp_path / "data", download=no_download, manual_dir=manual)
+  assert _examples(builder) == _examples(downloaded[0])
+
+
+def test_offline_without_archive_says_where_to_put_it(tmp_path):
+  def offline(self, url):
+    raise ConnectionError(f"cannot reach {url}")
+
+  with pytest.raises(FileNotFoundError, match=r"manual.*spa-eng\.zip"):
+    _prepare(tmp_path / "data", download=offline, manual_dir=tmp_path / "empty_manual")
+
+
+def test_source_yields_translation_examples_and_groups_references(tmp_path):
+  manual = tmp_path / "manual"
+  _write_archive(manual)
+  train = sources.spa_eng("train", data_dir=tmp_path / "data", manual_dir=manual)
+  assert len(train) == SPLITS["train"]
+  assert all(set(ex) == {"inputs", "targets"} and isinstance(ex["targets"], str) for ex in train)
+  groups = {g["inputs"]: g["references"] for g in sources.group_references(train)}
+  assert sorted(groups["Go."]) == ["Vaya.", "Ve.", "Vete."]
+  assert sum(len(r) for r in groups.values()) == len(train)
+  with pytest.raises(ValueError, match="split='dev'"):
+    sources.spa_eng("dev", data_dir=tmp_path / "data", manual_dir=manual)
+
+
+@pytest.mark.skipif(not REAL_ARCHIVE.exists(), reason=f"{REAL_ARCHIVE} absent (set SPA_ENG_ZIP)")
+def test_real_archive_pair_counts(tmp_path):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  (manual / "spa-eng.zip").write_bytes(REAL_ARCHIVE.read_bytes())
+  counts = {s: len(sources.spa_eng(s, data_dir=tmp_path / "data", manual_dir=manual)) for s in SPLITS}
+  assert counts == {"train": 83394, "validation": 17861, "test": 17709}
+  assert sum(counts.values()) == 118_964  # Every line of spa.txt is a good pair.
