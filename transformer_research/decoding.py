@@ -38,8 +38,18 @@ PAD_ID = 0
 def _check(max_len: int, eos_id: int) -> None:
   if max_len < 1:
     raise ValueError(f"max_len={max_len!r}: expected an integer >= 1.")
-  if eos_id < 0:
-    raise ValueError(f"eos_id={eos_id!r}: expected a token id >= 0.")
+  if eos_id < 1:
+    raise ValueError(f"eos_id={eos_id!r}: expected a token id >= 1 (0 is pad).")
+
+
+def _no_pad(x: jax.Array) -> jax.Array:
+  """Rules out the pad id as a next token: [N, V] -> [N, V].
+
+  Pad marks "after EOS" in the outputs and padding in the model's masks, so
+  emitting it mid-sequence would be ambiguous. Only the choice is masked; the
+  reported log-probabilities stay those of the model's full distribution.
+  """
+  return x.at[:, PAD_ID].set(NEG_INF)
 
 
 def _batch_size(cache: PyTree, batch_size: int | None) -> int:
@@ -103,7 +113,7 @@ def _decode_loop(logits_fn: LogitsFn, cache: PyTree, choose, max_len: int,
     logits, cache = logits_fn(prev, cache)  # [B, V]
     logits = logits.astype(jnp.float32)
     forced = _forced(prompt, step, b)  # [B]
-    nxt = choose(logits, step).astype(jnp.int32)  # [B]
+    nxt = choose(_no_pad(logits), step).astype(jnp.int32)  # [B]
     step_logp = jnp.take_along_axis(
         jax.nn.log_softmax(logits), nxt[:, None], axis=1)[:, 0]  # [B]
     free = ~done & (forced == PAD_ID)
@@ -199,6 +209,43 @@ def sample(logits_fn: LogitsFn, cache: PyTree, rng: jax.Array, *, max_len: int,
     return jax.random.categorical(jax.random.fold_in(rng, step), filtered)
 
   return _decode_loop(logits_fn, cache, choose, max_len, eos_id, b, prompt)
+
+
+def uncached_logits_fn(full_logits_fn: Callable[[jax.Array], jax.Array], *,
+                       batch_size: int, max_len: int,
+                       eos_id: int) -> tuple[LogitsFn, PyTree]:
+  """A `logits_fn` that reruns the whole model on the prefix at every step.
+
+  The reference the cached decoder must match token for token, and the
+  baseline of bench/decode.py. Its "cache" is just the token history [N, L];
+  positions not generated yet hold `eos_id`, a non-pad placeholder, because
+  models derive padding masks from `targets > 0`; causal masking keeps those
+  positions invisible to earlier ones.
+
+  Args:
+    full_logits_fn: tokens [N, L] -> logits [N, L, V], where position t
+      predicts token t (teacher forcing with `shift_right` inside the model).
+    batch_size: N.
+    max_len: L.
+    eos_id: the placeholder id.
+
+  Returns:
+    (logits_fn, initial cache) to pass to any search here.
+  """
+  cache = {"tokens": jnp.full((batch_size, max_len), eos_id, jnp.int32),
+           "index": jnp.zeros((batch_size,), jnp.int32)}
+
+  def logits_fn(prev, cache):
+    i = cache["index"][0]  # Every row is at the same step.
+    # prev is token i-1 (the start token 0 at i=0, which is not stored).
+    tokens = jnp.where(i > 0, jax.lax.dynamic_update_slice(
+        cache["tokens"], prev[:, None], (0, jnp.maximum(i - 1, 0))),
+                       cache["tokens"])
+    logits = jax.lax.dynamic_index_in_dim(full_logits_fn(tokens), i, axis=1,
+                                          keepdims=False)  # [N, V]
+    return logits, {"tokens": tokens, "index": cache["index"] + 1}
+
+  return logits_fn, cache
 
 
 # --------------------------------------------------------------- beam search
@@ -310,7 +357,8 @@ def beam_search(logits_fn: LogitsFn, cache: PyTree, *, beam_size: int,
     forced = _forced(prompt, step, b * k)[:, None]  # [B*K, 1]
     one_hot = jnp.where(jnp.arange(v)[None, :] == forced, 0.0, NEG_INF)
     logp = jnp.where(forced != PAD_ID, one_hot, logp).reshape(b, k, v)
-    cand_logp = (s["live_logp"][:, :, None] + logp).reshape(b, k * v)
+    cand_logp = (s["live_logp"][:, :, None] + _no_pad(logp.reshape(b * k, v))
+                 .reshape(b, k, v)).reshape(b, k * v)
     top_logp, top_idx = jax.lax.top_k(cand_logp, 2 * k)  # [B, 2K]
     top_beam, top_tok = top_idx // v, (top_idx % v).astype(jnp.int32)
     top_seqs = _gather(s["live_seqs"], top_beam, k)  # [B, 2K, L+1]

@@ -1,0 +1,143 @@
+"""Cached decoding of real (tiny, random) models against full recomputation.
+
+The naive decoder reruns `model.apply` on the whole prefix every step, so any
+mistake in the key/value cache, the positions or the memory mask shows up as
+a different token.
+"""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer_research import inference
+from transformer_research import models
+
+EOS, VOCAB, MAX_LEN = 1, 13, 8
+SAMPLING = dict(eos_id=EOS, max_len=MAX_LEN, temperature=1.0, top_p=0.95)
+
+
+def model_config(positions: str = "sinusoidal"):
+  path = pathlib.Path(__file__).parents[1] / "configs" / "base.py"
+  spec = importlib.util.spec_from_file_location("base_config_for_tests", path)
+  base = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(base)
+  c = base.get_config().model
+  c.variant, c.positions = "tiny", positions
+  return c
+
+
+@pytest.fixture(scope="module", params=["seq2seq", "lm"])
+def setup(request):
+  """A tiny random model and its inputs: sources with padding, or prompts."""
+  kind = request.param
+  positions = "rope" if kind == "lm" else "sinusoidal"
+  model = models.build(model_config(positions), kind, input_vocab_size=VOCAB,
+                       target_vocab_size=VOCAB)
+  rng = np.random.default_rng(0)
+  if kind == "seq2seq":
+    inputs = rng.integers(2, VOCAB, size=(4, 6)).astype(np.int32)
+    inputs[1, 4:] = inputs[3, 2:] = 0  # Padded sources.
+    batch = {"inputs": inputs, "targets": inputs}
+  else:
+    inputs = rng.integers(2, VOCAB, size=(4, 3)).astype(np.int32)
+    inputs[1, 1:] = inputs[2, 2:] = 0  # Prompts of 3, 1, 2 and 3 tokens.
+    batch = {"targets": inputs}
+  params = model.init(jax.random.key(2), batch)
+  # Random init gives near-uniform logits; larger weights make the
+  # distributions peaked enough for search choices to matter.
+  params = jax.tree.map(lambda x: x * 3.0 if x.ndim >= 2 else x, params)
+  return model, params, jnp.asarray(inputs)
+
+
+def generate(model, params, inputs, **kw):
+  fn = inference.make_generate_fn(model, eos_id=EOS, max_len=MAX_LEN, **kw)
+  tokens, log_probs = fn(params, inputs)
+  return np.asarray(tokens), np.asarray(log_probs)
+
+
+def teacher_forced_log_prob(model, params, inputs, tokens) -> np.ndarray:
+  """log p(tokens) from one full forward pass, prompt tokens excluded."""
+  batch = {"targets": jnp.asarray(tokens)}
+  if model.kind == "seq2seq":
+    batch["inputs"] = inputs
+  logp = jax.nn.log_softmax(model.apply(params, None, batch))  # [B, L, V]
+  picked = np.take_along_axis(np.asarray(logp), tokens[..., None], axis=-1)[..., 0]
+  free = tokens > 0
+  if model.kind == "lm":
+    free[:, :inputs.shape[1]] &= np.asarray(inputs) == 0  # Forced prompt.
+  return (picked * free).sum(axis=1)
+
+
+def test_cached_greedy_equals_full_recompute(setup):
+  model, params, inputs = setup
+  cached, cached_logp = generate(model, params, inputs)
+  naive, naive_logp = generate(model, params, inputs, cached=False)
+  np.testing.assert_array_equal(cached, naive)
+  np.testing.assert_allclose(cached_logp, naive_logp, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      cached_logp, teacher_forced_log_prob(model, params, inputs, cached),
+      rtol=1e-4, atol=1e-4)
+  if model.kind == "lm":  # The prompt comes back first.
+    np.testing.assert_array_equal(cached[:, :3][inputs > 0], np.asarray(inputs)[inputs > 0])
+
+
+def test_cached_sampling_equals_full_recompute(setup):
+  """Random models decode greedily into repetitive strings; samples are
+  varied, so they check the cache along many different histories."""
+  model, params, inputs = setup
+  inputs = jnp.tile(inputs, (4, 1))  # [16, ...]
+  rng = jax.random.key(4)
+  cached, cached_logp = inference.make_generate_fn(model, **SAMPLING)(params, inputs, rng)
+  naive, naive_logp = inference.make_generate_fn(model, cached=False, **SAMPLING)(
+      params, inputs, rng)
+  np.testing.assert_array_equal(cached, naive)
+  np.testing.assert_allclose(cached_logp, naive_logp, rtol=1e-4, atol=1e-4)
+  assert len({tuple(row) for row in np.asarray(cached)}) >= 4, "samples too alike"
+  # Same rng, same samples; another rng, other samples (the jitted function
+  # is reused: make_generate_fn caches it).
+  again = inference.make_generate_fn(model, **SAMPLING)(params, inputs, rng)[0]
+  np.testing.assert_array_equal(again, cached)
+  other = inference.make_generate_fn(model, **SAMPLING)(params, inputs, jax.random.key(5))[0]
+  assert not np.array_equal(other, cached)
+
+
+@pytest.mark.slow
+def test_cached_beam_search_equals_full_recompute(setup):
+  model, params, inputs = setup
+  cached, _ = generate(model, params, inputs, beam_size=3)
+  naive, _ = generate(model, params, inputs, beam_size=3, cached=False)
+  np.testing.assert_array_equal(cached, naive)
+
+
+def test_beam_size_one_is_greedy(setup):
+  model, params, inputs = setup
+  greedy, greedy_logp = generate(model, params, inputs)
+  beam, beam_logp = generate(model, params, inputs, beam_size=1, alpha=0.0)
+  np.testing.assert_array_equal(beam, greedy)
+  np.testing.assert_allclose(beam_logp, greedy_logp, rtol=1e-5, atol=1e-5)
+
+
+def test_beam_search_log_prob_at_least_greedy(setup):
+  model, params, inputs = setup
+  greedy, _ = generate(model, params, inputs)
+  beam, _ = generate(model, params, inputs, beam_size=4, alpha=0.0)
+  greedy_score = teacher_forced_log_prob(model, params, inputs, greedy)
+  beam_score = teacher_forced_log_prob(model, params, inputs, beam)
+  assert np.all(beam_score >= greedy_score - 1e-4), (beam_score, greedy_score)
+
+
+def test_classifier_cannot_generate():
+  model = models.build(model_config(), "classify", input_vocab_size=VOCAB, num_classes=2)
+  with pytest.raises(ValueError, match="kind='classify' cannot generate"):
+    inference.make_generate_fn(model, eos_id=EOS, max_len=MAX_LEN)
+
+
+def test_beam_with_sampling_is_refused(setup):
+  model, _, _ = setup
+  with pytest.raises(ValueError, match="beam_size=4 with temperature=0.7"):
+    inference.make_generate_fn(model, eos_id=EOS, max_len=MAX_LEN, beam_size=4,
+                               temperature=0.7)

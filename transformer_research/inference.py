@@ -1,0 +1,170 @@
+"""A trained model as a function of text: cached decoding and loading a run.
+
+`make_generate_fn` is where a `models.Model` meets `decoding`: it turns the
+model's `encode` / `init_cache` / `decode_step` into the `logits_fn` callback
+the searches drive, so the encoder runs once and the decoder one cached step
+per token. `cached=False` drives the same searches with a full forward pass
+per step instead: the reference for tests and the baseline for
+bench/decode.py. `load_run` restores what `train_and_evaluate` left in a
+workdir (config.json, tokenizers, the Orbax checkpoint), for the CLIs.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from transformer_research import checkpointing
+from transformer_research import decoding
+from transformer_research import models
+from transformer_research import sharding
+from transformer_research.data import tasks
+
+GENERATIVE_KINDS = ("seq2seq", "lm")
+
+
+def check_can_generate(kind: str, what: str = "generate text") -> None:
+  """A classifier has no decoder: say so before anything is compiled."""
+  if kind not in GENERATIVE_KINDS:
+    raise ValueError(
+        f"model kind={kind!r} cannot {what}; expected a kind in "
+        f"{list(GENERATIVE_KINDS)} (a classifier predicts labels: use "
+        "launch/evaluate.py).")
+
+
+@functools.lru_cache(maxsize=32)
+def make_generate_fn(model: Any, *, eos_id: int, max_len: int, beam_size: int = 1,
+                     alpha: float = 0.6, temperature: float = 0.0, top_k: int = 0,
+                     top_p: float = 1.0, cached: bool = True) -> Callable:
+  """A jitted `generate(params, inputs, rng=None) -> (tokens, log_probs)`.
+
+  Cached (lru) per model and settings, so an eval every N steps reuses one
+  compiled decoder instead of tracing a new one each time.
+
+  Args:
+    model: a `models.Model` of kind "seq2seq" or "lm".
+    eos_id: the target tokenizer's EOS.
+    max_len: L, tokens generated at most (prompt included for an LM).
+    beam_size: 1 = greedy (or sampling); > 1 = beam search, best beam kept.
+    alpha: GNMT length penalty of beam search.
+    temperature: 0 = argmax / beam; > 0 = sampling with top_k / top_p.
+    top_k, top_p: sampling filters (0 / 1.0 = off).
+    cached: False reruns the full model on the prefix every step.
+
+  Returns:
+    generate: `inputs` is the source [B, S] (seq2seq) or the prompt [B, P]
+    right-padded with 0 (lm); returns tokens [B, L] int32 (the prompt then
+    its continuation for an LM; pad 0 after EOS) and log-probs [B].
+  """
+  check_can_generate(model.kind)
+  if beam_size > 1 and temperature > 0:
+    raise ValueError(f"beam_size={beam_size} with temperature={temperature}: "
+                     "expected beam search (temperature=0) or sampling "
+                     "(beam_size=1), not both.")
+  k = beam_size
+
+  def generate(params, inputs, rng=None):
+    b = inputs.shape[0]
+    prompt = None
+    if model.kind == "seq2seq":
+      memory = model.encode(params, {"inputs": inputs})  # [B, S, D], once
+      # Beams are rows of the callback ([B*K]); they share their source.
+      source, memory = decoding.tile_beams((inputs, memory), k)  # [B*K, ...]
+      step = lambda tok, cache: model.decode_step(params, tok, cache, memory=memory,
+                                                  inputs=source)
+      full = lambda toks: model.apply(params, None, {"inputs": source, "targets": toks})
+    else:
+      prompt = inputs
+      step = lambda tok, cache: model.decode_step(params, tok, cache)
+      full = lambda toks: model.apply(params, None, {"targets": toks})
+    if cached:
+      logits_fn, cache = step, model.init_cache(b, max_len)
+    else:
+      logits_fn, cache = decoding.uncached_logits_fn(
+          full, batch_size=b, max_len=max_len, eos_id=eos_id)
+    common = dict(max_len=max_len, eos_id=eos_id, prompt=prompt)
+    if k > 1:
+      tokens, _, log_probs = decoding.beam_search(logits_fn, cache, beam_size=k,
+                                                  alpha=alpha, **common)
+      return tokens[:, 0], log_probs[:, 0]
+    if temperature > 0:
+      return decoding.sample(logits_fn, cache, rng, temperature=temperature,
+                             top_k=top_k, top_p=top_p, **common)
+    return decoding.greedy(logits_fn, cache, **common)
+
+  return jax.jit(generate)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What a training workdir holds, restored for decoding and evaluation."""
+  config: ml_collections.ConfigDict
+  task: Any  # data.tasks.Task
+  model: Any  # models.Model
+  params: Any
+  step: int
+  mesh: jax.sharding.Mesh
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Saved steps under WORKDIR/checkpoints, oldest first ([] if none)."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True))
+  steps = sorted(manager.all_steps())
+  manager.close()
+  return steps
+
+
+def load_run(workdir: str, step: int | None = None) -> Run:
+  """Restores config, task (tokenizers), model and params of a training run.
+
+  Args:
+    workdir: a directory written by `train_and_evaluate`.
+    step: the checkpoint step; None = the latest.
+
+  Raises:
+    ValueError: no config.json or no checkpoint in `workdir`, or `step` was
+      not saved, each naming what was found.
+  """
+  workdir = os.path.abspath(workdir)
+  config_path = os.path.join(workdir, "config.json")
+  steps = checkpoint_steps(workdir)
+  if not os.path.exists(config_path) or not steps:
+    raise ValueError(
+        f"workdir={workdir!r} has no {'config.json' if steps else 'checkpoint'}: "
+        "expected the workdir of a training run (launch/train.py --workdir=...) "
+        "that saved at least one checkpoint.")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise ValueError(f"step={step}: no checkpoint of that step in {workdir}; "
+                     f"expected one of {steps}.")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  task = tasks.build(config, workdir)
+  model = models.build(config.model, task.kind, input_vocab_size=task.input_vocab_size,
+                       target_vocab_size=task.target_vocab_size,
+                       num_classes=task.num_classes)
+  mesh = sharding.make_mesh(config.mesh)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), _dummy_batch(task.kind))
+  rules = tuple(tuple(r) for r in config.mesh.param_rules) or sharding.PARAM_RULES
+  params = checkpointing.restore_params(
+      os.path.join(workdir, "checkpoints", str(step)), abstract,
+      sharding.param_shardings(abstract, mesh, rules))
+  return Run(config, task, model, params, step, mesh)
+
+
+def _dummy_batch(kind: str) -> dict[str, np.ndarray]:
+  """Shapes for `model.init`: parameter shapes do not depend on lengths."""
+  row = np.ones((1, 4), np.int32)
+  return {"seq2seq": {"inputs": row, "targets": row}, "lm": {"targets": row},
+          "classify": {"inputs": row, "label": np.zeros((1,), np.int32)}}[kind]
