@@ -1,4 +1,4 @@
-"""Tests for the spa_eng TFDS builder and the spa_eng source, on dummy_data.
+"""Tests for the spa_eng TFDS builder and the TFDS sources (sources.py), on dummy_data.
 
 `tfds.testing.DatasetBuilderTestCase` needs TensorFlow (it subclasses
 `tf.test.TestCase` and reads through `as_dataset`), which this project does
@@ -9,6 +9,7 @@ splits, and the splits must not overlap (here: by English sentence).
 """
 
 import collections
+import importlib.util
 import logging
 import os
 import pathlib
@@ -157,3 +158,14 @@ def test_real_archive_pair_counts(tmp_path):
   counts = {s: len(sources.spa_eng(s, data_dir=tmp_path / "data", manual_dir=manual)) for s in SPLITS}
   assert counts == {"train": 83394, "validation": 17861, "test": 17709}
   assert sum(counts.values()) == 118_964  # Every line of spa.txt is a good pair.
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="TensorFlow is installed")
+def test_stock_tfds_sources_fail_fast_without_tensorflow(tmp_path):
+  """imdb_reviews / wmt13 need TensorFlow to extract; the error comes before any download."""
+  with pytest.raises(ModuleNotFoundError, match="tensorflow-cpu"):
+    sources.wmt13_es_en("train", data_dir=tmp_path)
+  with pytest.raises(ModuleNotFoundError, match="text_files"):
+    sources.imdb("test", data_dir=tmp_path)
+  with pytest.raises(ValueError, match="split='unsupervised': has no labels"):
+    sources.imdb("unsupervised", data_dir=tmp_path)

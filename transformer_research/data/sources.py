@@ -13,6 +13,7 @@ which needs no TensorFlow. They are prepared on first use
 """
 
 from collections.abc import Callable, Sequence
+import importlib.util
 import os
 from typing import Any
 
@@ -55,8 +56,19 @@ def _check_split(split: str, allowed: tuple[str, ...], arg: str = "split") -> No
     raise ValueError(f"{arg}={split!r}: expected one of {allowed} (optionally sliced, e.g. 'train[:1000]')")
 
 
-def _prepared(builder: Any, manual_dir: PathLike | None) -> Any:
+def _prepared(builder: Any, manual_dir: PathLike | None, *, extracts_with_tf: bool = False) -> Any:
+  """Prepares `builder` if needed.
+
+  Stock builders that extract archives (`imdb_reviews`, `wmt13_translate`)
+  go through TFDS's extractor, which needs TensorFlow even though reading the
+  prepared array_record files does not: say so before a long download fails.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (heavy; only TFDS sources)
+  if extracts_with_tf and not builder.is_prepared() and importlib.util.find_spec("tensorflow") is None:
+    raise ModuleNotFoundError(
+        f"Preparing TFDS {builder.name} extracts archives with TensorFlow, which is not installed: "
+        f"`pip install tensorflow-cpu` once to prepare it into {builder.data_dir}, or use local files "
+        "(sources.text_files) instead.")
   config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir else None)
   builder.download_and_prepare(download_config=config)
   return builder
@@ -87,7 +99,9 @@ def wmt13_es_en(split: str, data_dir: PathLike | None = None, manual_dir: PathLi
   """
   _check_split(split, ("train", "validation", "test"))
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = _prepared(tfds.builder("wmt13_translate/es-en", data_dir=data_dir, file_format="array_record"), manual_dir)
+  import tensorflow_datasets.translate.wmt13  # pylint: disable=g-import-not-at-top,unused-import  (registers it)
+  builder = tfds.builder("wmt13_translate/es-en", data_dir=data_dir, file_format="array_record")
+  builder = _prepared(builder, manual_dir, extracts_with_tf=True)
   return Source(builder.as_data_source(split=split),
                 lambda ex: {"inputs": _text(ex["en"]), "targets": _text(ex["es"])}, f"wmt13_es_en:{split}")
 
@@ -104,7 +118,8 @@ def imdb(split: str, data_dir: PathLike | None = None, *, with_label: bool = Tru
   if with_label and split.startswith("unsupervised"):
     raise ValueError(f"split={split!r}: has no labels; expected with_label=False")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = _prepared(tfds.builder("imdb_reviews/plain_text", data_dir=data_dir, file_format="array_record"), None)
+  builder = tfds.builder("imdb_reviews/plain_text", data_dir=data_dir, file_format="array_record")
+  builder = _prepared(builder, None, extracts_with_tf=True)
 
   def convert(ex: dict[str, Any]) -> dict[str, Any]:
     if with_label:
