@@ -165,6 +165,9 @@ class MultiHeadAttention(hk.Module):
     key_len = k.shape[1] if cache is None else cache["key"].shape[1]
     check_mask(mask, (batch, self.num_heads, q_len, key_len))
     if self.rope and memory is None:
+      if positions is None:
+        raise ValueError("positions is None with rope=True; expected [B, Tq] "
+                         "int positions for self-attention.")
       q, k = apply_rope(q, positions), apply_rope(k, positions)
     if cache is not None:
       if q_len != 1:

@@ -210,36 +210,38 @@ class EncoderClassifier(hk.Module):
 
 
 KINDS = ("seq2seq", "classify", "lm")
+_PACKED = ("_segmentation", "_position")
+# What each entry point reads: (required keys, optional packing keys).
 _BATCH_KEYS = {
-    "seq2seq": ("inputs", "targets", "inputs_segmentation", "inputs_position",
-                "targets_segmentation", "targets_position"),
-    "lm": ("targets", "targets_segmentation", "targets_position"),
-    "classify": ("inputs",),
+    "seq2seq": (("inputs", "targets"),
+                tuple(k + p for k in ("inputs", "targets") for p in _PACKED)),
+    "lm": (("targets",), tuple("targets" + p for p in _PACKED)),
+    "classify": (("inputs",), ()),
+    "encode": (("inputs",), tuple("inputs" + p for p in _PACKED)),
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def _check_ids(name: str, value) -> None:
   """Token ids must be integers: a float array here is a data bug."""
-  dtype = jnp.asarray(value).dtype if not hasattr(value, "dtype") else value.dtype
+  dtype = jnp.asarray(value).dtype
   if not jnp.issubdtype(dtype, jnp.integer):
     raise ValueError(f"{name} has dtype {dtype}; expected integer token ids "
                      "(int32).")
 
 
-def _model_batch(kind: str, batch: Batch) -> Batch:
-  """The keys the model reads, checked; extra keys (e.g. `length`) dropped."""
-  required = {"seq2seq": ("inputs", "targets"), "lm": ("targets",),
-              "classify": ("inputs",)}[kind]
+def _model_batch(entry: str, batch: Batch) -> Batch:
+  """The keys `entry` reads, checked; extra keys (e.g. `length`) dropped."""
+  required, optional = _BATCH_KEYS[entry]
   missing = [k for k in required if k not in batch]
   if missing:
     raise ValueError(f"batch lacks {missing} (has {sorted(batch)}); expected "
-                     f"{list(required)} for kind={kind!r}.")
-  out = {k: batch[k] for k in _BATCH_KEYS[kind] if k in batch}
+                     f"{list(required)} for {entry}.")
+  out = {k: batch[k] for k in required + optional if k in batch}
   for k, v in out.items():
     _check_ids(f'batch["{k}"]', v)
-    if v.ndim != 2:
-      raise ValueError(f'batch["{k}"] has shape {v.shape}; expected [B, length].')
+    if jnp.ndim(v) != 2:
+      raise ValueError(f'batch["{k}"] has shape {jnp.shape(v)}; expected [B, length].')
   return out
 
 
@@ -249,7 +251,8 @@ class Model:
   Built once by `build`; every method is safe to call under `jax.jit`.
   """
 
-  def __init__(self, kind: str, options: layers.Options, sizes, transformed):
+  def __init__(self, kind: str, options: layers.Options, sizes: variants.Sizes,
+               transformed: hk.MultiTransformed):
     self.kind = kind
     self.options = options
     self.sizes = sizes
@@ -275,15 +278,14 @@ class Model:
   def encode(self, params: hk.Params, batch: Batch) -> jnp.ndarray:
     """seq2seq only: memory [B, S, D] for `batch["inputs"]` (+ segmentation)."""
     self._need("seq2seq", "encode")
-    batch = {k: v for k, v in batch.items() if k.startswith("inputs")}
-    _model_batch("classify", batch)  # Checks `inputs` only.
-    return self._transformed.apply[1](params, None, batch)
+    return self._transformed.apply[1](params, None, _model_batch("encode", batch))
 
   def init_cache(self, batch_size: int, max_len: int) -> dict:
     """Zero decoding cache; every leaf has leading dim `batch_size`.
 
     {"index": [B] int32, "layer_XX": {"key", "value": [B, L, H, Dh]}}, in the
-    compute dtype; L = `max_len` decoding steps.
+    compute dtype; L = `max_len` decoding steps. Steps past L write
+    nothing, so size it for the longest decode.
     """
     self._need(("seq2seq", "lm"), "init_cache")
     o = self.options
@@ -325,7 +327,7 @@ class Model:
                        f"kind={self.kind!r}.")
 
 
-def _options(model_config) -> tuple[layers.Options, "variants.Sizes"]:
+def _options(model_config) -> tuple[layers.Options, variants.Sizes]:
   """Validated Options from `config.model` (sizes from the variant table)."""
   c = model_config
   sizes = variants.resolve(c)
