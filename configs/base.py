@@ -75,6 +75,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000
   c.train.batch_size = 64  # Global batch, over all processes and devices.
+  c.train.optimizer = "adamw"  # "adamw", "adafactor" or "sgd" (with momentum).
+  c.train.learning_rate = 1e-3  # Peak learning rate, reached after warmup.
+  c.train.schedule = "rsqrt"  # "rsqrt" (Transformer paper), "cosine", "constant".
+  c.train.warmup_steps = 100  # Linear warmup from 0 to learning_rate.
+  c.train.min_lr_ratio = 0.0  # Cosine decays to learning_rate * this.
+  c.train.weight_decay = 0.0  # Decoupled; never applied to biases and norms.
+  c.train.b1 = 0.9
+  c.train.b2 = 0.98  # 0.98 as in the Transformer paper (more stable than 0.999).
+  c.train.eps = 1e-9
+  c.train.momentum = 0.9  # sgd only.
+  c.train.grad_clip_norm = 1.0  # Clip by global norm; 0 disables.
+  c.train.label_smoothing = 0.1
+  c.train.grad_accum_steps = 1  # Micro-batches per step; batch_size is split.
+  c.train.partitioning = "jit"  # "jit" (GSPMD) or "shard_map" (explicit pmean).
+  c.train.log_every_steps = 50
 
   # ----------------------------------------------------------------- eval
   c.eval = ml_collections.ConfigDict()
@@ -83,9 +98,20 @@ def get_config() -> ml_collections.ConfigDict:
   # ----------------------------------------------------------------- mesh
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 = remaining devices.
+  # Across slices/hosts over the data-centre network; () = single-slice mesh.
+  c.mesh.dcn_shape = ()
+  # Ordered (regex over "module/param", spec) pairs, first match wins; a spec
+  # is a tuple of axis names/None per dimension or "fsdp" (largest divisible
+  # dimension). () = sharding.PARAM_RULES (FSDP + Megatron tensor parallel).
+  c.mesh.param_rules = ()
 
   # ----------------------------------------------------------- checkpoint
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500
   c.checkpoint.init_from = ""  # Warm-start params from this checkpoint dir.
+  c.checkpoint.max_to_keep = 3
+  c.checkpoint.async_save = True  # Write in the background while training goes on.
+  # Keep the best checkpoints by this eval metric ("" = keep the latest).
+  c.checkpoint.best_metric = ""
+  c.checkpoint.best_mode = "max"  # "max" (bleu, accuracy) or "min" (loss).
   return c

@@ -1,0 +1,93 @@
+"""Schedules, weight-decay mask and optimizers (optim.py), and losses.py."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import tiny_setup
+from transformer_research import losses
+from transformer_research import optim
+
+
+def _train(**kw):
+  return tiny_setup.config(**kw).train
+
+
+def test_rsqrt_schedule_warms_up_then_decays_as_inverse_sqrt():
+  s = optim.make_schedule(_train(schedule="rsqrt", warmup_steps=100, learning_rate=1.0))
+  np.testing.assert_allclose(s(49), 0.5, rtol=1e-6)  # step+1 = 50 of 100 warmup steps.
+  np.testing.assert_allclose(s(99), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(s(399), 0.5, rtol=1e-6)  # sqrt(100 / 400).
+
+
+def test_cosine_and_constant_schedules():
+  cos = optim.make_schedule(_train(schedule="cosine", warmup_steps=10, learning_rate=2.0,
+                                   num_steps=110, min_lr_ratio=0.1))
+  np.testing.assert_allclose([cos(0), cos(10), cos(60), cos(110)], [0.0, 2.0, 1.1, 0.2], rtol=1e-5)
+  const = optim.make_schedule(_train(schedule="constant", warmup_steps=4, learning_rate=3.0))
+  np.testing.assert_allclose([const(2), const(4), const(1000)], [1.5, 3.0, 3.0], rtol=1e-6)
+
+
+def test_unknown_names_are_errors():
+  with pytest.raises(ValueError, match="config.train.schedule='linear'"):
+    optim.make_schedule(_train(schedule="linear"))
+  with pytest.raises(ValueError, match="config.train.optimizer='lamb'"):
+    optim.make_optimizer(_train(optimizer="lamb"))
+
+
+def test_no_weight_decay_on_biases_and_norms():
+  params = {"encoder/layer_00/mlp/linear_0": {"w": jnp.ones((4, 8)), "b": jnp.ones(8)},
+            "encoder/ln_final": {"scale": jnp.ones(4), "offset": jnp.ones(4)},
+            "target_embed": {"embeddings": jnp.ones((10, 4))}}
+  mask = optim.decay_mask(params)
+  assert mask["encoder/layer_00/mlp/linear_0"] == {"w": True, "b": False}
+  assert mask["encoder/ln_final"] == {"scale": False, "offset": False}
+  assert mask["target_embed"]["embeddings"]
+  # With zero gradients only decay moves a parameter: biases and norms stay put.
+  opt, _ = optim.make_optimizer(_train(optimizer="adamw", weight_decay=0.5, warmup_steps=0,
+                                       schedule="constant", grad_clip_norm=0.0))
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = opt.update(zeros, opt.init(params), params)
+  assert float(jnp.abs(updates["encoder/ln_final"]["scale"]).max()) == 0.0
+  assert float(jnp.abs(updates["encoder/layer_00/mlp/linear_0"]["b"]).max()) == 0.0
+  assert float(jnp.abs(updates["encoder/layer_00/mlp/linear_0"]["w"]).min()) > 0.0
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor", "sgd"])
+def test_each_optimizer_reduces_a_quadratic(name):
+  opt, _ = optim.make_optimizer(_train(optimizer=name, learning_rate=0.1, warmup_steps=0,
+                                       schedule="constant", weight_decay=0.01))
+  params = {"lin": {"w": jnp.full((4, 4), 3.0), "b": jnp.full((4,), -2.0)}}
+  loss = lambda p: sum(jnp.sum(x ** 2) for x in jax.tree.leaves(p))
+  state = opt.init(params)
+  start = loss(params)
+  for _ in range(20):
+    updates, state = opt.update(jax.grad(loss)(params), state, params)
+    params = optax.apply_updates(params, updates)
+  assert loss(params) < 0.5 * start
+
+
+def test_global_norm_clipping():
+  opt, _ = optim.make_optimizer(_train(optimizer="sgd", momentum=0.0, learning_rate=1.0,
+                                       warmup_steps=0, schedule="constant", grad_clip_norm=1.0))
+  params = {"m": {"w": jnp.zeros((2, 2))}}
+  grads = {"m": {"w": jnp.full((2, 2), 10.0)}}  # global norm 20 -> clipped to 1.
+  updates, _ = opt.update(grads, opt.init(params), params)
+  np.testing.assert_allclose(optax.tree.norm(updates), 1.0, rtol=1e-6)
+
+
+def test_label_smoothed_cross_entropy_matches_dense_formula():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(2, 3, 5)), jnp.float32)
+  labels = jnp.asarray([[1, 2, 0], [4, 4, 3]])
+  weights = (labels > 0).astype(jnp.float32)
+  out = losses.cross_entropy_sums(logits, labels, weights, label_smoothing=0.1)
+  target = jax.nn.one_hot(labels, 5) * 0.9 + (1 - jax.nn.one_hot(labels, 5)) * 0.1 / 4
+  dense = -jnp.sum(target * jax.nn.log_softmax(logits), -1)
+  dense = dense + jnp.sum(target * jnp.log(target), -1)  # Minus the target's entropy.
+  np.testing.assert_allclose(out["loss_sum"], jnp.sum(dense * weights), rtol=1e-5)
+  assert float(out["token_count"]) == 5.0
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], -1)[..., 0]
+  np.testing.assert_allclose(out["nll_sum"], jnp.sum(nll * weights), rtol=1e-5)

@@ -1,0 +1,44 @@
+"""A tiny seq2seq model, config and batches shared by the engine tests.
+
+Kept tiny (d_model 32, 1+1 layers) so every compile takes seconds on CPU.
+"""
+
+import ml_collections
+import numpy as np
+
+from configs import base
+from transformer_research import models
+
+VOCAB = 24
+
+
+def config(**train) -> ml_collections.ConfigDict:
+  """The base config with dropout off (so runs are comparable) and `train` overrides."""
+  c = base.get_config()
+  c.model.variant = "tiny"
+  c.model.dropout_rate = 0.0
+  c.model.num_encoder_layers = 1  # One layer of each kind is enough to test the
+  c.model.num_decoder_layers = 1  # engine, and halves every compile.
+  c.train.batch_size = 16
+  c.train.warmup_steps = 2
+  c.train.learning_rate = 1e-2
+  for k, v in train.items():
+    setattr(c.train, k, v)
+  return c
+
+
+def model(c: ml_collections.ConfigDict):
+  return models.build(c.model, "seq2seq", input_vocab_size=VOCAB, target_vocab_size=VOCAB)
+
+
+def batches(n: int, batch_size: int = 16, length: int = 8, seed: int = 0) -> list[dict]:
+  """Random token batches with some padding at the ends of rows."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    inputs = rng.integers(1, VOCAB, (batch_size, length)).astype(np.int32)
+    targets = rng.integers(1, VOCAB, (batch_size, length)).astype(np.int32)
+    lengths = rng.integers(length // 2, length + 1, (batch_size, 1))
+    targets = np.where(np.arange(length) < lengths, targets, 0).astype(np.int32)
+    out.append({"inputs": inputs, "targets": targets})
+  return out

@@ -1,0 +1,185 @@
+"""Train state, and pure train/eval steps built by factories.
+
+The steps have no globals, I/O or Python side effects; the caller jits them
+with shardings from `sharding.py` (`jit_train_step`, `jit_eval_step`). Two
+partitionings give the same numbers:
+
+* "jit": GSPMD. The step is written for the global batch and XLA inserts
+  the collectives implied by the parameter and batch shardings.
+* "shard_map": the forward/backward pass runs per batch shard under
+  `jax.shard_map`; gradients and metrics are combined with explicit
+  collectives, which is easier to reason about and to profile.
+
+The objective is `sum(loss) / number of real tokens in the global batch`, for
+every partitioning and number of gradient-accumulation micro-batches, so all
+of them equal one big single-device step up to float rounding.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import optax
+
+from transformer_research import losses
+from transformer_research import sharding
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(NamedTuple):
+  """Everything a step reads and writes; checkpointed whole."""
+  step: jax.Array  # int32 []: number of updates applied so far.
+  params: Any  # Haiku params, float32.
+  opt_state: Any
+  rng: jax.Array  # uint32 [2]; dropout uses fold_in(rng, step), so resume is exact.
+
+
+def init_train_state(model: Any, optimizer: optax.GradientTransformation,
+                     init_batch: dict[str, Any], mesh: Mesh, rules: Any,
+                     seed: int) -> tuple[TrainState, TrainState]:
+  """Creates the state directly in its sharded layout.
+
+  Shapes come from `jax.eval_shape` (no memory), shardings from the rules,
+  then a jitted init with `out_shardings` materialises every parameter and
+  optimizer slot on the devices that own it: no model has to fit on one
+  device, and no host ever holds the whole state.
+
+  Returns:
+    (state, state_shardings), the latter a TrainState of `NamedSharding`s.
+  """
+  def init(rng):
+    init_rng, train_rng = jax.random.split(rng)
+    params = model.init(init_rng, init_batch)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), train_rng)
+
+  rng = jax.random.PRNGKey(seed)
+  abstract = jax.eval_shape(init, rng)
+  shardings = state_shardings(abstract, mesh, rules)
+  return jax.jit(init, out_shardings=shardings)(rng), shardings
+
+
+def state_shardings(abstract: TrainState, mesh: Mesh, rules: Any) -> TrainState:
+  """Shardings of a (possibly abstract) state: optimizer slots follow params."""
+  params = sharding.param_shardings(abstract.params, mesh, rules)
+  replicated = NamedSharding(mesh, P())
+  return TrainState(replicated, params,
+                    sharding.follow_params(abstract.opt_state, abstract.params, params, mesh),
+                    replicated)
+
+
+def make_train_step(config: Any, model: Any, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, kind: str,
+                    mesh: Mesh | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """Returns `train_step(state, batch) -> (state, metrics)`.
+
+  Args:
+    config: full config; reads `train.grad_accum_steps`, `train.label_smoothing`
+      and `train.partitioning`.
+    model: a `models.Model` (init/apply).
+    optimizer: from `optim.make_optimizer`.
+    schedule: its learning-rate schedule, reported as `learning_rate`.
+    kind: "seq2seq", "lm" or "classify".
+    mesh: required for `partitioning="shard_map"`.
+
+  Returns:
+    A pure step. Metrics are sums (`loss_sum`, `nll_sum`, `correct_sum`) and
+    `token_count`, plus `grad_norm` and `learning_rate`.
+  """
+  accum = int(config.train.grad_accum_steps)
+  smoothing = float(config.train.label_smoothing)
+  partitioning = config.train.partitioning
+  if accum < 1:
+    raise ValueError(f"config.train.grad_accum_steps={accum}: expected >= 1")
+  if partitioning not in ("jit", "shard_map"):
+    raise ValueError(f"config.train.partitioning={partitioning!r}: expected 'jit' or 'shard_map'")
+  if partitioning == "shard_map":
+    if mesh is None:
+      raise ValueError("partitioning='shard_map' needs the mesh")
+    if mesh.shape["tensor"] != 1:
+      raise ValueError(f"partitioning='shard_map' maps over the batch axes only; mesh "
+                       f"tensor={mesh.shape['tensor']}: expected 1 (use 'jit' for tensor "
+                       "parallelism)")
+
+  def grads_and_sums(params, batch, rng, denominator):
+    """Gradient of sum(loss)/denominator and the metric sums over `batch`."""
+    def loss_fn(p, micro, r):
+      logits = model.apply(p, r, micro, True)
+      sums = losses.task_sums(logits, micro, kind, smoothing)
+      return sums["loss_sum"] / denominator, sums
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    if accum == 1:
+      return grad_fn(params, batch, rng)
+
+    def split(x):
+      if x.shape[0] % accum:
+        raise ValueError(f"batch of {x.shape[0]} rows is not divisible by "
+                         f"config.train.grad_accum_steps={accum}")
+      # Strided micro-batches ([B/A, A] then swap): each keeps rows from every
+      # batch shard, so all devices stay busy in every micro-step.
+      return jnp.swapaxes(x.reshape((x.shape[0] // accum, accum) + x.shape[1:]), 0, 1)
+
+    def body(carry, xs):
+      i, micro = xs
+      g, s = grad_fn(params, micro, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, carry, (g, s)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    zero_sums = {k: jnp.zeros((), jnp.float32)
+                 for k in ("loss_sum", "nll_sum", "correct_sum", "token_count")}
+    micro = jax.tree.map(split, batch)
+    (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), (jnp.arange(accum), micro))
+    return grads, sums
+
+  def token_count(batch):
+    return jnp.sum(losses.weights_for(batch, kind))
+
+  def sharded_grads(params, batch, rng):
+    # Each shard differentiates sum(local loss) / mean(local token counts);
+    # the pmean of those gradients is then exactly sum(loss) / global count.
+    index = jax.lax.axis_index(sharding.BATCH_AXES)
+    mean_count = jax.lax.pmean(token_count(batch), sharding.BATCH_AXES)
+    grads, sums = grads_and_sums(params, batch, jax.random.fold_in(rng, index), mean_count)
+    grads = jax.lax.pmean(grads, sharding.BATCH_AXES)
+    sums = jax.lax.psum(sums, sharding.BATCH_AXES)  # Sums add; means come later.
+    return grads, sums
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    if partitioning == "shard_map":
+      grads, sums = jax.shard_map(
+          sharded_grads, mesh=mesh, in_specs=(P(), P(sharding.BATCH_AXES), P()),
+          out_specs=(P(), P()), check_vma=False)(state.params, batch, rng)
+    else:
+      grads, sums = grads_and_sums(state.params, batch, rng, token_count(batch))
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(sums, grad_norm=optax.tree.norm(grads),
+                   learning_rate=jnp.asarray(schedule(state.step), jnp.float32))
+    return TrainState(state.step + 1, params, opt_state, state.rng), metrics
+
+  return train_step
+
+
+def make_eval_step(model: Any, kind: str) -> Callable[[Any, Batch], Metrics]:
+  """Returns `eval_step(params, batch) -> sums` (no dropout, no smoothing)."""
+  def eval_step(params, batch):
+    logits = model.apply(params, None, batch, False)
+    return losses.task_sums(logits, batch, kind)
+  return eval_step
+
+
+def jit_train_step(train_step: Callable, shardings: TrainState, mesh: Mesh) -> Callable:
+  """Compiles the step with explicit layouts; the old state is donated."""
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(train_step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(shardings, replicated), donate_argnums=0)
+
+
+def jit_eval_step(eval_step: Callable, shardings: TrainState, mesh: Mesh) -> Callable:
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(eval_step, in_shardings=(shardings.params, sharding.batch_sharding(mesh)),
+                 out_shardings=replicated)
