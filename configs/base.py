@@ -94,6 +94,14 @@ def get_config() -> ml_collections.ConfigDict:
   # ----------------------------------------------------------------- eval
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 500
+  c.eval.batch_size = 64  # Global rows per eval / decoding batch.
+  # Examples decoded per eval (BLEU, chrF, exact match); -1 = the whole split.
+  # Decoding dominates eval time, so the loop uses a fixed subset.
+  c.eval.decode_examples = 512
+  c.eval.max_decode_len = -1  # Generated tokens at most; -1 = data.max_target_len.
+  c.eval.beam_size = 4  # 1 = greedy.
+  c.eval.length_penalty = 0.6  # GNMT alpha: 0 ranks beams by raw log-probability.
+  c.eval.num_samples = 5  # Source / reference / output triples in the eval report.
 
   # ----------------------------------------------------------------- mesh
   c.mesh = ml_collections.ConfigDict()

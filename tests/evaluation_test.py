@@ -1,0 +1,102 @@
+"""Metric functions against sacreBLEU itself, and the eval entry point the
+training loop calls, on the tiny synthetic `reverse` / `difference` tasks."""
+
+import importlib.util
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+import sacrebleu
+
+from transformer_research import evaluation
+from transformer_research import models
+from transformer_research import sharding
+from transformer_research.data import tasks
+
+HYPS = ["the cat sat on the mat", "where is the station ?", "hello"]
+REFS = [["the cat sat on a mat", "a cat sat on the mat"],
+        ["where is the train station ?"],
+        ["hello", "hi", "hey there"]]
+
+
+def test_bleu_and_chrf_equal_sacrebleu_with_uneven_references():
+  got = evaluation.bleu_and_chrf(HYPS, REFS)
+  streams = [[r[0] for r in REFS], ["a cat sat on the mat", None, "hi"],
+             [None, None, "hey there"]]
+  assert got["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, streams).score)
+  assert got["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPS, streams).score)
+  one_ref = evaluation.bleu_and_chrf(HYPS[:1], [REFS[0][:1]])["bleu"]
+  assert one_ref == pytest.approx(sacrebleu.corpus_bleu(HYPS[:1], [[REFS[0][0]]]).score)
+  assert got["bleu"] > one_ref  # The second reference matches exactly.
+
+
+def test_perfect_output_scores_100():
+  got = evaluation.bleu_and_chrf(["a b c d e", "f g h i"], [["a b c d e"], ["f g h i"]])
+  assert got == {"bleu": pytest.approx(100.0), "chrf": pytest.approx(100.0)}
+
+
+def test_exact_match_and_per_length_table():
+  correct = evaluation.exact_match(HYPS, REFS)
+  np.testing.assert_array_equal(correct, [False, False, True])
+  table = evaluation.by_length([True, False, True, True], [3, 3, 12, 5], "sequence_accuracy")
+  assert table == {"sequence_accuracy_len_03": 0.5, "sequence_accuracy_len_05": 1.0,
+                   "sequence_accuracy_len_12": 1.0}
+
+
+def test_bad_metric_inputs_raise():
+  with pytest.raises(ValueError, match="2 hypotheses for 1 reference lists"):
+    evaluation.bleu_and_chrf(["a", "b"], [["a"]])
+  with pytest.raises(ValueError, match=r"references\[0\]=\[\]"):
+    evaluation.exact_match(["a"], [[]])
+  with pytest.raises(ValueError, match=r"references\[0\]='a'"):
+    evaluation.bleu_and_chrf(["a"], ["a"])
+
+
+def test_decode_subset_keeps_every_length():
+  examples = [{"length": n, "i": i} for n in range(1, 11) for i in range(5)]
+  subset = evaluation.decode_subset(examples, 12)
+  assert len(subset) == 12
+  assert {ex["length"] for ex in subset} == set(range(1, 11))
+  assert subset == sorted(subset, key=examples.index)  # Original order kept.
+  assert evaluation.decode_subset(examples, -1) is examples
+
+
+def load_config(name: str):
+  path = pathlib.Path(__file__).parents[1] / "configs" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"{name}_config_for_tests", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("tiny")
+  c.eval.batch_size, c.eval.decode_examples, c.eval.beam_size = 8, 16, 2
+  return c
+
+
+def tiny_task(name: str, tmp_path):
+  c = load_config(name)
+  task = tasks.build(c, str(tmp_path))
+  model = models.build(c.model, task.kind, input_vocab_size=task.input_vocab_size,
+                       target_vocab_size=task.target_vocab_size, num_classes=task.num_classes)
+  batch = next(iter(task.eval_batches("validation", 8)))
+  return c, task, model, model.init(jax.random.key(0), batch)
+
+
+def test_evaluate_seq2seq_on_a_mesh(tmp_path):
+  """The loop's call: global batches over 8 devices, per-length table filled."""
+  c, task, model, params = tiny_task("reverse", tmp_path)
+  mesh = sharding.make_mesh(c.mesh)
+  got = evaluation.evaluate(c, task, model, params, "validation", mesh=mesh)
+  lengths = range(c.data.eval_min_len, c.data.eval_max_len + 1)
+  assert got["decoded_examples"] == 16
+  assert 0.0 <= got["sequence_accuracy"] <= 1.0
+  assert {f"sequence_accuracy_len_{n:02d}" for n in lengths[:16]} <= set(got)
+  assert "bleu" not in got  # Not a metric of this task.
+  assert got == evaluation.evaluate(c, task, model, params, "validation")  # No mesh.
+
+
+def test_evaluate_classifier_reports_accuracy_per_length(tmp_path):
+  c, task, model, params = tiny_task("difference", tmp_path)
+  got = evaluation.evaluate(c, task, model, params, "test")
+  assert set(got) == {f"accuracy_len_{n}" for n in range(11, 16)}
+  full = evaluation.teacher_forced(c, task, model, params, "test")
+  assert 0.0 <= full["accuracy"] <= 1.0 and full["loss"] > 0
