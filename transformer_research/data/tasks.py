@@ -255,12 +255,13 @@ def _text_tokenizers(name: str, kind: str, data: ml_collections.ConfigDict,
   """(inputs, targets) tokenizers; SentencePiece models are trained into `workdir`."""
   if data.tokenizer == "sentencepiece":
     procs = dict(process_index=process_index, process_count=process_count)
+    # Trained on the records the model trains on (all, or the first N).
+    train = _Indexed(raw("train"), data.max_train_examples)
     if kind == "seq2seq":
       pair = tok_lib.translation_sentencepiece(
-          raw("train"), workdir, data.vocab_size, joint=data.joint_vocab,
+          train, workdir, data.vocab_size, joint=data.joint_vocab,
           standardize_text=data.standardize, **procs)
     else:
-      train = raw("train")
       texts = lambda: ((tok_lib.standardize(train[i]["text"]) if data.standardize
                         else train[i]["text"]) for i in range(len(train)))
       suffix = f"{data.vocab_size}{'_std' if data.standardize else ''}.model"
