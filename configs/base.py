@@ -94,6 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ----------------------------------------------------------------- eval
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 500
+  c.eval.split = "validation"  # What the loop evaluates; test is for final reports.
   c.eval.batch_size = 64  # Global rows per eval / decoding batch.
   # Examples decoded per eval (BLEU, chrF, exact match); -1 = the whole split.
   # Decoding dominates eval time, so the loop uses a fixed subset.
