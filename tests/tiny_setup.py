@@ -3,18 +3,30 @@
 Kept tiny (d_model 32, 1+1 layers) so every compile takes seconds on CPU.
 """
 
+import importlib.util
+import pathlib
+
 import ml_collections
 import numpy as np
 
-from configs import base
 from transformer_research import models
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _config_module(name: str):
+  """configs/<name>.py loaded by path, as config_flags does (configs/ is no package)."""
+  spec = importlib.util.spec_from_file_location(f"{name}_config", ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 VOCAB = 24
 
 
 def config(**train) -> ml_collections.ConfigDict:
   """The base config with dropout off (so runs are comparable) and `train` overrides."""
-  c = base.get_config()
+  c = _config_module("base").get_config()
   c.model.variant = "tiny"
   c.model.dropout_rate = 0.0
   c.model.num_encoder_layers = 1  # One layer of each kind is enough to test the
@@ -42,3 +54,30 @@ def batches(n: int, batch_size: int = 16, length: int = 8, seed: int = 0) -> lis
     targets = np.where(np.arange(length) < lengths, targets, 0).astype(np.int32)
     out.append({"inputs": inputs, "targets": targets})
   return out
+
+
+def task_config(**overrides) -> ml_collections.ConfigDict:
+  """configs/reverse.py:tiny made smaller and faster, for loop/launch tests.
+
+  `overrides` are dotted names: `task_config(**{"train.num_steps": 4})`.
+  """
+  c = _config_module("reverse").get_config("tiny")
+  c.unlock()
+  for key, value in {**TASK_OVERRIDES, **overrides}.items():
+    section, name = key.split(".")
+    setattr(c[section], name, value)
+  return c.lock()
+
+
+# The same values as command-line flags, for subprocess runs of launch/train.py.
+TASK_OVERRIDES = {
+    "model.num_encoder_layers": 1, "model.num_decoder_layers": 1,
+    "data.num_train_examples": 200, "data.eval_max_len": 4, "data.num_eval_per_length": 2,
+    "eval.decode_examples": 4, "eval.beam_size": 1, "eval.batch_size": 8,
+    "train.batch_size": 8, "train.num_steps": 4, "train.log_every_steps": 2,
+    "eval.every_steps": 2, "checkpoint.every_steps": 2,
+}
+
+
+def flags(**overrides) -> list[str]:
+  return [f"--config.{k}={v}" for k, v in {**TASK_OVERRIDES, **overrides}.items()]

@@ -177,12 +177,12 @@ def batch_shards(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+def check_batch_size(batch_size: int, mesh: Mesh, name: str = "config.train.batch_size") -> None:
   """Fails before compiling when the global batch cannot split evenly."""
   shards = batch_shards(mesh)
   if batch_size % shards or batch_size % jax.process_count():
     raise ValueError(
-        f"config.train.batch_size={batch_size} is not divisible by the {shards} batch shards "
+        f"{name}={batch_size} is not divisible by the {shards} batch shards "
         f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}) and the "
         f"{jax.process_count()} processes")
 
