@@ -40,5 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.num_steps = 20
     c.train.batch_size = 16
     c.eval.every_steps = 10
+    c.eval.batch_size = 16
+    c.eval.decode_examples = 16
     c.checkpoint.every_steps = 10
   return c.lock()

@@ -91,7 +91,7 @@ def _fake_spa_eng(split, **kwargs):
   del kwargs
   pairs = [{"inputs": e, "targets": s} for e, s in _PAIRS * 20]
   if split != "train":
-    pairs = pairs[:5] + [{"inputs": "", "targets": "Nada."},
+    pairs = pairs[:5] + [{"inputs": "", "targets": "Nada."}, {"inputs": "Nothing.", "targets": ""},
                          {"inputs": "word " * 100, "targets": "palabra"}]
   return pairs
 
@@ -107,7 +107,7 @@ def test_translation_task_trains_sentencepiece_and_groups_references(tmp_path, m
   assert "inputs_segmentation" in batch and batch["inputs"].shape == (4, 64)
   examples = task.eval_examples("test")
   assert examples[0]["source"] == "Hello." and examples[0]["references"] == ["Hola.", "¡Hola!"]
-  assert len(examples) == 4  # The empty and the over-long pair were skipped.
+  assert len(examples) == 4  # The two half-empty and the over-long pair were skipped.
   assert sum(b["example_mask"].sum() for b in task.eval_batches("test", 4, 0, 1)) == 5
 
 
@@ -129,11 +129,16 @@ def test_text_tasks_read_local_files(tmp_path, name):
   config.data.vocab_size = 30
   config.data.max_input_len = config.data.max_target_len = 16
   task = _build(config, tmp_path)
-  batch = next(task.train_iterator(4, process_index=0, process_count=1))
+  iterator = task.train_iterator(4, process_index=0, process_count=1)
+  batch = next(iterator)
+  assert task.encode_inputs("good movie")
   if name == "imdb":
     assert batch["inputs"].shape[1] <= 16 and task.num_classes == 2
   else:
     assert task.input_tokenizer is None and task.target_vocab_size == 30
     assert batch["targets"].shape == (4, 16) and "targets_segmentation" in batch
+    # 54 training reviews of 30 words, cut into 16-token chunks, the last with EOS.
+    assert iterator.get_state()["num_examples"] > 54
+    assert (batch["targets"] == task.target_tokenizer.eos_id).any()
   assert len(task.eval_examples("test")) == 7
   assert len(task.eval_examples("validation")) == 6  # Last tenth of train.

@@ -101,14 +101,19 @@ class Task:
     self._tokenized: dict[str, pipeline.TokenizedData] = {}
 
   def encode_inputs(self, text: str) -> list[int]:
-    """Source text -> model `inputs` ids (no EOS), as in the batches."""
-    return self.input_tokenizer.encode(text)
+    """Source text (an LM: the prompt) -> ids without EOS, as in the batches."""
+    return (self.target_tokenizer if self.kind == "lm" else self.input_tokenizer).encode(text)
+
+  def _with_eos(self, text: str) -> list[int]:
+    """Target ids + EOS; an empty text stays empty so it is skipped as "empty"."""
+    ids = self.target_tokenizer.encode(text)
+    return ids + [self.target_tokenizer.eos_id] if ids else []
 
   def _encode(self, record: Mapping[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
     extra = {k: int(record[k]) for k in ("index", "length") if k in record}
     if self.kind == "seq2seq":
       inputs = self.encode_inputs(record["inputs"])
-      targets = self.target_tokenizer.encode(record["targets"]) + [self.target_tokenizer.eos_id]
+      targets = self._with_eos(record["targets"])
       return {"inputs": inputs, "targets": targets, "length": len(inputs), **extra}
     if self.kind == "classify":
       label = int(record["label"])
@@ -116,9 +121,9 @@ class Task:
         raise ValueError(f"label={label}; expected 0..{self.num_classes - 1}")
       inputs = self.encode_inputs(record["text"])[:self._data.max_input_len]
       return {"inputs": inputs, "label": label, "length": len(inputs), **extra}
-    ids = self.target_tokenizer.encode(record["text"]) + [self.target_tokenizer.eos_id]
-    n = self._data.max_target_len
-    return [{"targets": ids[i:i + n], "length": len(ids), **extra} for i in range(0, len(ids), n)]
+    ids, n = self._with_eos(record["text"]), self._data.max_target_len
+    return [{"targets": ids[i:i + n], "length": len(ids), **extra}
+            for i in range(0, max(len(ids), 1), n)]
 
   def _tokenize(self, split: str) -> pipeline.TokenizedData:
     if split not in self._tokenized:
