@@ -27,24 +27,21 @@ class Dense(hk.Module):
   activations would give bf16 parameters; this one always stores float32.
   """
 
-  def __init__(self, output_size: int, *, with_bias: bool = True,
-               compute_dtype: Any = jnp.float32, name: str | None = None):
+  def __init__(self, output_size: int, *, compute_dtype: Any = jnp.float32,
+               name: str | None = None):
     super().__init__(name=name)
     self.output_size = output_size
-    self.with_bias = with_bias
     self.compute_dtype = compute_dtype
 
   def __call__(self, x: jnp.ndarray, out_dtype: Any = None) -> jnp.ndarray:
     """Args: x [..., Din]. Returns [..., output_size] in `out_dtype` (default compute dtype)."""
     fan_in = x.shape[-1]
-    w = hk.get_parameter("w", [fan_in, self.output_size], jnp.float32,
-                         init=hk.initializers.VarianceScaling(1.0, "fan_avg", "uniform"))
-    out_dtype = out_dtype or self.compute_dtype
+    glorot = hk.initializers.VarianceScaling(1.0, "fan_avg", "uniform")
+    w = hk.get_parameter("w", [fan_in, self.output_size], jnp.float32, init=glorot)
+    b = hk.get_parameter("b", [self.output_size], jnp.float32, init=jnp.zeros)
     y = jnp.dot(x.astype(self.compute_dtype), w.astype(self.compute_dtype),
-                preferred_element_type=jnp.float32)
-    if self.with_bias:
-      y += hk.get_parameter("b", [self.output_size], jnp.float32, init=jnp.zeros)
-    return y.astype(out_dtype)
+                preferred_element_type=jnp.float32)  # [..., out] f32 accumulation
+    return (y + b).astype(out_dtype or self.compute_dtype)
 
 
 def apply_rope(x: jnp.ndarray, positions: jnp.ndarray) -> jnp.ndarray:
@@ -148,13 +145,16 @@ class MultiHeadAttention(hk.Module):
 
     Args:
       query: [B, Tq, D].
-      mask: bool broadcastable to [B, 1, Tq, Tk]; True = may attend. With a
-        cache, the look-ahead part is added here and `mask` may be all True.
+      mask: bool broadcastable to [B, H, Tq, Tk] (usually [B, 1, Tq, Tk]);
+        True = may attend. With a cache, Tk = L and the look-ahead limit
+        (keys up to `cache_index`) is added here, so `mask` may be all True.
       memory: [B, Tk, D] for cross-attention; None for self-attention.
       is_training: enables dropout on the attention weights.
       positions: [B, Tq] int positions for RoPE (self-attention only).
       cache: {"key", "value": [B, L, H, Dh]} for incremental self-attention;
-        then Tq must be 1 and the new key/value is written at `cache_index`.
+        then Tq must be 1 and the new key/value is written at `cache_index`
+        (keys are cached after RoPE, so old steps are never re-rotated).
+        Cross-attention takes no cache: its keys come from `memory`.
       cache_index: [B] int32 position of this step, per example.
 
     Returns:

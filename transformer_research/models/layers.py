@@ -47,6 +47,15 @@ def layer_name(index: int) -> str:
   return f"layer_{index:02d}"
 
 
+def check_token_ids(name: str, value) -> None:
+  """Token ids must be integers: a float array here is a data bug, and
+  gathering with it would fail later inside XLA with a vaguer message."""
+  dtype = jnp.asarray(value).dtype
+  if not jnp.issubdtype(dtype, jnp.integer):
+    raise ValueError(f"{name} has dtype {dtype}; expected integer token ids "
+                     "(int32).")
+
+
 class TokenEmbedding(hk.Module):
   """Token lookup (scaled by sqrt(D), as in the paper) and its transpose.
 
@@ -68,6 +77,7 @@ class TokenEmbedding(hk.Module):
 
   def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
     """Args: tokens [B, T] int. Returns [B, T, D] in the compute dtype."""
+    check_token_ids("tokens", tokens)
     x = jnp.take(self._table(), tokens, axis=0) * np.sqrt(self.d_model)
     return x.astype(self.compute_dtype)
 

@@ -222,14 +222,6 @@ _BATCH_KEYS = {
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def _check_ids(name: str, value) -> None:
-  """Token ids must be integers: a float array here is a data bug."""
-  dtype = jnp.asarray(value).dtype
-  if not jnp.issubdtype(dtype, jnp.integer):
-    raise ValueError(f"{name} has dtype {dtype}; expected integer token ids "
-                     "(int32).")
-
-
 def _model_batch(entry: str, batch: Batch) -> Batch:
   """The keys `entry` reads, checked; extra keys (e.g. `length`) dropped."""
   required, optional = _BATCH_KEYS[entry]
@@ -239,7 +231,7 @@ def _model_batch(entry: str, batch: Batch) -> Batch:
                      f"{list(required)} for {entry}.")
   out = {k: batch[k] for k in required + optional if k in batch}
   for k, v in out.items():
-    _check_ids(f'batch["{k}"]', v)
+    layers.check_token_ids(f'batch["{k}"]', v)
     if jnp.ndim(v) != 2:
       raise ValueError(f'batch["{k}"] has shape {jnp.shape(v)}; expected [B, length].')
   return out
@@ -309,14 +301,14 @@ class Model:
     (for the memory mask).
     """
     self._need(("seq2seq", "lm"), "decode_step")
-    _check_ids("tokens", tokens)
+    layers.check_token_ids("tokens", tokens)
     if tokens.ndim != 1:
       raise ValueError(f"tokens has shape {tokens.shape}; expected [B].")
     if self.kind == "seq2seq":
       if memory is None or inputs is None:
         raise ValueError("memory and inputs are None; expected encode()'s memory "
                          "[B, S, D] and the inputs [B, S] for kind='seq2seq'.")
-      _check_ids("inputs", inputs)
+      layers.check_token_ids("inputs", inputs)
       return self._transformed.apply[2](params, None, tokens, cache, memory, inputs)
     return self._transformed.apply[1](params, None, tokens, cache)
 
