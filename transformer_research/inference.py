@@ -263,3 +263,40 @@ def _dummy_batch(kind: str) -> dict[str, np.ndarray]:
   row = np.ones((1, 4), np.int32)
   return {"seq2seq": {"inputs": row, "targets": row}, "lm": {"targets": row},
           "classify": {"inputs": row, "label": np.zeros((1,), np.int32)}}[kind]
+
+
+def generate_text(run: Run, texts: Sequence[str], *, beam_size: int | None = None,
+                  max_len: int | None = None, temperature: float = 0.0, top_k: int = 0,
+                  top_p: float = 1.0, seed: int = 0) -> list[str]:
+  """Translations (seq2seq) or continuations (lm) of `texts`, one per text.
+
+  Blank texts give "" without decoding. Batches are as small as the input
+  allows (a multiple of the mesh's batch shards), so one sentence does not
+  pay for `config.eval.batch_size` rows.
+
+  Raises:
+    ValueError: a classifier run, or no non-blank text.
+  """
+  check_can_generate(run.model.kind, "translate or continue text")
+  keep = [i for i, t in enumerate(texts) if t.strip()]
+  if not keep:
+    raise ValueError(f"texts={list(texts)!r}: expected at least one non-blank text.")
+  c, shards = run.config, sharding.batch_shards(run.mesh) * jax.process_count()
+  batch_size = min(c.eval.batch_size, -(-len(keep) // shards) * shards)
+  chosen = [texts[i].strip() for i in keep]
+  if run.model.kind == "seq2seq":
+    if temperature > 0:
+      raise ValueError(f"temperature={temperature}: expected 0 for translation "
+                       "(beam search); sampling is for language models.")
+    out = translate(c, run.task, run.model, run.params, chosen, mesh=run.mesh,
+                    beam_size=beam_size, max_len=max_len, batch_size=batch_size)
+  else:
+    out = continue_prompts(run.task, run.model, run.params, chosen,
+                           max_len=max_len or c.data.max_target_len,
+                           batch_size=batch_size, temperature=temperature, top_k=top_k,
+                           top_p=top_p, beam_size=beam_size or 1,
+                           rng=jax.random.key(seed), mesh=run.mesh)
+  result = [""] * len(texts)
+  for i, text in zip(keep, out):
+    result[i] = text
+  return result

@@ -1,0 +1,43 @@
+"""Evaluates a saved checkpoint of a run on one split.
+
+    python launch/evaluate.py --workdir=/tmp/wmt [--split=test] [--step=N]
+
+Appends the eval record to WORKDIR/metrics.jsonl and writes a readable report,
+WORKDIR/eval_<split>_<step>.md, with the metrics and sample inputs,
+references and outputs. Translation decodes `config.eval.decode_examples`
+sentences unless `--num_examples` says otherwise (-1 = the whole split).
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from transformer_research import evaluation  # noqa: E402  (needs the path above)
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
+_SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate: validation or test.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None, "Examples to decode; default "
+                                     "config.eval.decode_examples, -1 = all.")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    record, report = evaluation.evaluate_run(_WORKDIR.value, _SPLIT.value, _STEP.value,
+                                             _NUM_EXAMPLES.value)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
+  for key, value in record.items():
+    print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+  if report:
+    print(f"report: {report}")
+
+
+if __name__ == "__main__":
+  app.run(main)

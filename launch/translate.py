@@ -1,0 +1,55 @@
+"""Translates sentences with a trained run, or continues prompts with an LM.
+
+    python launch/translate.py --workdir=/tmp/wmt "Where can I find a pizzeria?"
+    python launch/translate.py --workdir=/tmp/wmt --beam_size=1 < sentences.txt
+    python launch/translate.py --workdir=/tmp/lm --temperature=0.8 --top_p=0.9 "This movie"
+
+Each argument is one text; with none, stdin is read, one text per line, and
+decoded in batches. Output: one line per input line (blank for blank input).
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from transformer_research import inference  # noqa: E402  (needs the path above)
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
+_BEAM = flags.DEFINE_integer("beam_size", None, "Beam size; default config.eval.beam_size "
+                             "(seq2seq) or 1 (lm).")
+_MAX_LENGTH = flags.DEFINE_integer("max_length", None, "Tokens to generate at most (an LM's "
+                                   "prompt included); default data.max_target_len.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "LM sampling temperature; 0 = greedy.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "LM sampling: keep the k most likely tokens; 0 = all.")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "LM sampling: nucleus mass; 1.0 = all.")
+_SEED = flags.DEFINE_integer("seed", 0, "LM sampling seed.")
+
+
+def main(argv: list[str]) -> None:
+  texts = argv[1:]
+  if not texts:
+    if sys.stdin.isatty():
+      print("reading one text per line from stdin (Ctrl-D to end)", file=sys.stderr)
+    texts = sys.stdin.read().splitlines()
+  if not any(t.strip() for t in texts):
+    raise SystemExit("error: empty input: expected a text argument or one text per "
+                     "line on stdin.")
+  try:
+    run = inference.load_run(_WORKDIR.value, _STEP.value)
+    outputs = inference.generate_text(
+        run, texts, beam_size=_BEAM.value, max_len=_MAX_LENGTH.value,
+        temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
+        seed=_SEED.value)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
+  for line in outputs:
+    print(line)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,106 @@
+"""evaluate / translate / plot CLIs on a one-step `reverse:tiny` run.
+
+The run is trained once per module through the real loop (so the workdir
+holds exactly what users get); the CLIs run as subprocesses where what is
+tested is the command line itself (stdin, exit status, messages).
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from transformer_research import evaluation
+from transformer_research import inference
+from transformer_research import models
+from transformer_research import train_loop
+
+REPO = pathlib.Path(__file__).parents[2]
+
+
+def tiny_config(name: str):
+  spec = importlib.util.spec_from_file_location(f"{name}_cli_test_config",
+                                                REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("tiny")
+  c.train.num_steps, c.train.batch_size = 1, 8
+  c.eval.batch_size, c.eval.decode_examples, c.eval.beam_size = 8, 8, 1
+  return c
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("reverse"))
+  train_loop.train_and_evaluate(tiny_config("reverse"), path)
+  return path
+
+
+def cli(script: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, str(REPO / "launch" / script), *args],
+                        input=stdin, capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_run_appends_record_and_writes_report(workdir):
+  record, report = evaluation.evaluate_run(workdir, "test", num_examples=8)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    last = json.loads(f.read().splitlines()[-1])
+  assert last == record and last["split"] == "test" and last["step"] == 1
+  assert {"loss", "accuracy", "sequence_accuracy", "decoded_examples"} <= set(last)
+  assert report == os.path.join(workdir, "eval_test_1.md")
+  text = pathlib.Path(report).read_text()
+  assert "| sequence_accuracy |" in text and "- **input**:" in text
+
+
+def test_translate_reads_stdin_and_keeps_blank_lines(workdir):
+  result = cli("translate.py", f"--workdir={workdir}", stdin="123\n\n4567\n")
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert len(lines) == 3 and lines[1] == ""
+  assert set("".join(lines)) <= set("0123456789")  # Decoded with the task's vocab.
+
+
+def test_generate_text_matches_batching(workdir):
+  run = inference.load_run(workdir)
+  one_by_one = [inference.generate_text(run, [s])[0] for s in ("12", "345")]
+  assert inference.generate_text(run, ["12", "345"]) == one_by_one
+
+
+def test_plot_writes_pngs(workdir, tmp_path):
+  result = cli("plot.py", f"--workdir={workdir}", f"--out_dir={tmp_path}")
+  assert result.returncode == 0, result.stderr
+  written = sorted(p.name for p in tmp_path.glob("*.png"))
+  assert {"loss.png", "accuracy.png", "per_length_accuracy.png"} <= set(written)
+  assert all((tmp_path / name).stat().st_size > 1000 for name in written)
+
+
+@pytest.mark.parametrize("script,args,stdin,message", [
+    ("translate.py", ["hello"], "", "has no checkpoint: expected the workdir of a training run"),
+    ("evaluate.py", [], "", "has no checkpoint: expected the workdir of a training run"),
+    ("plot.py", [], "", "has no metrics.jsonl"),
+    ("translate.py", [], "\n  \n", "empty input: expected a text argument"),
+])
+def test_cli_errors_are_clear(tmp_path, script, args, stdin, message):
+  result = cli(script, f"--workdir={tmp_path}", *args, stdin=stdin)
+  assert result.returncode == 1
+  assert message in result.stderr, result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_a_classifier_cannot_translate(workdir):
+  run = inference.load_run(workdir)
+  c = tiny_config("difference")
+  classifier = models.build(c.model, "classify", input_vocab_size=12, num_classes=2)
+  with pytest.raises(ValueError, match="kind='classify' cannot translate or continue"):
+    inference.generate_text(inference.Run(c, run.task, classifier, None, 0, run.mesh), ["1-2"])
+
+
+def test_bad_step_and_split_are_named(workdir):
+  with pytest.raises(ValueError, match=r"step=7: no checkpoint of that step .* \[1\]"):
+    inference.load_run(workdir, step=7)
+  with pytest.raises(ValueError, match="split='dev'"):
+    evaluation.evaluate_run(workdir, "dev")
