@@ -196,8 +196,8 @@ class EncoderClassifier(hk.Module):
       x = jnp.concatenate([cls(jnp.zeros_like(inputs[:, :1])), x], axis=1)  # [B, 1+S, D]
       inputs = jnp.pad(inputs, ((0, 0), (1, 0)), constant_values=1)  # CLS is never pad.
     positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
-    x = layers.Encoder(o, self.num_layers)(x, masks.encoder_mask(inputs), positions,
-                                    is_training=is_training)
+    encoder = layers.Encoder(o, self.num_layers)
+    x = encoder(x, masks.encoder_mask(inputs), positions, is_training=is_training)
     if self.pooling == "cls":
       pooled = x[:, 0].astype(jnp.float32)  # [B, D]
     else:
