@@ -1,0 +1,111 @@
+"""The training loop (train_loop.py): records, resume, preemption, guardrails."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import tiny_setup
+from transformer_research import train_loop
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")
+TIMING = ("steps_per_sec", "tokens_per_sec")
+
+
+def records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def without_timing(rows):
+  return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def _env():
+  return dict(os.environ, PYTHONPATH=tiny_setup.ROOT.as_posix())
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """4 steps in one go: the run every interrupted run must reproduce."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  state = train_loop.train_and_evaluate(tiny_setup.task_config(), workdir)
+  return workdir, jax.device_get(state)
+
+
+def test_run_writes_records_config_tensorboard_and_checkpoints(straight):
+  workdir, state = straight
+  rows = records(workdir)
+  assert [(r["step"], r["split"]) for r in rows] == [
+      (2, "train"), (2, "validation"), (4, "train"), (4, "validation")]
+  train = rows[2]
+  for key in ("loss", "accuracy", "learning_rate", "grad_norm", "steps_per_sec", "tokens_per_sec"):
+    assert np.isfinite(train[key]), key
+  assert {"loss", "accuracy", "sequence_accuracy"} <= set(rows[3])  # + the task's metrics.
+  assert json.load(open(os.path.join(workdir, "config.json")))["train"]["num_steps"] == 4
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  assert int(state.step) == 4
+
+
+def test_exact_resume_after_sigkill(straight, tmp_path):
+  """Killed (SIGKILL) right after step 2's checkpoint, rerun to step 4: the
+  same parameters bit for bit, and the same metrics records."""
+  workdir = str(tmp_path)
+  proc = subprocess.run([sys.executable, WORKER, workdir, "kill_after=2"], env=_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  assert [r["step"] for r in records(workdir)][-1] == 2
+  state = jax.device_get(train_loop.train_and_evaluate(tiny_setup.task_config(), workdir))
+  expected_dir, expected = straight
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(a, b)
+  assert without_timing(records(workdir)) == without_timing(records(expected_dir))
+
+
+def test_sigterm_checkpoints_and_exits_0(tmp_path):
+  workdir = str(tmp_path)
+  command = [sys.executable, os.path.join(tiny_setup.ROOT, "launch", "train.py"),
+             "--config=" + os.path.join(tiny_setup.ROOT, "configs", "reverse.py") + ":tiny",
+             f"--workdir={workdir}"] + tiny_setup.flags(**{
+                 "train.num_steps": 100000, "eval.every_steps": 100000,
+                 "checkpoint.every_steps": 50, "train.log_every_steps": 1000})
+  proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  try:
+    deadline = time.time() + 240
+    while not os.path.isdir(os.path.join(workdir, "checkpoints", "50")):
+      assert proc.poll() is None and time.time() < deadline, "no checkpoint at step 50"
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, stderr[-3000:]
+  steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+  last = records(workdir)[-1]
+  assert 50 < max(steps) < 100000 and last["step"] == max(steps) and last["split"] == "train"
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
+  config = tiny_setup.task_config(**{
+      "train.optimizer": "sgd", "train.learning_rate": 1e30, "train.schedule": "constant",
+      "train.warmup_steps": 0, "train.grad_clip_norm": 0.0, "train.num_steps": 20,
+      "checkpoint.every_steps": 1, "eval.every_steps": 1000, "train.log_every_steps": 1000})
+  with pytest.raises(FloatingPointError, match=r"at step (\d+)") as error:
+    train_loop.train_and_evaluate(config, str(tmp_path))
+  bad = int(error.value.args[0].split("at step ")[1].split(";")[0])
+  saved = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
+  assert max(saved) < bad
+
+
+def test_batch_not_divisible_fails_before_compiling(tmp_path):
+  with pytest.raises(ValueError, match=r"config.train.batch_size=12 .* 8 batch shards"):
+    train_loop.train_and_evaluate(tiny_setup.task_config(**{"train.batch_size": 12}), str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
