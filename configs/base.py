@@ -57,8 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.tfds_data_dir = ""  # TFDS data_dir; "" = TFDS default.
   c.data.manual_dir = ""  # Holds spa-eng.zip offline; "" = TFDS default.
   c.data.bpemb_cache_dir = ""  # BPEmb models dir; "" = ~/.cache/bpemb.
-  # Local JSON lines / TSV files (imdb, lm_imdb) instead of TFDS; the last
-  # tenth of train_path is held out as validation, eval_path is the test split.
+  # Local JSON lines / TSV files (imdb, lm_imdb) instead of TFDS; a fixed
+  # random tenth of train_path is held out as validation, eval_path is test.
   c.data.train_path = ""
   c.data.eval_path = ""
   # Synthetic tasks (reverse, sort, addition, difference); "length" is the

@@ -120,7 +120,8 @@ def _write_jsonl(path, records):
 def test_text_tasks_read_local_files(tmp_path, name):
   words = "good bad movie film plot actor great awful story fun".split()
   rng = np.random.default_rng(0)
-  records = [{"text": " ".join(rng.choice(words, 30)), "label": i % 2} for i in range(60)]
+  # Sorted by label, as the IMDB files are.
+  records = [{"text": " ".join(rng.choice(words, 30)), "label": int(i >= 30)} for i in range(60)]
   _write_jsonl(tmp_path / "train.jsonl.gz", records)
   _write_jsonl(tmp_path / "test.jsonl.gz", records[:7])
   config = _config(name)
@@ -139,6 +140,11 @@ def test_text_tasks_read_local_files(tmp_path, name):
     assert batch["targets"].shape == (4, 16) and "targets_segmentation" in batch
     # 54 training reviews of 30 words, cut into 16-token chunks, the last with EOS.
     assert iterator.get_state()["num_examples"] > 54
-    assert (batch["targets"] == task.target_tokenizer.eos_id).any()
+    eos = sum(int((b["targets"] == task.target_tokenizer.eos_id).sum())
+              for b in task.eval_batches("validation", 4, process_index=0, process_count=1))
+    assert eos == 6  # One EOS per document, at the end of its last chunk.
   assert len(task.eval_examples("test")) == 7
-  assert len(task.eval_examples("validation")) == 6  # Last tenth of train.
+  validation = task.eval_examples("validation")
+  assert len(validation) == 6  # A fixed random tenth of train.
+  if name == "imdb":
+    assert {e["label"] for e in validation} == {0, 1}

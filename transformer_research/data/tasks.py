@@ -232,7 +232,13 @@ def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Seq
                            f"data.train_path={data.train_path!r} is set")
         cache[split] = sources.text_files(data.eval_path, with_label=with_label)
       else:
-        records = sources.text_files(data.train_path, with_label=with_label)
+        if "local_train" not in cache:
+          records = sources.text_files(data.train_path, with_label=with_label)
+          # Files are often sorted by label: one fixed shuffle makes both the
+          # held-out tenth and a `max_train_examples` prefix representative.
+          order = np.random.default_rng(0).permutation(len(records))
+          cache["local_train"] = [records[i] for i in order]
+        records = cache["local_train"]
         cut = len(records) - len(records) // 10  # Last tenth held out for validation.
         cache[split] = records[:cut] if split == "train" else records[cut:]
     else:
