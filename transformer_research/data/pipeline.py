@@ -26,9 +26,10 @@ How a batch is made:
   a few bucket lengths that fits the longest example of the global batch.
 """
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 import dataclasses
 import logging
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -111,9 +112,10 @@ def tokenize(source: Sequence[Mapping[str, Any]],
                for f, ps in pieces.items()},
       scalars={f: np.asarray(v, np.int32) for f, v in scalars.items()},
       skipped=skipped)
-  logging.info("%s: kept %d examples from %d records; skipped %d (%s)", name, len(data),
-               num_records, sum(skipped.values()),
-               ", ".join(f"{k}={v}" for k, v in skipped.items()))
+  logging.log(logging.WARNING if sum(skipped.values()) else logging.INFO,
+              "%s: kept %d examples from %d records; skipped %d (%s)", name, len(data),
+              num_records, sum(skipped.values()),
+              ", ".join(f"{k}={v}" for k, v in skipped.items()))
   return data
 
 
@@ -148,7 +150,9 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
                max_lengths: Mapping[str, int], packing: bool, num_buckets: int = 3,
                seed: int = 0, process_index: int | None = None,
                process_count: int | None = None):
-    """Args:
+    """Checks the arguments; no batch is built before the first `next`.
+
+    Args:
       data: tokenized examples (non-empty).
       batch_size: global rows per batch; each process yields batch_size // process_count.
       max_lengths: row length per sequence field (packing) or largest bucket.
