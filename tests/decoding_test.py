@@ -2,7 +2,7 @@
 
 A Markov chain (logits depend only on the previous token) is small enough to
 enumerate every sequence, so beam search can be checked against the true
-best-scoring sequence; the real-model checks live in decoding_model_test.py.
+best-scoring sequence; the real-model checks live in inference_test.py.
 """
 
 import itertools
@@ -109,7 +109,7 @@ def brute_force_repeat_penalty(table: np.ndarray, max_len: int) -> np.ndarray:
   """Log-probs of every complete sequence, best first."""
   vocab, found = table.shape[0], []
   for n in range(1, max_len + 1):
-    for seq in itertools.product(range(vocab), repeat=n):
+    for seq in itertools.product(range(1, vocab), repeat=n):  # never pad
       if EOS in seq[:-1] or (n < max_len and seq[-1] != EOS):
         continue
       history, logp = (0,), 0.0
