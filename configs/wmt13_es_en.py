@@ -1,7 +1,9 @@
 """English -> Spanish on real WMT13 data (stock TFDS `wmt13_translate/es-en`).
 
 For machines with internet: TFDS downloads several GB on first use.
-Validation is newstest2012, test newstest2013.
+Validation is newstest2012, test newstest2013. Every host tokenizes the
+whole training split once at start (minutes at this size, ~4 bytes a token);
+`--config.data.max_train_examples=N` caps it.
 
 Launch:
   python launch/train.py --config=configs/wmt13_es_en.py --workdir=/tmp/wmt13
