@@ -12,12 +12,16 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from transformer_research import evaluation
 from transformer_research import inference
 from transformer_research import models
+from transformer_research import sharding
 from transformer_research import train_loop
+from transformer_research.data import tasks
 
 REPO = pathlib.Path(__file__).parents[2]
 
@@ -104,3 +108,27 @@ def test_bad_step_and_split_are_named(workdir):
     inference.load_run(workdir, step=7)
   with pytest.raises(ValueError, match="split='dev'"):
     evaluation.evaluate_run(workdir, "dev")
+
+
+def test_lm_continues_prompts(tmp_path):
+  """translate.py's library path for an LM run: prompts in, continuations out."""
+  words = ["good", "bad", "movie", "plot", "actor", "long", "fun", "boring", "story",
+           "music", "ending", "great", "awful", "scene", "film", "the", "a", "was"]
+  rng = np.random.default_rng(0)
+  with open(tmp_path / "reviews.jsonl", "w") as f:
+    for _ in range(300):
+      f.write(json.dumps({"text": " ".join(rng.choice(words, 12))}) + "\n")
+  c = tiny_config("lm_imdb")
+  c.data.train_path, c.data.vocab_size, c.data.max_target_len = (
+      str(tmp_path / "reviews.jsonl"), 40, 16)
+  task = tasks.build(c, str(tmp_path))
+  model = models.build(c.model, "lm", target_vocab_size=task.target_vocab_size)
+  params = model.init(jax.random.key(0), {"targets": np.ones((1, 4), np.int32)})
+  run = inference.Run(c, task, model, params, 0, sharding.make_mesh(c.mesh))
+  greedy = inference.generate_text(run, ["the movie was", "", "a"])
+  assert greedy[1] == "" and all(isinstance(t, str) for t in greedy)
+  kw = dict(temperature=1.0, top_k=10, seed=3)
+  sampled = inference.generate_text(run, ["the movie was"], **kw)
+  assert sampled == inference.generate_text(run, ["the movie was"], **kw)
+  with pytest.raises(ValueError, match="max_len=2: expected more than the longest prompt"):
+    inference.generate_text(run, ["the movie was a long film"], max_len=2)
