@@ -14,6 +14,7 @@ a workdir (config.json, tokenizers, the Orbax checkpoint), for the CLIs.
 import dataclasses
 import functools
 import json
+import logging
 import os
 from typing import Any, Callable, Sequence
 
@@ -123,7 +124,12 @@ def translate(run_config: Any, task: Any, model: Any, params: Any,
       model, eos_id=task.target_tokenizer.eos_id, max_len=max_len, beam_size=beam_size,
       alpha=e.length_penalty)
   width = run_config.data.max_input_len
-  rows = [task.encode_inputs(s)[:width] for s in sources]
+  rows = [task.encode_inputs(s) for s in sources]
+  cut = sum(len(r) > width for r in rows)
+  if cut:  # The model never saw longer sources; say so instead of guessing.
+    logging.warning("%d of %d sources cut to data.max_input_len=%d tokens", cut,
+                    len(rows), width)
+  rows = [r[:width] for r in rows]
   tokens = _run_batches(lambda x: generate(params, x)[0], rows, width, batch_size, mesh)
   return [task.target_tokenizer.decode(t) for t in tokens]
 
