@@ -16,9 +16,9 @@ from transformer_research import training
 
 
 @functools.lru_cache(maxsize=None)
-def _state(shape=(8, 1, 1), num_devices=8, d_ff=-1):
-  """A state after one train step on `shape` (non-zero optimizer slots), and
-  its shardings; cached because compiling dominates these tests."""
+def _state(shape=(8, 1, 1), num_devices=8, d_ff=-1, stepped=False):
+  """A fresh state on `shape` and its shardings; `stepped`: after one train
+  step (non-zero optimizer slots). Cached because compiling dominates here."""
   c = tiny_setup.config()
   c.mesh.shape = shape
   c.model.d_ff = d_ff
@@ -28,9 +28,11 @@ def _state(shape=(8, 1, 1), num_devices=8, d_ff=-1):
   batch = tiny_setup.batches(1)[0]
   state, shardings = training.init_train_state(
       m, optimizer, {k: v[:1] for k, v in batch.items()}, mesh, sharding.PARAM_RULES, 0)
-  step = jax.jit(training.make_train_step(c, m, optimizer, schedule, "seq2seq"),
-                 out_shardings=(shardings, None))
-  return step(state, sharding.global_batch(batch, mesh))[0], shardings
+  if stepped:
+    step = jax.jit(training.make_train_step(c, m, optimizer, schedule, "seq2seq"),
+                   out_shardings=(shardings, None))
+    state = step(state, sharding.global_batch(batch, mesh))[0]
+  return state, shardings
 
 
 def _ckpt_config(**kw):
@@ -50,7 +52,7 @@ def _assert_same(a, b):
 def saved(tmp_path_factory):
   """A workdir with a checkpoint at step 1, saved on mesh (8, 1, 1)."""
   workdir = str(tmp_path_factory.mktemp("saved"))
-  state, _ = _state((8, 1, 1))
+  state, _ = _state((8, 1, 1), stepped=True)
   ckpt = checkpointing.Checkpointer(workdir, _ckpt_config())
   ckpt.save(state, {"epoch": 0, "position": 3})
   ckpt.wait()

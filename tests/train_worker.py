@@ -11,6 +11,7 @@ names, Python literals) override it.
 """
 
 import ast
+import logging
 import os
 import signal
 import sys
@@ -42,6 +43,7 @@ def main(workdir: str, mode: str, *overrides: str) -> None:
     checkpointing.Checkpointer.save = save_then_die
     train_loop.train_and_evaluate(tiny_setup.task_config(**config_overrides), workdir)
     raise SystemExit(f"step {kill_step} was never checkpointed")
+  logging.getLogger().setLevel(logging.INFO)  # The test reads the "resumed from" line.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
                              num_processes=num_processes, process_id=process_id,

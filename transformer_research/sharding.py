@@ -67,11 +67,13 @@ def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> 
     raise ValueError(f"config.mesh.dcn_shape={dcn_shape}: expected {len(AXES)} entries {AXES}")
   ici_shape = resolve_shape(tuple(mesh_config.shape), len(devices) // num_slices)
   if dcn_shape:
-    # TPU slices know their slice_index; elsewhere (GPU/CPU hosts) each process
-    # is one granule connected to the others by the slower network.
+    # Multi-slice TPUs number their slices; elsewhere (GPU/CPU hosts, where
+    # every device reports one slice) each process is a granule connected to
+    # the others by the slower network.
+    slices = {getattr(d, "slice_index", None) for d in devices}
     device_array = mesh_utils.create_hybrid_device_mesh(
         ici_shape, dcn_shape, devices, allow_split_physical_axes=True,
-        process_is_granule=not hasattr(devices[0], "slice_index"))
+        process_is_granule=len(slices) != num_slices)
   else:
     device_array = np.asarray(devices).reshape(ici_shape)
   return Mesh(device_array, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))

@@ -1,0 +1,152 @@
+"""Train-step speed and MFU: `python bench/train_step.py --config=configs/wmt_spa.py`.
+
+Prints the config, the device, step time, tokens/s and MFU, where
+
+  MFU = model FLOPs per step / step time / peak matmul FLOP/s,
+
+the peak being measured in the same run (a large float32 matmul on the same
+devices), so the figure is relative to what this machine really delivers
+rather than a datasheet. Batches are synthetic with the config's shapes
+(full rows, no padding: as packed training rows), so no data is needed.
+
+Model FLOPs per step (`model_flops`), counting a multiply-add as 2 FLOPs and
+the backward pass as twice the forward (training = 3 x forward), with B rows,
+S input and T target positions, D = d_model, F = d_ff, V = target vocab,
+L_e / L_d encoder / decoder layers:
+
+  encoder, per layer:   B*S*(8*D^2 + 4*D*F) + B*S*S*4*D          (QKVO, FFN; QK^T, AV)
+  decoder, per layer:   B*T*(8*D^2 + 4*D*F) + B*T*T*4*D          (self-attention, FFN)
+                      + B*T*4*D^2 + B*S*4*D^2 + B*T*S*4*D        (cross-attention Q,O / K,V / QK^T,AV)
+  output logits:        B*T*2*D*V
+  total:                3 * (sum of the above)
+
+Attention is counted over all positions (masks do not skip work). The figure
+is printed next to XLA's own count (`compiled.cost_analysis()["flops"]`),
+which also includes softmax, norms and the optimizer update.
+"""
+
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from transformer_research import models  # noqa: E402  (needs the path above)
+from transformer_research import optim  # noqa: E402
+from transformer_research import sharding  # noqa: E402
+from transformer_research import training  # noqa: E402
+from transformer_research.data import tasks  # noqa: E402
+from transformer_research.models import variants  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one compile + warmup step).")
+_PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N peak-matmul probe.")
+
+
+def model_flops(kind: str, sizes: variants.Sizes, batch: int, s: int, t: int, vocab: int) -> float:
+  """Training FLOPs of one step by the formula in the module docstring."""
+  d, f = sizes.d_model, sizes.d_ff
+  encoder = batch * s * (8 * d * d + 4 * d * f) + batch * s * s * 4 * d
+  decoder = batch * t * (8 * d * d + 4 * d * f) + batch * t * t * 4 * d
+  cross = batch * t * 4 * d * d + batch * s * 4 * d * d + batch * t * s * 4 * d
+  forward = 0.0
+  if kind in ("seq2seq", "classify"):
+    forward += sizes.num_encoder_layers * encoder
+  if kind == "seq2seq":
+    forward += sizes.num_decoder_layers * (decoder + cross)
+  if kind == "lm":
+    forward += sizes.num_decoder_layers * decoder
+  if kind != "classify":
+    forward += batch * t * 2 * d * vocab
+  return 3.0 * forward
+
+
+def peak_matmul_flops(n: int, mesh: jax.sharding.Mesh) -> float:
+  """Best observed float32 matmul FLOP/s over all devices of the mesh."""
+  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharding.BATCH_AXES))
+  count = sharding.batch_shards(mesh)
+  a = jax.device_put(jnp.ones((count, n, n), jnp.float32), spec)
+  matmul = jax.jit(lambda x: jnp.einsum("bij,bjk->bik", x, x), out_shardings=spec)
+  matmul(a).block_until_ready()
+  best = float("inf")
+  for _ in range(5):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * count * n ** 3 / best
+
+
+def synthetic_batch(kind: str, batch: int, s: int, t: int, vocab: int) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(0)
+  out = {}
+  if kind in ("seq2seq", "classify"):
+    out["inputs"] = rng.integers(1, vocab, (batch, s), dtype=np.int32)
+  if kind in ("seq2seq", "lm"):
+    out["targets"] = rng.integers(1, vocab, (batch, t), dtype=np.int32)
+  if kind == "classify":
+    out["label"] = rng.integers(0, 2, (batch,), dtype=np.int32)
+  return out
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  c = _CONFIG.value
+  kind = tasks.REGISTRY[c.data.task].kind
+  sizes = variants.resolve(c.model)
+  b, s, t, vocab = c.train.batch_size, c.data.max_input_len, c.data.max_target_len, c.data.vocab_size
+  mesh = sharding.make_mesh(c.mesh)
+  sharding.check_batch_size(b, mesh)
+  model = models.build(c.model, kind, input_vocab_size=vocab, target_vocab_size=vocab,
+                       num_classes=2 if kind == "classify" else None)
+  optimizer, schedule = optim.make_optimizer(c.train)
+  host_batch = synthetic_batch(kind, b, s, t, vocab)
+  state, shardings = training.init_train_state(
+      model, optimizer, {k: v[:1] for k, v in host_batch.items()}, mesh,
+      tuple(c.mesh.param_rules) or sharding.PARAM_RULES, c.seed)
+  step = training.jit_train_step(
+      training.make_train_step(c, model, optimizer, schedule, kind, mesh), shardings, mesh)
+  batch = sharding.global_batch(host_batch, mesh)
+
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  xla_flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
+  state, metrics = compiled(state, batch)  # Warmup: first-run allocations.
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(_STEPS.value):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  peak = peak_matmul_flops(_PEAK_SIZE.value, mesh)
+
+  flops = model_flops(kind, sizes, b, s, t, vocab)
+  step_s = float(np.median(times))
+  tokens = b * ((s if "inputs" in host_batch else 0) + (t if "targets" in host_batch else 0))
+  device = jax.devices()[0]
+  print(f"config: {c.data.task} {kind} variant={c.model.variant} {sizes} vocab={vocab} "
+        f"batch={b} S={s} T={t} optimizer={c.train.optimizer} "
+        f"compute_dtype={c.model.compute_dtype} mesh={dict(mesh.shape)}")
+  print(f"device: {jax.device_count()} x {device.platform} ({device.device_kind}), "
+        f"{os.cpu_count()} host cores")
+  print(f"compile: {compile_s:.1f} s")
+  print(f"step time: {step_s * 1e3:.1f} ms (median of {len(times)}; min {min(times) * 1e3:.1f})")
+  print(f"tokens/s: {tokens / step_s:,.0f}")
+  print(f"model FLOPs/step: {flops:.3e} (formula); XLA cost_analysis: {xla_flops:.3e} "
+        f"(formula/XLA = {flops / xla_flops:.2f})")
+  print(f"peak matmul: {peak / 1e9:.1f} GFLOP/s (float32 {_PEAK_SIZE.value}^3, measured now)")
+  print(f"MFU: {flops / step_s / peak:.1%}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
