@@ -10,6 +10,7 @@ JAX_PROCESS_ID); on Cloud TPU `--distributed` alone lets JAX discover them.
 Exit status: 0 when done or when stopped by SIGTERM after checkpointing.
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -40,9 +41,15 @@ _CPU_COLLECTIVES = flags.DEFINE_string("cpu_collectives", "gloo", "CPU collectiv
 _INIT_TIMEOUT = flags.DEFINE_integer("init_timeout_s", 300, "Seconds to wait for all processes.")
 
 
+def _quiet_orbax(record) -> bool:
+  """Drops Orbax's per-save INFO lines so the progress lines stay readable."""
+  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   if _COORDINATOR.value or _DISTRIBUTED.value:
     kwargs = {}
     if _COORDINATOR.value:

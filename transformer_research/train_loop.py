@@ -121,15 +121,22 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
 
 
 def _check_finite(window: list, checked: int, ckpt: checkpointing.Checkpointer) -> int:
-  """Raises on the first NaN/Inf loss in `window[checked:]`; returns len(window)."""
-  losses = jax.device_get([m["loss_sum"] for _, m in window[checked:]])
-  for (step, _), loss in zip(window[checked:], losses):
-    if not math.isfinite(float(loss)):
+  """Raises on the first NaN/Inf loss or gradient norm in `window[checked:]`.
+
+  The gradient norm is checked too: a step whose loss is finite but whose
+  gradient is not has already written NaN into the parameters.
+
+  Returns:
+    len(window), the new `checked`.
+  """
+  values = jax.device_get([(m["loss_sum"], m["grad_norm"]) for _, m in window[checked:]])
+  for (step, _), (loss, grad_norm) in zip(window[checked:], values):
+    if not (math.isfinite(float(loss)) and math.isfinite(float(grad_norm))):
       ckpt.wait()
       raise FloatingPointError(
-          f"loss is {float(loss)} at step {step}; stopping without checkpointing it (last good "
-          f"checkpoint: step {ckpt.latest_step()}). Lower train.learning_rate or raise "
-          "train.warmup_steps.")
+          f"loss is {float(loss)} (gradient norm {float(grad_norm)}) at step {step}; stopping "
+          f"without checkpointing it (last good checkpoint: step {ckpt.latest_step()}). Lower "
+          "train.learning_rate or raise train.warmup_steps.")
   return len(window)
 
 
