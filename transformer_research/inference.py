@@ -239,29 +239,10 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   mesh = sharding.make_mesh(config.mesh)
   abstract = jax.eval_shape(model.init, jax.random.key(0), _dummy_batch(task.kind))
   rules = tuple(tuple(r) for r in config.mesh.param_rules) or sharding.PARAM_RULES
-  params = _restore_params(os.path.join(workdir, "checkpoints"), step, abstract,
-                           sharding.param_shardings(abstract, mesh, rules))
+  params = checkpointing.restore_params(
+      os.path.join(workdir, "checkpoints", str(step)), abstract,
+      sharding.param_shardings(abstract, mesh, rules))
   return Run(config, task, model, params, step, mesh)
-
-
-def _restore_params(directory: str, step: int, abstract: Any, shardings: Any) -> Any:
-  """Only the `params` item of a step, laid out for the current mesh.
-
-  TODO(decoding): use checkpointing.restore_params once it registers a
-  handler for "params" (notes/requests.md); without one, Orbax returns no
-  metadata in a fresh process and the compatibility check fails.
-  """
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True),
-      item_handlers={"params": ocp.StandardCheckpointHandler()})
-  checkpointing.check_compatible(manager.item_metadata(step)["params"], abstract,
-                                 directory)
-  target = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
-                        abstract, shardings)
-  params = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(target)))["params"]
-  manager.close()
-  return params
 
 
 def _dummy_batch(kind: str) -> dict[str, np.ndarray]:
