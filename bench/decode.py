@@ -25,9 +25,10 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+# The repository root, so that config files can `from configs import base`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transformer_research import inference  # noqa: E402  (needs the path above)
+from transformer_research import inference
 from transformer_research import models  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(

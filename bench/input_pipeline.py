@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Runs from a checkout as `python bench/...`, like launch/train.py.
+# The repository root, so that config files can `from configs import base`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transformer_research import models  # noqa: E402  (needs the path above)
+from transformer_research import models
 from transformer_research.data import tasks  # noqa: E402
 from transformer_research.data import tokenizers  # noqa: E402
 

@@ -36,9 +36,10 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+# The repository root, so that config files can `from configs import base`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transformer_research import models  # noqa: E402  (needs the path above)
+from transformer_research import models
 from transformer_research import optim  # noqa: E402
 from transformer_research import sharding  # noqa: E402
 from transformer_research import training  # noqa: E402

@@ -6,6 +6,10 @@ flows: model -> data -> train -> eval -> mesh -> checkpoint.
 
 Overrides on the command line (`--config.train.batch_size=64`) must name an
 existing field: the dict is locked, so a typo is an error naming the key.
+
+Task configs import this module as `configs.base`: the launch and bench
+scripts put the repository root on `sys.path`, and pytest does the same
+through `pytest.ini`.
 """
 
 import ml_collections
@@ -124,3 +128,24 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint.best_metric = ""
   c.checkpoint.best_mode = "max"  # "max" (bleu, accuracy) or "min" (loss).
   return c
+
+
+def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Applies the `tiny` smoke-run sizes when that variant is chosen, then locks.
+
+  `tiny` means "seconds on CPU" for every task (tests and debugging), so its
+  data, step and eval sizes live here once instead of in each task config.
+  Fields a task does not read (e.g. vocab_size for synthetic tasks) are inert.
+  """
+  if c.model.variant == "tiny":
+    c.data.max_train_examples = 2000  # Text tasks: the first 2000 records.
+    c.data.vocab_size = 500
+    c.data.num_train_examples = 1000  # Synthetic tasks.
+    c.data.num_eval_per_length = 4
+    c.train.num_steps = 20
+    c.train.batch_size = 16
+    c.eval.every_steps = 10
+    c.eval.batch_size = 16
+    c.eval.decode_examples = 16
+    c.checkpoint.every_steps = 10
+  return c.lock()

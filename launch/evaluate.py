@@ -14,9 +14,10 @@ import sys
 from absl import app
 from absl import flags
 
+# The repository root, so that config files can `from configs import base`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transformer_research import evaluation  # noqa: E402  (needs the path above)
+from transformer_research import evaluation
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate: validation or test.")

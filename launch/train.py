@@ -20,9 +20,10 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+# The repository root, so that config files can `from configs import base`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transformer_research import train_loop  # noqa: E402  (needs the path above)
+from transformer_research import train_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<task>.py[:variant]).",
                                           lock_config=True)

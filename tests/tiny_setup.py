@@ -3,30 +3,23 @@
 Kept tiny (d_model 32, 1+1 layers) so every compile takes seconds on CPU.
 """
 
-import importlib.util
 import pathlib
 
 import ml_collections
 import numpy as np
 
+from configs import base as base_config
+from configs import reverse as reverse_config
 from transformer_research import models
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _config_module(name: str):
-  """configs/<name>.py loaded by path, as config_flags does (configs/ is no package)."""
-  spec = importlib.util.spec_from_file_location(f"{name}_config", ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 VOCAB = 24
 
 
 def config(**train) -> ml_collections.ConfigDict:
   """The base config with dropout off (so runs are comparable) and `train` overrides."""
-  c = _config_module("base").get_config()
+  c = base_config.get_config()
   c.model.variant = "tiny"
   c.model.dropout_rate = 0.0
   c.model.num_encoder_layers = 1  # One layer of each kind is enough to test the
@@ -61,7 +54,7 @@ def task_config(**overrides) -> ml_collections.ConfigDict:
 
   `overrides` are dotted names: `task_config(**{"train.num_steps": 4})`.
   """
-  c = _config_module("reverse").get_config("tiny")
+  c = reverse_config.get_config("tiny")
   c.unlock()
   for key, value in {**TASK_OVERRIDES, **overrides}.items():
     section, name = key.split(".")
