@@ -9,19 +9,10 @@ devices), so the figure is relative to what this machine really delivers
 rather than a datasheet. Batches are synthetic with the config's shapes
 (full rows, no padding: as packed training rows), so no data is needed.
 
-Model FLOPs per step (`model_flops`), counting a multiply-add as 2 FLOPs and
-the backward pass as twice the forward (training = 3 x forward), with B rows,
-S input and T target positions, D = d_model, F = d_ff, V = target vocab,
-L_e / L_d encoder / decoder layers:
-
-  encoder, per layer:   B*S*(8*D^2 + 4*D*F) + B*S*S*4*D          (QKVO, FFN; QK^T, AV)
-  decoder, per layer:   B*T*(8*D^2 + 4*D*F) + B*T*T*4*D          (self-attention, FFN)
-                      + B*T*4*D^2 + B*S*4*D^2 + B*T*S*4*D        (cross-attention Q,O / K,V / QK^T,AV)
-  output logits:        B*T*2*D*V
-  total:                3 * (sum of the above)
-
-Attention is counted over all positions (masks do not skip work). The figure
-is printed next to XLA's own count (`compiled.cost_analysis()["flops"]`),
+Model FLOPs per step come from `flops.train_flops_per_step` (its docstring
+has the formula) and the peak from `flops.peak_matmul_flops`, the same two
+functions the training loop uses for the "mfu" of its train records. The
+formula is printed next to XLA's own count (`compiled.cost_analysis()["flops"]`),
 which also includes softmax, norms and the optimizer update.
 """
 
@@ -32,14 +23,14 @@ import time
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
 # The repository root, so that config files can `from configs import base`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transformer_research import models
+from transformer_research import flops as flops_lib  # noqa: E402
+from transformer_research import models  # noqa: E402
 from transformer_research import optim  # noqa: E402
 from transformer_research import sharding  # noqa: E402
 from transformer_research import training  # noqa: E402
@@ -49,39 +40,6 @@ from transformer_research.models import variants  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one compile + warmup step).")
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N peak-matmul probe.")
-
-
-def model_flops(kind: str, sizes: variants.Sizes, batch: int, s: int, t: int, vocab: int) -> float:
-  """Training FLOPs of one step by the formula in the module docstring."""
-  d, f = sizes.d_model, sizes.d_ff
-  encoder = batch * s * (8 * d * d + 4 * d * f) + batch * s * s * 4 * d
-  decoder = batch * t * (8 * d * d + 4 * d * f) + batch * t * t * 4 * d
-  cross = batch * t * 4 * d * d + batch * s * 4 * d * d + batch * t * s * 4 * d
-  forward = 0.0
-  if kind in ("seq2seq", "classify"):
-    forward += sizes.num_encoder_layers * encoder
-  if kind == "seq2seq":
-    forward += sizes.num_decoder_layers * (decoder + cross)
-  if kind == "lm":
-    forward += sizes.num_decoder_layers * decoder
-  if kind != "classify":
-    forward += batch * t * 2 * d * vocab
-  return 3.0 * forward
-
-
-def peak_matmul_flops(n: int, mesh: jax.sharding.Mesh) -> float:
-  """Best of 5 float32 batched-matmul FLOP/s over all devices of the mesh."""
-  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharding.BATCH_AXES))
-  count = sharding.batch_shards(mesh)
-  a = jax.device_put(jnp.ones((count, n, n), jnp.float32), spec)
-  matmul = jax.jit(lambda x: jnp.einsum("bij,bjk->bik", x, x), out_shardings=spec)
-  matmul(a).block_until_ready()
-  best = float("inf")
-  for _ in range(5):
-    start = time.perf_counter()
-    matmul(a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2.0 * count * n ** 3 / best
 
 
 def synthetic_batch(kind: str, batch: int, s: int, t: int, vocab: int) -> dict[str, np.ndarray]:
@@ -124,16 +82,16 @@ def main(argv: list[str]) -> None:
   jax.block_until_ready(metrics)
   # The peak is probed before and after the timed steps and the higher one
   # kept: on a shared machine this errs towards a lower, not a flattering, MFU.
-  peak = peak_matmul_flops(_PEAK_SIZE.value, mesh)
+  peak = flops_lib.peak_matmul_flops(mesh, _PEAK_SIZE.value)
   times = []
   for _ in range(_STEPS.value):
     start = time.perf_counter()
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  peak = max(peak, peak_matmul_flops(_PEAK_SIZE.value, mesh))
+  peak = max(peak, flops_lib.peak_matmul_flops(mesh, _PEAK_SIZE.value))
 
-  flops = model_flops(kind, sizes, b, s, t, vocab)
+  flops = flops_lib.train_flops_per_step(kind, sizes, b, s, t, vocab)
   step_s = float(np.median(times))
   tokens = b * ((s if "inputs" in host_batch else 0) + (t if "targets" in host_batch else 0))
   device = jax.devices()[0]
