@@ -15,7 +15,7 @@ import tiny_setup
 from transformer_research import train_loop
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")
-TIMING = ("steps_per_sec", "tokens_per_sec")
+TIMING = ("steps_per_sec", "tokens_per_sec", "mfu")
 
 
 def records(workdir):
@@ -47,6 +47,7 @@ def test_run_writes_records_config_tensorboard_and_checkpoints(straight):
   train = rows[2]
   for key in ("loss", "accuracy", "learning_rate", "grad_norm", "steps_per_sec", "tokens_per_sec"):
     assert np.isfinite(train[key]), key
+  assert all(np.isfinite(r["mfu"]) and r["mfu"] > 0 for r in rows if r["split"] == "train")
   assert {"loss", "accuracy", "sequence_accuracy"} <= set(rows[3])  # + the task's metrics.
   assert json.load(open(os.path.join(workdir, "config.json")))["train"]["num_steps"] == 4
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))

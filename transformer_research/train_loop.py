@@ -25,6 +25,7 @@ import numpy as np
 
 from transformer_research import checkpointing
 from transformer_research import evaluation
+from transformer_research import flops as flops_lib
 from transformer_research import metrics as metrics_lib
 from transformer_research import models
 from transformer_research import optim
@@ -78,14 +79,19 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
       training.make_train_step(config, model, optimizer, schedule, task.kind, mesh),
       shardings, mesh)
   eval_step = training.jit_eval_step(training.make_eval_step(model, task.kind), shardings, mesh)
+  # MFU's denominator, the whole mesh's FLOP/s; 0 = no "mfu" in the records.
+  peak = flops_lib.loop_peak_flops(config.train.peak_flops_per_device, mesh)
+  target_vocab = task.target_vocab_size or 0  # None for classify (no logits over a vocab).
   progress = _Progress(config.train.num_steps)
   preemption = _Preemption()
-  window, tokens, last_eval = [], 0, None
+  window, tokens, window_flops, last_eval = [], 0, 0.0, None
   window_start, window_step, checked = time.time(), step, 0
   try:
     while step < config.train.num_steps:
       batch = next(train_iter)
       tokens += sum(int(np.count_nonzero(batch[k])) for k in ("inputs", "targets") if k in batch)
+      # From shapes on the host (no device sync); this process's rows, so x processes below.
+      window_flops += flops_lib.batch_train_flops(task.kind, model.sizes, batch, target_vocab)
       state, step_metrics = train_step(state, sharding.global_batch(batch, mesh))
       step += 1
       window.append((step, step_metrics))
@@ -99,9 +105,11 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
       if log_now:
         elapsed = time.time() - window_start
         record = _train_record(window, tokens * jax.process_count(), elapsed, step - window_step)
+        if peak:
+          record["mfu"] = window_flops * jax.process_count() / max(elapsed, 1e-9) / peak
         writer.write(step, "train", record)
         progress.log(step, record)
-        window, tokens, checked = [], 0, 0
+        window, tokens, window_flops, checked = [], 0, 0.0, 0
         window_start, window_step = time.time(), step
       progress.tick(step)
       if eval_now:
