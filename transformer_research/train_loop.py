@@ -112,10 +112,14 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
         window, tokens, window_flops, checked = [], 0, 0.0, 0
         window_start, window_step = time.time(), step
       progress.tick(step)
+      paused = time.time()
       if eval_now:
         last_eval = _evaluate(config, task, model, eval_step, state, mesh, step, writer)
       if save_now:
         ckpt.save(state, train_iter.get_state(), last_eval)
+      # Eval and checkpoint time is not training time: keep it out of the
+      # next window's steps/s, tokens/s and mfu.
+      window_start += time.time() - paused
       if preempted:
         logging.warning("SIGTERM: checkpointed step %d, stopping", step)
         break
