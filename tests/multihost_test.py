@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 import tiny_setup
 from transformer_research import train_loop
@@ -34,7 +33,6 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
-@pytest.mark.slow  # Two extra interpreters with JAX + distributed init: ~40-60 s here.
 def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
   multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
   port = _free_port()

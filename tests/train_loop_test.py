@@ -70,7 +70,6 @@ def test_exact_resume_after_sigkill(straight, tmp_path):
   assert without_timing(records(workdir)) == without_timing(records(expected_dir))
 
 
-@pytest.mark.slow  # A launch/train.py subprocess that must reach step 50: ~30-60 s here.
 def test_sigterm_checkpoints_and_exits_0(tmp_path):
   workdir = str(tmp_path)
   command = [sys.executable, os.path.join(tiny_setup.ROOT, "launch", "train.py"),
