@@ -11,7 +11,7 @@ by the callback) or a decoder-only LM. Every search is one `jax.lax.while_loop`
 that stops as soon as every sequence has emitted `eos_id` (or `max_len` tokens),
 so the whole decode jit-compiles once per shape.
 
-Conventions (see notes/contract.md): decoding starts from token 0 (the decoder
+Conventions (as in `models/masks.py`): decoding starts from token 0 (the decoder
 input is `shift_right(targets)`), the returned tokens exclude that start token,
 and positions after a sequence's EOS hold the pad id 0. An optional `prompt`
 [B, P] forces each row's first tokens (right-padded with 0, so rows may have
