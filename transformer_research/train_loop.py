@@ -5,10 +5,11 @@ evaluating every `eval.every_steps` and checkpointing every
 `checkpoint.every_steps`, at the end, and on SIGTERM (preemption). Rerunning
 it on the same workdir resumes (order in `checkpointing`).
 
-Host/device syncs are kept to interval boundaries: per-step metrics stay on
-device until the next log/eval/checkpoint, where they are fetched together and
-checked for NaN/Inf before anything is saved, so a diverged state is never
-checkpointed and the error still names the first bad step.
+Metric values are fetched only at interval boundaries: per-step metrics stay
+on device until the next log/eval/checkpoint, where they are fetched together
+and checked for NaN/Inf before anything is saved, so a diverged state is never
+checkpointed and the error still names the first bad step. Dispatch may run
+one step ahead of the device, no more, so a SIGTERM is acted on promptly.
 """
 
 import logging
@@ -93,6 +94,11 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
       # From shapes on the host (no device sync); this process's rows, so x processes below.
       window_flops += flops_lib.batch_train_flops(task.kind, model.sizes, batch, target_vocab)
       state, step_metrics = train_step(state, sharding.global_batch(batch, mesh))
+      if window:
+        # At most two steps in flight: the host still prepares the next batch
+        # while the device computes, but a SIGTERM is acted on within a step
+        # or two, not after a whole log interval of queued steps.
+        jax.block_until_ready(window[-1][1])
       step += 1
       window.append((step, step_metrics))
       final = step == config.train.num_steps
