@@ -21,7 +21,6 @@ setuptools.setup(
         "numpy>=2.0,<3",
         "tensorflow-datasets>=4.9.10,<5",
         "importlib_resources>=6",
-        "grain>=0.2.18,<0.3",
         "sentencepiece>=0.2.3,<0.3",
         "bpemb>=0.3.6,<0.4",
         "tiktoken>=0.9,<1",
