@@ -8,7 +8,6 @@ accuracy included) must equal a 1-process run with 8 devices on the same
 global batches.
 """
 
-import json
 import os
 import re
 import socket
@@ -27,11 +26,6 @@ def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
-
-
-def _records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
 
 
 def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
@@ -53,14 +47,14 @@ def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
     assert re.search(r"resumed from \S+ step 2; training from step 2 to 4", out), out[-3000:]
 
   train_loop.train_and_evaluate(tiny_setup.task_config(**{"mesh.shape": (-1, 2, 1)}), single)
-  got, want = _records(multi), _records(single)
+  got, want = tiny_setup.records(multi), tiny_setup.records(single)
   assert [(r["step"], r["split"]) for r in got] == [(r["step"], r["split"]) for r in want]
   # Every metric but the timings: eval records include the decoded metrics
   # (sequence accuracy per length), which each process decodes for its share
   # of the examples and gathers before scoring.
   for g, w in zip(got, want):
     assert g.keys() == w.keys(), (g, w)
-    for key in w.keys() - {"step", "split", "steps_per_sec", "tokens_per_sec", "mfu"}:
+    for key in w.keys() - {"step", "split", *tiny_setup.TIMING}:
       np.testing.assert_allclose(g[key], w[key], atol=1e-5, rtol=0, err_msg=f"{key} {g}")
   assert any("sequence_accuracy" in r for r in got)
   assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["2", "4"]

@@ -3,6 +3,8 @@
 Kept tiny (d_model 32, 1+1 layers) so every compile takes seconds on CPU.
 """
 
+import json
+import os
 import pathlib
 
 import ml_collections
@@ -74,3 +76,13 @@ TASK_OVERRIDES = {
 
 def flags(**overrides) -> list[str]:
   return [f"--config.{k}={v}" for k, v in {**TASK_OVERRIDES, **overrides}.items()]
+
+
+# Train-record fields that depend on wall-clock time, so two runs never agree on them.
+TIMING = ("steps_per_sec", "tokens_per_sec", "mfu")
+
+
+def records(workdir: str) -> list[dict]:
+  """Every record of WORKDIR/metrics.jsonl (strict: a torn line fails the test)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]

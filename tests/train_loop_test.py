@@ -15,16 +15,11 @@ import tiny_setup
 from transformer_research import train_loop
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")
-TIMING = ("steps_per_sec", "tokens_per_sec", "mfu")
-
-
-def records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+records = tiny_setup.records
 
 
 def without_timing(rows):
-  return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+  return [{k: v for k, v in r.items() if k not in tiny_setup.TIMING} for r in rows]
 
 
 def _env():
