@@ -4,8 +4,8 @@
         [--batch_size=32] [--naive_beam]
 
 Builds the config's model with random parameters (speed does not depend on
-their values; no data or checkpoint is needed: both vocabularies get
-`data.vocab_size` entries) and decodes a batch of random source sentences
+their values; no data or checkpoint is needed: the vocabulary sizes come
+from the config, `tasks.vocab_sizes`) and decodes a batch of random source sentences
 to `--max_len` tokens with
   * cached greedy / beam-4: the encoder once, one cached decoder step a token;
   * naive greedy (/ beam-4 with --naive_beam): `model.apply` on the whole
@@ -16,7 +16,6 @@ warm-up call); the median of `--repeats` timed calls is reported.
 """
 
 import os
-import sys
 import time
 
 from absl import app
@@ -25,11 +24,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-# The repository root, so that config files can `from configs import base`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from transformer_research import inference
-from transformer_research import models  # noqa: E402
+from transformer_research import experiment
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "..", "configs", "wmt_spa.py"),
@@ -58,11 +53,14 @@ def time_method(generate, params, inputs, repeats: int) -> tuple[float, int]:
 def main(argv: list[str]) -> None:
   del argv
   c = _CONFIG.value
-  vocab = c.data.vocab_size
-  model = models.build(c.model, "seq2seq", input_vocab_size=vocab, target_vocab_size=vocab)
+  exp = experiment.Experiment(c)  # The model from the config: no data is read.
+  if exp.kind != "seq2seq":
+    raise app.UsageError(f"--config: data.task={c.data.task!r} is {exp.kind!r}; expected a "
+                         "translation (seq2seq) config")
+  model, vocab = exp.model, exp.vocab.target
   rng = np.random.default_rng(0)
   b, s = _BATCH.value, _SOURCE_LEN.value
-  inputs = rng.integers(2, vocab, (b, s)).astype(np.int32)
+  inputs = rng.integers(2, exp.vocab.input, (b, s)).astype(np.int32)
   for i, n in enumerate(rng.integers(s // 4, 3 * s // 4 + 1, b)):
     inputs[i, n:] = 0  # Sentences of different lengths, padded.
   params = model.init(jax.random.key(0), {"inputs": inputs, "targets": inputs})
@@ -81,8 +79,7 @@ def main(argv: list[str]) -> None:
   results = {}
   print(f"{'method':<15} {'sec/batch':>10} {'sentences/s':>12} {'tokens/s':>10}")
   for name, kw in methods:
-    generate = inference.make_generate_fn(model, eos_id=eos, max_len=_MAX_LEN.value,
-                                          alpha=0.6, **kw)
+    generate = exp.generate_fn(eos_id=eos, max_len=_MAX_LEN.value, alpha=0.6, **kw)
     seconds, tokens = time_method(generate, params, inputs, _REPEATS.value)
     results[name] = seconds
     print(f"{name:<15} {seconds:>10.3f} {b / seconds:>12.1f} {tokens / seconds:>10.0f}")

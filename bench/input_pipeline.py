@@ -12,10 +12,8 @@ optimizer update, so it is faster than a real train step and the ratio
 printed is a lower bound.
 """
 
-import importlib.util
 import os
 import platform
-import sys
 import tempfile
 import time
 
@@ -25,28 +23,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The repository root, so that config files can `from configs import base`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from transformer_research import configs
+from transformer_research import experiment
+from transformer_research.data import tasks
+from transformer_research.data import tokenizers
 
-from transformer_research import models
-from transformer_research.data import tasks  # noqa: E402
-from transformer_research.data import tokenizers  # noqa: E402
-
-_CONFIG = flags.DEFINE_string("config", "configs/wmt_spa.py", "Task config file.")
-_VARIANT = flags.DEFINE_string("variant", "small", "Model variant of the timed step.")
+_CONFIG = flags.DEFINE_string("config", "wmt_spa:small", "Config name and argument "
+                              "(configs.load_config); the variant is the timed step's model.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Dir with spa-eng.zip; '' = synthetic text.")
 _TFDS_DIR = flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir ('' = a temporary dir).")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch; 0 = the config's.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 200, "Batches timed.")
 _NUM_PAIRS = flags.DEFINE_integer("num_pairs", 80_000, "Synthetic sentence pairs.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed forward+backward steps.")
-
-
-def _load_config(path: str, variant: str):
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
 
 
 def _synthetic_pairs(n: int, seed: int = 0) -> list[dict[str, str]]:
@@ -66,13 +55,12 @@ def _task(config, workdir: str) -> tasks.Task:
     return tasks.build(config, workdir, process_index=0, process_count=1)
   pairs = _synthetic_pairs(_NUM_PAIRS.value)
   tok, _ = tokenizers.translation_sentencepiece(pairs, workdir, config.data.vocab_size)
-  return tasks.Task(config.data.task, config.data, config.seed, lambda split: pairs, tok, tok, None)
+  return tasks.Task(config.data.task, config.data, config.seed, lambda split: pairs, tok, tok)
 
 
-def _step_time(config, task: tasks.Task, batch: dict[str, np.ndarray]) -> float:
+def _step_time(config, batch: dict[str, np.ndarray]) -> float:
   """Seconds per jitted forward+backward of the model on `batch` (no optimizer)."""
-  model = models.build(config.model, task.kind, input_vocab_size=task.input_vocab_size,
-                       target_vocab_size=task.target_vocab_size)
+  model = experiment.Experiment(config).model
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
   params = model.init(jax.random.key(0), batch)
 
@@ -92,12 +80,11 @@ def _step_time(config, task: tasks.Task, batch: dict[str, np.ndarray]) -> float:
 
 def main(argv: list[str]) -> None:
   del argv
-  config = _load_config(_CONFIG.value, _VARIANT.value)
-  batch_size = _BATCH.value or config.train.batch_size
   with tempfile.TemporaryDirectory() as tmp:
-    with config.unlocked():
-      config.data.manual_dir = _MANUAL_DIR.value
-      config.data.tfds_data_dir = _TFDS_DIR.value or os.path.join(tmp, "tfds")
+    config = configs.load_config(_CONFIG.value, {
+        "data.manual_dir": _MANUAL_DIR.value,
+        "data.tfds_data_dir": _TFDS_DIR.value or os.path.join(tmp, "tfds")})
+    batch_size = _BATCH.value or config.train.batch_size
     start = time.perf_counter()
     task = _task(config, tmp)
     iterator = task.train_iterator(batch_size, process_index=0, process_count=1)
@@ -122,8 +109,8 @@ def main(argv: list[str]) -> None:
   print(f"setup (read + tokenizer + tokenize): {setup_s:.1f} s")
   print(f"pipeline: {examples / elapsed:,.0f} examples/s, {tokens / elapsed:,.0f} tokens/s, "
         f"{batches_per_s:,.1f} batches/s ({examples / _NUM_BATCHES.value:.0f} examples/batch)")
-  step_s = _step_time(config, task, first)
-  print(f"step ({_VARIANT.value}, forward+backward): {step_s * 1e3:.1f} ms -> "
+  step_s = _step_time(config, first)
+  print(f"step ({config.model.variant}, forward+backward): {step_s * 1e3:.1f} ms -> "
         f"{1 / step_s:,.2f} batches/s consumed")
   print(f"ratio pipeline / step: {batches_per_s * step_s:,.1f}x (target >= 10x)")
 

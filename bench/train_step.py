@@ -17,7 +17,6 @@ which also includes softmax, norms and the optimizer update.
 """
 
 import os
-import sys
 import time
 
 from absl import app
@@ -26,51 +25,40 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
-# The repository root, so that config files can `from configs import base`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from transformer_research import flops as flops_lib  # noqa: E402
-from transformer_research import models  # noqa: E402
-from transformer_research import optim  # noqa: E402
-from transformer_research import sharding  # noqa: E402
-from transformer_research import training  # noqa: E402
-from transformer_research.data import tasks  # noqa: E402
-from transformer_research.models import variants  # noqa: E402
+from transformer_research import experiment
+from transformer_research import flops as flops_lib
+from transformer_research import sharding
+from transformer_research.data import tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one compile + warmup step).")
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N peak-matmul probe.")
 
 
-def synthetic_batch(kind: str, batch: int, s: int, t: int, vocab: int) -> dict[str, np.ndarray]:
+def synthetic_batch(kind: str, batch: int, s: int, t: int,
+                    vocab: tasks.VocabSizes) -> dict[str, np.ndarray]:
+  """Random full rows (no padding) of the config's shapes."""
   rng = np.random.default_rng(0)
   out = {}
   if kind in ("seq2seq", "classify"):
-    out["inputs"] = rng.integers(1, vocab, (batch, s), dtype=np.int32)
+    out["inputs"] = rng.integers(1, vocab.input, (batch, s), dtype=np.int32)
   if kind in ("seq2seq", "lm"):
-    out["targets"] = rng.integers(1, vocab, (batch, t), dtype=np.int32)
+    out["targets"] = rng.integers(1, vocab.target, (batch, t), dtype=np.int32)
   if kind == "classify":
-    out["label"] = rng.integers(0, 2, (batch,), dtype=np.int32)
+    out["label"] = rng.integers(0, vocab.num_classes, (batch,), dtype=np.int32)
   return out
 
 
 def main(argv: list[str]) -> None:
   del argv
   c = _CONFIG.value
-  kind = tasks.REGISTRY[c.data.task].kind
-  sizes = variants.resolve(c.model)
-  b, s, t, vocab = c.train.batch_size, c.data.max_input_len, c.data.max_target_len, c.data.vocab_size
-  mesh = sharding.make_mesh(c.mesh)
+  exp = experiment.Experiment(c)  # Model and state from the config: no data is read.
+  kind, sizes, vocab = exp.kind, exp.model.sizes, exp.vocab
+  b, s, t = c.train.batch_size, c.data.max_input_len, c.data.max_target_len
+  mesh = exp.mesh
   sharding.check_batch_size(b, mesh)
-  model = models.build(c.model, kind, input_vocab_size=vocab, target_vocab_size=vocab,
-                       num_classes=2 if kind == "classify" else None)
-  optimizer, schedule = optim.make_optimizer(c.train)
   host_batch = synthetic_batch(kind, b, s, t, vocab)
-  state, shardings = training.init_train_state(
-      model, optimizer, {k: v[:1] for k, v in host_batch.items()}, mesh,
-      tuple(c.mesh.param_rules) or sharding.PARAM_RULES, c.seed)
-  step = training.jit_train_step(
-      training.make_train_step(c, model, optimizer, schedule, kind, mesh), shardings, mesh)
+  state, step = exp.init_state(), exp.train_step
   batch = sharding.global_batch(host_batch, mesh)
 
   start = time.perf_counter()
@@ -91,7 +79,7 @@ def main(argv: list[str]) -> None:
     times.append(time.perf_counter() - start)
   peak = max(peak, flops_lib.peak_matmul_flops(mesh, _PEAK_SIZE.value))
 
-  flops = flops_lib.train_flops_per_step(kind, sizes, b, s, t, vocab)
+  flops = flops_lib.train_flops_per_step(kind, sizes, b, s, t, vocab.target or 0)
   step_s = float(np.median(times))
   tokens = b * ((s if "inputs" in host_batch else 0) + (t if "targets" in host_batch else 0))
   device = jax.devices()[0]

@@ -8,14 +8,9 @@ references and outputs. Translation decodes `config.eval.decode_examples`
 sentences unless `--num_examples` says otherwise (-1 = the whole split).
 """
 
-import os
-import sys
 
 from absl import app
 from absl import flags
-
-# The repository root, so that config files can `from configs import base`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from transformer_research import evaluation
 

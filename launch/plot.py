@@ -7,14 +7,9 @@ curves for every split, and per-length sequence accuracy for the synthetic
 tasks, to WORKDIR/plots/ by default.
 """
 
-import os
-import sys
 
 from absl import app
 from absl import flags
-
-# The repository root, so that config files can `from configs import base`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from transformer_research import plots
 

@@ -12,16 +12,12 @@ Exit status: 0 when done or when stopped by SIGTERM after checkpointing.
 
 import logging as std_logging
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
-
-# The repository root, so that config files can `from configs import base`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from transformer_research import train_loop
 

@@ -8,15 +8,12 @@ Each argument is one text; with none, stdin is read, one text per line, and
 decoded in batches. Output: one line per input line (blank for blank input).
 """
 
-import os
 import sys
 
 from absl import app
 from absl import flags
 
-# The repository root, so that config files can `from configs import base`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from transformer_research import experiment
 from transformer_research import inference
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
@@ -41,9 +38,9 @@ def main(argv: list[str]) -> None:
     raise SystemExit("error: empty input: expected a text argument or one text per "
                      "line on stdin.")
   try:
-    run = inference.load_run(_WORKDIR.value, _STEP.value)
+    run = experiment.load_run(_WORKDIR.value, _STEP.value)
     outputs = inference.generate_text(
-        run, texts, beam_size=_BEAM.value, max_len=_MAX_LENGTH.value,
+        run.experiment, run.params, texts, beam_size=_BEAM.value, max_len=_MAX_LENGTH.value,
         temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
         seed=_SEED.value)
   except ValueError as e:

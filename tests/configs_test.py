@@ -1,15 +1,24 @@
-"""Every task config loads for every model variant, is locked, and rejects typos."""
+"""Every task config loads for every model variant, is locked, and rejects typos.
 
+Configs load two ways, which must agree: by path on the command line
+(`--config=configs/<name>.py:<arg>`, ml_collections' config_flags, through
+the repository's `configs/` link) and by name in code (`configs.load_config`).
+"""
+
+import os
 import pathlib
+import subprocess
+import sys
 
 from absl import flags
 from ml_collections import config_flags
 import pytest
 
+from transformer_research import configs
 from transformer_research.data import tasks
 from transformer_research.models import variants
 
-CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
+CONFIGS = pathlib.Path(__file__).parents[1] / "configs"  # The command-line path.
 TASK_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*.py") if p.stem not in ("base", "__init__"))
 
 
@@ -55,3 +64,51 @@ def test_unknown_key_override_is_an_error_naming_the_key():
   # config_flags raises AttributeError("... Did you mean \"batch_size\"").
   with pytest.raises((AttributeError, KeyError, flags.Error), match="batchsize"):
     _parse(f"--config={CONFIGS}/reverse.py:tiny", "--config.train.batchsize=8")
+
+
+def test_the_command_line_path_is_the_package_directory():
+  assert CONFIGS.resolve() == pathlib.Path(configs.__file__).parent
+  assert tuple(TASK_CONFIGS) == configs.NAMES
+
+
+@pytest.mark.parametrize("name", TASK_CONFIGS)
+@pytest.mark.parametrize("arg", ["", "tiny", "tiny,smoke", "smoke"])
+def test_load_config_equals_the_command_line(name, arg):
+  by_path = _parse(f"--config={CONFIGS / name}.py" + (f":{arg}" if arg else ""))
+  by_name = configs.load_config(f"{name}:{arg}" if arg else name)
+  assert by_name.to_dict() == by_path.to_dict() and by_name.is_locked
+
+
+def test_tiny_is_a_size_and_smoke_is_a_run_length():
+  full = configs.load_config("wmt_spa")
+  tiny = configs.load_config("wmt_spa:tiny")
+  smoke = configs.load_config("wmt_spa:smoke")
+  both = configs.load_config("wmt_spa:tiny,smoke")
+  assert (tiny.model.variant, tiny.train.num_steps, tiny.data.vocab_size) == (
+      "tiny", full.train.num_steps, full.data.vocab_size)
+  assert (smoke.model.variant, smoke.train.num_steps) == ("small", 20)
+  assert (both.model.variant, both.train.num_steps, both.data.vocab_size) == ("tiny", 20, 500)
+
+
+def test_a_bad_config_argument_is_an_error_naming_it():
+  with pytest.raises(ValueError, match=r"config argument 'tiyn'.*'smoke'"):
+    configs.load_config("reverse:tiyn")
+  with pytest.raises(ValueError, match=r"config 'revers' .*'reverse'"):
+    configs.load_config("revers")
+
+
+def test_load_config_overrides_and_refuses_unknown_fields():
+  config = configs.load_config("reverse:tiny", {"train.batch_size": 8, "seed": 3})
+  assert (config.train.batch_size, config.seed, config.is_locked) == (8, 3, True)
+  with pytest.raises(KeyError, match="train.batchsize"):
+    configs.load_config("reverse:tiny", {"train.batchsize": 8})
+
+
+def test_an_installed_package_loads_its_configs(tmp_path):
+  """Away from the checkout (no `configs/` link, no repository on the path)."""
+  code = ("from transformer_research import configs; "
+          "print(configs.load_config('wmt_spa:tiny').model.variant)")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0 and run.stdout.strip() == "tiny", run.stderr[-2000:]

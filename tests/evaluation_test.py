@@ -1,18 +1,15 @@
 """Metric functions against sacreBLEU itself, and the eval entry point the
 training loop calls, on the tiny synthetic `reverse` / `difference` tasks."""
 
-import importlib.util
-import pathlib
 
 import jax
 import numpy as np
 import pytest
 import sacrebleu
 
+from transformer_research import configs
 from transformer_research import evaluation
-from transformer_research import models
-from transformer_research import sharding
-from transformer_research.data import tasks
+from transformer_research import experiment
 
 HYPS = ["the cat sat on the mat", "where is the station ?", "hello"]
 REFS = [["the cat sat on a mat", "a cat sat on the mat"],
@@ -62,41 +59,36 @@ def test_decode_subset_keeps_every_length():
   assert evaluation.decode_subset(examples, -1) is examples
 
 
-def load_config(name: str):
-  path = pathlib.Path(__file__).parents[1] / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"{name}_config_for_tests", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("tiny")
-  c.eval.batch_size, c.eval.decode_examples, c.eval.beam_size = 8, 16, 2
-  return c
-
-
-def tiny_task(name: str, tmp_path):
-  c = load_config(name)
-  task = tasks.build(c, str(tmp_path))
-  model = models.build(c.model, task.kind, input_vocab_size=task.input_vocab_size,
-                       target_vocab_size=task.target_vocab_size, num_classes=task.num_classes)
-  batch = next(iter(task.eval_batches("validation", 8)))
-  return c, task, model, model.init(jax.random.key(0), batch)
+def tiny_experiment(name: str, tmp_path):
+  """A `name:tiny,smoke` experiment and random parameters of its model."""
+  c = configs.load_config(f"{name}:tiny,smoke", {
+      "eval.batch_size": 8, "eval.decode_examples": 16, "eval.beam_size": 2})
+  exp = experiment.Experiment(c, str(tmp_path))
+  batch = next(iter(exp.task.eval_batches("validation", 8)))
+  return exp, exp.model.init(jax.random.key(0), batch)
 
 
 def test_evaluate_seq2seq_on_a_mesh(tmp_path):
   """The loop's call: global batches over 8 devices, per-length table filled."""
-  c, task, model, params = tiny_task("reverse", tmp_path)
-  mesh = sharding.make_mesh(c.mesh)
-  got = evaluation.evaluate(c, task, model, params, "validation", mesh=mesh)
+  exp, params = tiny_experiment("reverse", tmp_path)
+  assert exp.mesh.devices.size == 8
+  got, _, _ = evaluation.evaluate(exp, params, "validation")
+  c = exp.config
   lengths = range(c.data.eval_min_len, c.data.eval_max_len + 1)
   assert got["decoded_examples"] == 16
   assert 0.0 <= got["sequence_accuracy"] <= 1.0
   assert {f"sequence_accuracy_len_{n:02d}" for n in lengths[:16]} <= set(got)
   assert "bleu" not in got  # Not a metric of this task.
-  assert got == evaluation.evaluate(c, task, model, params, "validation")  # No mesh.
+  one_device = experiment.Experiment(c, exp.workdir, devices=jax.devices()[:1])
+  alone, _, _ = evaluation.evaluate(one_device, params, "validation")
+  # The loss is a sum over 8 shards or 1: equal up to float summation order.
+  assert alone.pop("loss") == pytest.approx(got.pop("loss"), rel=1e-6)
+  assert got == alone
 
 
 def test_evaluate_classifier_reports_accuracy_per_length(tmp_path):
-  c, task, model, params = tiny_task("difference", tmp_path)
-  got = evaluation.evaluate(c, task, model, params, "test")
-  assert set(got) == {f"accuracy_len_{n}" for n in range(11, 16)}
-  full = evaluation.teacher_forced(c, task, model, params, "test")
+  exp, params = tiny_experiment("difference", tmp_path)
+  got, _, _ = evaluation.evaluate(exp, params, "test")
+  assert set(got) == {"loss", "accuracy", *(f"accuracy_len_{n}" for n in range(11, 16))}
+  full = evaluation.teacher_forced(exp, params, "test")
   assert 0.0 <= full["accuracy"] <= 1.0 and full["loss"] > 0

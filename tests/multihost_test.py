@@ -31,7 +31,7 @@ def _free_port() -> int:
 def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
   multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
   port = _free_port()
-  env = dict(os.environ, PYTHONPATH=tiny_setup.ROOT.as_posix(), JAX_PLATFORMS="cpu")
+  env = tiny_setup.subprocess_env(JAX_PLATFORMS="cpu")
   mesh = ["mesh.shape=(-1, 2, 1)", "mesh.dcn_shape=(2, 1, 1)"]
   procs = [subprocess.Popen([sys.executable, WORKER, multi, f"multihost={i},2,{port},2,4", *mesh],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

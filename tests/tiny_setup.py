@@ -10,11 +10,16 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from configs import base as base_config
-from configs import reverse as reverse_config
+from transformer_research import configs
 from transformer_research import models
+from transformer_research.configs import base as base_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+  """The environment of a test's subprocess: `tests/` importable (tiny_setup)."""
+  return dict(os.environ, PYTHONPATH=str(ROOT / "tests"), **extra)
 
 VOCAB = 24
 
@@ -52,16 +57,11 @@ def batches(n: int, batch_size: int = 16, length: int = 8, seed: int = 0) -> lis
 
 
 def task_config(**overrides) -> ml_collections.ConfigDict:
-  """configs/reverse.py:tiny made smaller and faster, for loop/launch tests.
+  """configs/reverse.py:tiny,smoke made smaller and faster, for loop/launch tests.
 
   `overrides` are dotted names: `task_config(**{"train.num_steps": 4})`.
   """
-  c = reverse_config.get_config("tiny")
-  c.unlock()
-  for key, value in {**TASK_OVERRIDES, **overrides}.items():
-    section, name = key.split(".")
-    setattr(c[section], name, value)
-  return c.lock()
+  return configs.load_config("reverse:tiny,smoke", {**TASK_OVERRIDES, **overrides})
 
 
 # The same values as command-line flags, for subprocess runs of launch/train.py.

@@ -22,10 +22,6 @@ def without_timing(rows):
   return [{k: v for k, v in r.items() if k not in tiny_setup.TIMING} for r in rows]
 
 
-def _env():
-  return dict(os.environ, PYTHONPATH=tiny_setup.ROOT.as_posix())
-
-
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
   """4 steps in one go: the run every interrupted run must reproduce."""
@@ -54,8 +50,9 @@ def test_exact_resume_after_sigkill(straight, tmp_path):
   """Killed (SIGKILL) right after step 2's checkpoint, rerun to step 4: the
   same parameters bit for bit, and the same metrics records."""
   workdir = str(tmp_path)
-  proc = subprocess.run([sys.executable, WORKER, workdir, "kill_after=2"], env=_env(),
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run([sys.executable, WORKER, workdir, "kill_after=2"],
+                        env=tiny_setup.subprocess_env(), capture_output=True, text=True,
+                        timeout=300)
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
   assert [r["step"] for r in records(workdir)][-1] == 2
   state = jax.device_get(train_loop.train_and_evaluate(tiny_setup.task_config(), workdir))
@@ -68,12 +65,12 @@ def test_exact_resume_after_sigkill(straight, tmp_path):
 def test_sigterm_checkpoints_and_exits_0(tmp_path):
   workdir = str(tmp_path)
   command = [sys.executable, os.path.join(tiny_setup.ROOT, "launch", "train.py"),
-             "--config=" + os.path.join(tiny_setup.ROOT, "configs", "reverse.py") + ":tiny",
+             "--config=" + os.path.join(tiny_setup.ROOT, "configs", "reverse.py") + ":tiny,smoke",
              f"--workdir={workdir}"] + tiny_setup.flags(**{
                  "train.num_steps": 100000, "eval.every_steps": 100000,
                  "checkpoint.every_steps": 50, "train.log_every_steps": 1000})
-  proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
+  proc = subprocess.Popen(command, env=tiny_setup.subprocess_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.time() + 240
     while not os.path.isdir(os.path.join(workdir, "checkpoints", "50")):

@@ -7,7 +7,8 @@
       # on the same workdir, so later calls resume collectively.
 
 Both use `tiny_setup.task_config()`; extra `key=value` args (dotted config
-names, Python literals) override it.
+names, Python literals) override it. Run with `tests/` on PYTHONPATH (the
+tests do), so `tiny_setup` imports.
 """
 
 import ast
@@ -15,9 +16,6 @@ import logging
 import os
 import signal
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(workdir: str, mode: str, *overrides: str) -> None:

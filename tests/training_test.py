@@ -93,6 +93,6 @@ def test_eval_step_ignores_padding_rows():
   eval_step = jax.jit(training.make_eval_step(model, "seq2seq"))
   half = {k: v[:8] for k, v in batch.items()}
   masked = dict(batch, example_mask=(np.arange(16) < 8).astype(np.int32))
-  a, b = eval_step(params, half), eval_step(params, masked)
+  (a, _), (b, _) = eval_step(params, half), eval_step(params, masked)
   for k in a:
     np.testing.assert_allclose(a[k], b[k], rtol=1e-6)

@@ -117,7 +117,7 @@ class Checkpointer:
       state = TrainState(train["step"], restored["params"], train["opt_state"], train["rng"])
       return state, data_state, f"resumed from {self.directory} step {step}"
     if self.config.init_from:
-      params = restore_params(self.config.init_from, state.params, shardings.params)
+      params = restore_params(self.config.init_from, abstract.params)
       return state._replace(params=params), None, f"params from {self.config.init_from}"
     return state, None, "from scratch"
 
@@ -132,8 +132,14 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_params(path: str, params: Any, shardings: Any) -> Any:
-  """Parameters of the latest (or the given) step under `path`, resharded."""
+def restore_params(path: str, abstract: Any) -> Any:
+  """Parameters of the latest (or the given) step under `path`, resharded.
+
+  Args:
+    path: a workdir, its `checkpoints/` directory or one step directory.
+    abstract: the parameters as `jax.ShapeDtypeStruct`s with the shardings
+      to restore onto (`Experiment.abstract_state.params`).
+  """
   path = os.path.abspath(path)
   step = None
   if os.path.isdir(os.path.join(path, "checkpoints")):
@@ -145,13 +151,23 @@ def restore_params(path: str, params: Any, shardings: Any) -> Any:
   step = manager.latest_step() if step is None else step
   if step is None:
     raise ValueError(f"config.checkpoint.init_from={path!r}: no checkpoint found there")
-  check_compatible(manager.item_metadata(step)["params"], params, path)
-  abstract = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
-                          params, shardings)
+  check_compatible(manager.item_metadata(step)["params"], abstract, path)
   restored = manager.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(abstract)))["params"]
   manager.close()
   return restored
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Saved steps under WORKDIR/checkpoints, oldest first ([] if none)."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True))
+  steps = sorted(manager.all_steps())
+  manager.close()
+  return steps
 
 
 def check_compatible(saved: Any, params: Any, directory: str) -> None:

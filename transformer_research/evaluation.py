@@ -1,7 +1,9 @@
-"""Task metrics beyond loss and token accuracy: what a run is judged by.
+"""Every metric of a task on an eval split: what a run is judged by.
 
-The training loop computes loss / token accuracy / perplexity with its eval
-step and calls `evaluate` for the rest, every `config.eval.every_steps`:
+`evaluate` is the one evaluator: the training loop calls it every
+`config.eval.every_steps`, `launch/evaluate.py` (through `evaluate_run`) on a
+saved checkpoint. It makes one teacher-forced pass (loss, token accuracy,
+perplexity for LMs) and then the task's own metrics:
 
 * seq2seq: decode (cached beam search, `config.eval`), detokenize, and score
   the text: sequence exact-match accuracy against any reference, sacreBLEU
@@ -21,19 +23,17 @@ every process computes the same metrics (process 0 writes them).
 """
 
 import collections
-import functools
 import math
 import os
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 import sacrebleu
 
+from transformer_research import experiment
 from transformer_research import inference
-from transformer_research import losses
 from transformer_research import metrics as metrics_lib
 from transformer_research import sharding
 
@@ -117,27 +117,26 @@ def score_outputs(task: Any, examples: Sequence[dict[str, Any]],
   return metrics
 
 
-def teacher_forced(run_config: Any, task: Any, model: Any, params: Any, split: str, *,
-                   mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
+def teacher_forced(exp: experiment.Experiment, params: Any, split: str) -> dict[str, float]:
   """Loss, token accuracy (perplexity for LMs, accuracy per length for
   classifiers) from one forward pass per eval batch.
 
-  Used by launch/evaluate.py; the training loop's own eval step computes the
-  first three, so `evaluate` calls this only for the per-length table.
+  Eval batches have a fixed shape (the task pads the last one and marks the
+  padding rows in `example_mask`), so the eval step compiles once.
   """
-  step = _teacher_forced_step(model)
+  task, mesh = exp.task, exp.mesh
   totals, correct, lengths = {}, [], []
-  for batch in task.eval_batches(split, run_config.eval.batch_size, jax.process_index(),
+  for batch in task.eval_batches(split, exp.config.eval.batch_size, jax.process_index(),
                                  jax.process_count()):
-    sums, per_example = step(params, batch if mesh is None
-                             else sharding.global_batch(batch, mesh))
+    sums, per_example = exp.eval_step(params, sharding.global_batch(batch, mesh))
     totals = {k: totals.get(k, 0.0) + float(v) for k, v in jax.device_get(sums).items()}
     if per_example is None:
       continue
+    # The eval step's outputs are replicated (the global batch); the masks
+    # and lengths are this process's rows, so gather those.
     keep, length = batch["example_mask"].astype(bool), batch["length"]  # [B_local]
-    if mesh is not None and jax.process_count() > 1:
+    if jax.process_count() > 1:
       keep, length = multihost_utils.process_allgather((keep, length), tiled=True)
-      per_example = multihost_utils.process_allgather(per_example, tiled=True)
     correct.append(np.asarray(per_example)[np.asarray(keep)])
     lengths.append(np.asarray(length)[np.asarray(keep)])
   count = max(totals.get("token_count", 0.0), 1.0)
@@ -150,50 +149,33 @@ def teacher_forced(run_config: Any, task: Any, model: Any, params: Any, split: s
   return metrics
 
 
-@functools.lru_cache(maxsize=8)
-def _teacher_forced_step(model: Any):
-  """Jitted (params, batch) -> (sums, per-example correct [B] or None).
-
-  Cached per model so repeated evals reuse one compiled step.
-  """
-  def step(params, batch):
-    logits = model.apply(params, None, batch, False)
-    sums = losses.task_sums(logits, batch, model.kind)
-    if model.kind != "classify":
-      return sums, None
-    return sums, jnp.argmax(logits, -1) == batch["label"]  # [B]
-  return jax.jit(step)
-
-
-def evaluate(config: Any, task: Any, model: Any, params: Any, split: str, *,
-             mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
-  """The task's metrics the training loop's eval step does not compute.
+def evaluate(exp: experiment.Experiment, params: Any, split: str, *,
+             num_examples: int | None = None
+             ) -> tuple[dict[str, float], list[dict[str, Any]], list[str] | None]:
+  """Every metric of the task on `split`.
 
   Args:
-    config: the run's config (reads `eval` and `data`).
-    task: `data.tasks.Task`.
-    model: `models.Model`.
-    params: its parameters (sharded over `mesh` if given).
+    exp: the run's experiment (task, model, mesh, compiled steps).
+    params: its parameters, sharded over `exp.mesh`.
     split: an eval split of the task.
-    mesh: the run's mesh; required with several processes.
+    num_examples: examples to decode (seq2seq); None =
+      `config.eval.decode_examples`, -1 = the whole split.
 
   Returns:
-    Flat metrics: seq2seq `sequence_accuracy`, `bleu`, `chrf`,
-    `sequence_accuracy_len_XX`, `decoded_examples`; classify `accuracy_len_XX`;
-    lm nothing (the loop reports perplexity).
+    (metrics, examples, outputs). Metrics are flat: `loss`, `accuracy`, plus
+    seq2seq `sequence_accuracy`, `bleu`, `chrf`, `sequence_accuracy_len_XX`,
+    `decoded_examples`; classify `accuracy_len_XX`; lm `perplexity`.
+    `examples` / `outputs` are the decoded examples and their outputs
+    (seq2seq; `[]` / None otherwise), for reports.
   """
-  if jax.process_count() > 1 and mesh is None:
-    raise ValueError("mesh=None with several processes: expected the run's mesh, "
-                     "so each process decodes its rows of every batch.")
-  if task.kind == "classify":
-    tf = teacher_forced(config, task, model, params, split, mesh=mesh)
-    return {k: v for k, v in tf.items() if k.startswith("accuracy_len_")}
-  if task.kind != "seq2seq":
-    return {}
-  examples = decode_subset(task.eval_examples(split), config.eval.decode_examples)
-  hypotheses = inference.translate(config, task, model, params,
-                                   [ex["source"] for ex in examples], mesh=mesh)
-  return score_outputs(task, examples, hypotheses)
+  metrics = teacher_forced(exp, params, split)
+  if exp.kind != "seq2seq":
+    return metrics, [], None
+  limit = exp.config.eval.decode_examples if num_examples is None else num_examples
+  examples = decode_subset(exp.task.eval_examples(split), limit)
+  outputs = inference.translate(exp, params, [ex["source"] for ex in examples])
+  metrics.update(score_outputs(exp.task, examples, outputs))
+  return metrics, examples, outputs
 
 
 def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
@@ -214,27 +196,19 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
   Returns:
     The record written and the report path (None on processes other than 0).
   """
-  run = inference.load_run(workdir, step)
-  task, e = run.task, run.config.eval
+  run = experiment.load_run(workdir, step)
+  exp = run.experiment
+  task, e = exp.task, exp.config.eval
   if split not in task.eval_splits:
     raise ValueError(f"split={split!r}: expected one of {list(task.eval_splits)}.")
-  metrics = teacher_forced(run.config, task, run.model, run.params, split, mesh=run.mesh)
-  examples = task.eval_examples(split)
-  if task.kind == "seq2seq":
-    examples = decode_subset(examples, e.decode_examples if num_examples is None
-                             else num_examples)
-    outputs = inference.translate(run.config, task, run.model, run.params,
-                                  [ex["source"] for ex in examples], mesh=run.mesh)
-    metrics.update(score_outputs(task, examples, outputs))
-  elif task.kind == "lm":  # Samples only: continue the start of a few texts.
-    examples = examples[:e.num_samples]
+  metrics, examples, outputs = evaluate(exp, run.params, split, num_examples=num_examples)
+  if task.kind == "lm":  # Samples only: continue the start of a few texts.
+    examples = task.eval_examples(split)[:e.num_samples]
     prompts = [" ".join(ex["source"].split()[:8]) for ex in examples]
-    outputs = inference.continue_prompts(
-        task, run.model, run.params, prompts, max_len=run.config.data.max_target_len,
-        batch_size=e.batch_size, mesh=run.mesh)
+    outputs = inference.continue_prompts(exp, run.params, prompts,
+                                         max_len=exp.config.data.max_target_len,
+                                         batch_size=e.batch_size)
     examples = [dict(ex, source=p + " ...") for ex, p in zip(examples, prompts)]
-  else:
-    outputs = None  # Classifier: the metrics are the report.
   writer = metrics_lib.MetricsWriter(workdir)
   record = writer.write(run.step, split, metrics)
   writer.close()
@@ -249,9 +223,9 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
 def format_report(run: Any, split: str, record: dict[str, Any],
                   examples: Sequence[dict[str, Any]], outputs: Sequence[str] | None) -> str:
   """Markdown: what was evaluated, the metrics, then a few examples."""
-  c = run.config
+  c = run.experiment.config
   lines = [f"# {c.data.task}: {split} at step {run.step}", "",
-           f"model `{c.model.variant}` ({run.model.kind}); beam {c.eval.beam_size}, "
+           f"model `{c.model.variant}` ({run.experiment.kind}); beam {c.eval.beam_size}, "
            f"length penalty {c.eval.length_penalty}", "", "| metric | value |",
            "| --- | --- |"]
   lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"

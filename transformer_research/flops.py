@@ -16,9 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from transformer_research import models
 from transformer_research.models import variants
-
-KINDS = ("seq2seq", "lm", "classify")
 
 
 def train_flops_per_step(kind: str, sizes: variants.Sizes, batch_size: int, input_len: int,
@@ -43,10 +42,10 @@ def train_flops_per_step(kind: str, sizes: variants.Sizes, batch_size: int, inpu
   (`compiled.cost_analysis()["flops"]`) comes out a little higher.
 
   Raises:
-    ValueError: `kind` is not one of KINDS.
+    ValueError: `kind` is not one of models.KINDS.
   """
-  if kind not in KINDS:
-    raise ValueError(f"kind={kind!r}; expected one of {KINDS}")
+  if kind not in models.KINDS:
+    raise ValueError(f"kind={kind!r}; expected one of {models.KINDS}")
   b, s, t = batch_size, input_len, target_len
   d, f = sizes.d_model, sizes.d_ff
   encoder = b * s * (8 * d * d + 4 * d * f) + b * s * s * 4 * d

@@ -1,34 +1,26 @@
-"""A trained model as a function of text: cached decoding and loading a run.
+"""A trained model as a function of text: cached decoding in fixed-shape batches.
 
 `make_generate_fn` is where a `models.Model` meets `decoding`: it turns the
 model's `encode` / `init_cache` / `decode_step` into the `logits_fn` callback
 the searches drive, so the encoder runs once and the decoder one cached step
 per token. `cached=False` drives the same searches with a full forward pass
 per step instead: the reference for tests and the baseline for
-bench/decode.py. `translate` / `continue_prompts` work on text in
-fixed-shape batches (multi-host: each process feeds its rows of a batch, the
-tokens are all-gathered). `load_run` restores what `train_and_evaluate` left in
-a workdir (config.json, tokenizers, the Orbax checkpoint), for the CLIs.
+bench/decode.py. `translate` / `continue_prompts` / `generate_text` work on
+text in fixed-shape batches (multi-host: each process feeds its rows of a
+batch, the tokens are all-gathered). They take an `experiment.Experiment`
+(tokenizers, mesh, compiled decoders) and its parameters; `experiment.load_run`
+restores both from a run directory.
 """
 
-import dataclasses
-import functools
-import json
 import logging
-import os
 from typing import Any, Callable, Sequence
 
 import jax
 from jax.experimental import multihost_utils
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from transformer_research import checkpointing
 from transformer_research import decoding
-from transformer_research import models
 from transformer_research import sharding
-from transformer_research.data import tasks
 
 GENERATIVE_KINDS = ("seq2seq", "lm")
 
@@ -42,14 +34,13 @@ def check_can_generate(kind: str, what: str = "generate text") -> None:
         "launch/evaluate.py).")
 
 
-@functools.lru_cache(maxsize=32)
 def make_generate_fn(model: Any, *, eos_id: int, max_len: int, beam_size: int = 1,
                      alpha: float = 0.6, temperature: float = 0.0, top_k: int = 0,
                      top_p: float = 1.0, cached: bool = True) -> Callable:
   """A jitted `generate(params, inputs, rng=None) -> (tokens, log_probs)`.
 
-  Cached (lru) per model and settings, so an eval every N steps reuses one
-  compiled decoder instead of tracing a new one each time.
+  `Experiment.generate_fn` keeps one per settings, so an eval every N steps
+  reuses one compiled decoder instead of tracing a new one each time.
 
   Args:
     model: a `models.Model` of kind "seq2seq" or "lm".
@@ -105,65 +96,67 @@ def make_generate_fn(model: Any, *, eos_id: int, max_len: int, beam_size: int = 
   return jax.jit(generate)
 
 
-def translate(run_config: Any, task: Any, model: Any, params: Any,
-              sources: Sequence[str], *, mesh: jax.sharding.Mesh | None = None,
+def translate(exp: Any, params: Any, sources: Sequence[str], *,
               beam_size: int | None = None, max_len: int | None = None,
               batch_size: int | None = None) -> list[str]:
   """Translates `sources` (seq2seq) in fixed-shape batches; returns text.
 
-  Defaults come from `config.eval`; every process must call this with the same
-  `sources` (each feeds only its rows of every batch).
+  Args:
+    exp: the run's `experiment.Experiment` (config, tokenizers, mesh).
+    params: its parameters.
+    sources: source sentences.
+    beam_size, max_len, batch_size: default from `config.eval`.
+
+  Every process must call this with the same `sources` (each feeds only its
+  rows of every batch).
   """
+  task, c = exp.task, exp.config
   check_can_generate(task.kind, "translate")
-  e = run_config.eval
+  e = c.eval
   beam_size = beam_size or e.beam_size
-  max_len = max_len or (e.max_decode_len if e.max_decode_len > 0
-                        else run_config.data.max_target_len)
+  max_len = max_len or (e.max_decode_len if e.max_decode_len > 0 else c.data.max_target_len)
   batch_size = batch_size or e.batch_size
-  generate = make_generate_fn(
-      model, eos_id=task.target_tokenizer.eos_id, max_len=max_len, beam_size=beam_size,
-      alpha=e.length_penalty)
-  width = run_config.data.max_input_len
+  generate = exp.generate_fn(eos_id=task.target_tokenizer.eos_id, max_len=max_len,
+                             beam_size=beam_size, alpha=e.length_penalty)
+  width = c.data.max_input_len
   rows = [task.encode_inputs(s) for s in sources]
   cut = sum(len(r) > width for r in rows)
   if cut:  # The model never saw longer sources; say so instead of guessing.
     logging.warning("%d of %d sources cut to data.max_input_len=%d tokens", cut,
                     len(rows), width)
   rows = [r[:width] for r in rows]
-  tokens = _run_batches(lambda x: generate(params, x)[0], rows, width, batch_size, mesh)
+  tokens = _run_batches(lambda x: generate(params, x)[0], rows, width, batch_size, exp.mesh)
   return [task.target_tokenizer.decode(t) for t in tokens]
 
 
-def continue_prompts(task: Any, model: Any, params: Any, prompts: Sequence[str], *,
-                     max_len: int, batch_size: int = 16, temperature: float = 0.0,
-                     top_k: int = 0, top_p: float = 1.0, beam_size: int = 1,
-                     rng: jax.Array | None = None,
-                     mesh: jax.sharding.Mesh | None = None) -> list[str]:
+def continue_prompts(exp: Any, params: Any, prompts: Sequence[str], *, max_len: int,
+                     batch_size: int = 16, temperature: float = 0.0, top_k: int = 0,
+                     top_p: float = 1.0, beam_size: int = 1,
+                     rng: jax.Array | None = None) -> list[str]:
   """LM: continues each prompt; returns the continuations' text only."""
-  check_can_generate(model.kind, "continue a prompt")
-  tok = task.target_tokenizer
+  check_can_generate(exp.kind, "continue a prompt")
+  tok = exp.task.target_tokenizer
   rows = [tok.encode(p) for p in prompts]
   width = max(len(r) for r in rows)
   if width >= max_len:
     raise ValueError(f"max_len={max_len}: expected more than the longest prompt "
                      f"({width} tokens).")
-  generate = make_generate_fn(
-      model, eos_id=tok.eos_id, max_len=max_len, beam_size=beam_size,
-      temperature=temperature, top_k=top_k, top_p=top_p)
+  generate = exp.generate_fn(eos_id=tok.eos_id, max_len=max_len, beam_size=beam_size,
+                             temperature=temperature, top_k=top_k, top_p=top_p)
   rng = jax.random.key(0) if rng is None else rng
   tokens = _run_batches(lambda x: generate(params, x, rng)[0], rows, width, batch_size,
-                        mesh)
+                        exp.mesh)
   return [tok.decode(t[len(r):]) for t, r in zip(tokens, rows)]
 
 
 def _run_batches(fn, rows: list[list[int]], width: int, batch_size: int,
-                 mesh: jax.sharding.Mesh | None) -> list[list[int]]:
+                 mesh: jax.sharding.Mesh) -> list[list[int]]:
   """fn over rows padded to [batch_size, width]; outputs in input order.
 
   The last batch is padded with empty rows, so one shape compiles once.
   """
   n_proc, proc = jax.process_count(), jax.process_index()
-  if batch_size % n_proc or (mesh is not None and batch_size % sharding.batch_shards(mesh)):
+  if batch_size % n_proc or batch_size % sharding.batch_shards(mesh):
     raise ValueError(f"batch_size={batch_size}: expected a multiple of the "
                      f"{n_proc} processes and of the mesh's batch shards.")
   local = batch_size // n_proc
@@ -173,116 +166,43 @@ def _run_batches(fn, rows: list[list[int]], width: int, batch_size: int,
     batch = np.zeros((batch_size, width), np.int32)  # [B, S]
     for i, r in enumerate(chunk):
       batch[i, :len(r)] = r
-    if mesh is None:
-      tokens = np.asarray(fn(batch))
-    else:
-      mine = batch[proc * local:(proc + 1) * local]  # This process's rows.
-      tokens = fn(sharding.global_batch({"x": mine}, mesh)["x"])
-      tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
+    mine = batch[proc * local:(proc + 1) * local]  # This process's rows.
+    tokens = fn(sharding.global_batch({"x": mine}, mesh)["x"])
+    tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
     out.extend(t.tolist() for t in tokens[:len(chunk)])
   return out
 
 
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """What a training workdir holds, restored for decoding and evaluation."""
-  config: ml_collections.ConfigDict
-  task: Any  # data.tasks.Task
-  model: Any  # models.Model
-  params: Any
-  step: int
-  mesh: jax.sharding.Mesh
-
-
-def checkpoint_steps(workdir: str) -> list[int]:
-  """Saved steps under WORKDIR/checkpoints, oldest first ([] if none)."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    return []
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      read_only=True))
-  steps = sorted(manager.all_steps())
-  manager.close()
-  return steps
-
-
-def load_run(workdir: str, step: int | None = None) -> Run:
-  """Restores config, task (tokenizers), model and params of a training run.
-
-  Args:
-    workdir: a directory written by `train_and_evaluate`.
-    step: the checkpoint step; None = the latest.
-
-  Raises:
-    ValueError: no config.json or no checkpoint in `workdir`, or `step` was
-      not saved, each naming what was found.
-  """
-  workdir = os.path.abspath(workdir)
-  config_path = os.path.join(workdir, "config.json")
-  steps = checkpoint_steps(workdir)
-  if not os.path.exists(config_path) or not steps:
-    raise ValueError(
-        f"workdir={workdir!r} has no {'config.json' if steps else 'checkpoint'}: "
-        "expected the workdir of a training run (launch/train.py --workdir=...) "
-        "that saved at least one checkpoint.")
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise ValueError(f"step={step}: no checkpoint of that step in {workdir}; "
-                     f"expected one of {steps}.")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  task = tasks.build(config, workdir)
-  model = models.build(config.model, task.kind, input_vocab_size=task.input_vocab_size,
-                       target_vocab_size=task.target_vocab_size,
-                       num_classes=task.num_classes)
-  mesh = sharding.make_mesh(config.mesh)
-  abstract = jax.eval_shape(model.init, jax.random.key(0), _dummy_batch(task.kind))
-  rules = tuple(tuple(r) for r in config.mesh.param_rules) or sharding.PARAM_RULES
-  params = checkpointing.restore_params(
-      os.path.join(workdir, "checkpoints", str(step)), abstract,
-      sharding.param_shardings(abstract, mesh, rules))
-  return Run(config, task, model, params, step, mesh)
-
-
-def _dummy_batch(kind: str) -> dict[str, np.ndarray]:
-  """Shapes for `model.init`: parameter shapes do not depend on lengths."""
-  row = np.ones((1, 4), np.int32)
-  return {"seq2seq": {"inputs": row, "targets": row}, "lm": {"targets": row},
-          "classify": {"inputs": row, "label": np.zeros((1,), np.int32)}}[kind]
-
-
-def generate_text(run: Run, texts: Sequence[str], *, beam_size: int | None = None,
+def generate_text(exp: Any, params: Any, texts: Sequence[str], *, beam_size: int | None = None,
                   max_len: int | None = None, temperature: float = 0.0, top_k: int = 0,
                   top_p: float = 1.0, seed: int = 0) -> list[str]:
   """Translations (seq2seq) or continuations (lm) of `texts`, one per text.
 
-  Blank texts give "" without decoding. Batches are as small as the input
-  allows (a multiple of the mesh's batch shards), so one sentence does not
-  pay for `config.eval.batch_size` rows.
+  `exp` is the run's `experiment.Experiment`, `params` its parameters. Blank
+  texts give "" without decoding. Batches are as small as the input allows
+  (a multiple of the mesh's batch shards), so one sentence does not pay for
+  `config.eval.batch_size` rows.
 
   Raises:
     ValueError: a classifier run, or no non-blank text.
   """
-  check_can_generate(run.model.kind, "translate or continue text")
+  check_can_generate(exp.kind, "translate or continue text")
   keep = [i for i, t in enumerate(texts) if t.strip()]
   if not keep:
     raise ValueError(f"texts={list(texts)!r}: expected at least one non-blank text.")
-  c, shards = run.config, sharding.batch_shards(run.mesh) * jax.process_count()
+  c, shards = exp.config, sharding.batch_shards(exp.mesh) * jax.process_count()
   batch_size = min(c.eval.batch_size, -(-len(keep) // shards) * shards)
   chosen = [texts[i].strip() for i in keep]
-  if run.model.kind == "seq2seq":
+  if exp.kind == "seq2seq":
     if temperature > 0:
       raise ValueError(f"temperature={temperature}: expected 0 for translation "
                        "(beam search); sampling is for language models.")
-    out = translate(c, run.task, run.model, run.params, chosen, mesh=run.mesh,
-                    beam_size=beam_size, max_len=max_len, batch_size=batch_size)
+    out = translate(exp, params, chosen, beam_size=beam_size, max_len=max_len,
+                    batch_size=batch_size)
   else:
-    out = continue_prompts(run.task, run.model, run.params, chosen,
-                           max_len=max_len or c.data.max_target_len,
+    out = continue_prompts(exp, params, chosen, max_len=max_len or c.data.max_target_len,
                            batch_size=batch_size, temperature=temperature, top_k=top_k,
-                           top_p=top_p, beam_size=beam_size or 1,
-                           rng=jax.random.key(seed), mesh=run.mesh)
+                           top_p=top_p, beam_size=beam_size or 1, rng=jax.random.key(seed))
   result = [""] * len(texts)
   for i, text in zip(keep, out):
     result[i] = text

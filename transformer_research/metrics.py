@@ -57,10 +57,6 @@ class MetricsWriter:
       f.writelines(kept)
     os.replace(self.path + ".tmp", self.path)
 
-  def flush(self) -> None:
-    if self._tb is not None:
-      self._tb.flush()
-
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()

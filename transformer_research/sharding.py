@@ -145,6 +145,17 @@ def _largest_divisible(name: str, shape: Sequence[int], mesh: Mesh) -> P:
   return P()
 
 
+def param_rules(mesh_config: Any) -> tuple[tuple[str, Any], ...]:
+  """`config.mesh.param_rules`, or PARAM_RULES when it is empty.
+
+  Specs come back as tuples, also from a config.json (where they are lists).
+  """
+  rules = tuple(mesh_config.param_rules)
+  if not rules:
+    return PARAM_RULES
+  return tuple((pattern, spec if isinstance(spec, str) else tuple(spec)) for pattern, spec in rules)
+
+
 def param_shardings(params: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = PARAM_RULES) -> Any:
   """A pytree of `NamedSharding`s for a (possibly abstract) parameter tree."""
   return jax.tree_util.tree_map_with_path(

@@ -37,28 +37,43 @@ class TrainState(NamedTuple):
   rng: jax.Array  # uint32 [2]; dropout uses fold_in(rng, step), so resume is exact.
 
 
+def _init_fn(model: Any, optimizer: optax.GradientTransformation,
+             init_batch: dict[str, Any]) -> Callable[[jax.Array], TrainState]:
+  def init(rng):
+    init_rng, train_rng = jax.random.split(rng)
+    params = model.init(init_rng, init_batch)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), train_rng)
+  return init
+
+
+def abstract_train_state(model: Any, optimizer: optax.GradientTransformation,
+                         init_batch: dict[str, Any], mesh: Mesh, rules: Any,
+                         seed: int) -> TrainState:
+  """The state's shapes and dtypes (`jax.eval_shape`: no memory, no compute),
+  each a `jax.ShapeDtypeStruct` carrying its sharding from the rules."""
+  abstract = jax.eval_shape(_init_fn(model, optimizer, init_batch), jax.random.PRNGKey(seed))
+  shardings = state_shardings(abstract, mesh, rules)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract, shardings)
+
+
 def init_train_state(model: Any, optimizer: optax.GradientTransformation,
                      init_batch: dict[str, Any], mesh: Mesh, rules: Any,
                      seed: int) -> tuple[TrainState, TrainState]:
   """Creates the state directly in its sharded layout.
 
-  Shapes come from `jax.eval_shape` (no memory), shardings from the rules,
-  then a jitted init with `out_shardings` materialises every parameter and
-  optimizer slot on the devices that own it: no model has to fit on one
-  device, and no host ever holds the whole state.
+  Shapes come from `abstract_train_state`, then a jitted init with
+  `out_shardings` materialises every parameter and optimizer slot on the
+  devices that own it: no model has to fit on one device, and no host ever
+  holds the whole state.
 
   Returns:
     (state, state_shardings), the latter a TrainState of `NamedSharding`s.
   """
-  def init(rng):
-    init_rng, train_rng = jax.random.split(rng)
-    params = model.init(init_rng, init_batch)
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), train_rng)
-
-  rng = jax.random.PRNGKey(seed)
-  abstract = jax.eval_shape(init, rng)
-  shardings = state_shardings(abstract, mesh, rules)
-  return jax.jit(init, out_shardings=shardings)(rng), shardings
+  abstract = abstract_train_state(model, optimizer, init_batch, mesh, rules, seed)
+  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  init = jax.jit(_init_fn(model, optimizer, init_batch), out_shardings=shardings)
+  return init(jax.random.PRNGKey(seed)), shardings
 
 
 def state_shardings(abstract: TrainState, mesh: Mesh, rules: Any) -> TrainState:
@@ -164,11 +179,18 @@ def make_train_step(config: Any, model: Any, optimizer: optax.GradientTransforma
   return train_step
 
 
-def make_eval_step(model: Any, kind: str) -> Callable[[Any, Batch], Metrics]:
-  """Returns `eval_step(params, batch) -> sums` (no dropout, no smoothing)."""
+def make_eval_step(model: Any, kind: str) -> Callable[[Any, Batch], tuple[Metrics, jax.Array | None]]:
+  """Returns `eval_step(params, batch) -> (sums, correct)` (no dropout, no smoothing).
+
+  `correct` [B] bool says which examples a classifier got right (for the
+  per-length accuracy tables); None for the other kinds.
+  """
   def eval_step(params, batch):
     logits = model.apply(params, None, batch, False)
-    return losses.task_sums(logits, batch, kind)
+    sums = losses.task_sums(logits, batch, kind)
+    if kind != "classify":
+      return sums, None
+    return sums, jnp.argmax(logits, -1) == batch["label"]  # [B]
   return eval_step
 
 

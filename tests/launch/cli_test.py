@@ -5,7 +5,6 @@ holds exactly what users get); the CLIs run as subprocesses where what is
 tested is the command line itself (stdin, exit status, messages).
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -16,25 +15,19 @@ import jax
 import numpy as np
 import pytest
 
+from transformer_research import configs
 from transformer_research import evaluation
+from transformer_research import experiment
 from transformer_research import inference
-from transformer_research import models
-from transformer_research import sharding
 from transformer_research import train_loop
-from transformer_research.data import tasks
 
 REPO = pathlib.Path(__file__).parents[2]
 
 
 def tiny_config(name: str):
-  spec = importlib.util.spec_from_file_location(f"{name}_cli_test_config",
-                                                REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("tiny")
-  c.train.num_steps, c.train.batch_size = 1, 8
-  c.eval.batch_size, c.eval.decode_examples, c.eval.beam_size = 8, 8, 1
-  return c
+  return configs.load_config(f"{name}:tiny,smoke", {
+      "train.num_steps": 1, "train.batch_size": 8, "eval.batch_size": 8,
+      "eval.decode_examples": 8, "eval.beam_size": 1})
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +62,10 @@ def test_translate_reads_stdin_and_keeps_blank_lines(workdir):
 
 
 def test_generate_text_matches_batching(workdir):
-  run = inference.load_run(workdir)
-  one_by_one = [inference.generate_text(run, [s])[0] for s in ("12", "345")]
-  assert inference.generate_text(run, ["12", "345"]) == one_by_one
+  run = experiment.load_run(workdir)
+  exp, params = run.experiment, run.params
+  one_by_one = [inference.generate_text(exp, params, [s])[0] for s in ("12", "345")]
+  assert inference.generate_text(exp, params, ["12", "345"]) == one_by_one
 
 
 def test_plot_writes_pngs(workdir, tmp_path):
@@ -95,17 +89,15 @@ def test_cli_errors_are_clear(tmp_path, script, args, stdin, message):
   assert "Traceback" not in result.stderr
 
 
-def test_a_classifier_cannot_translate(workdir):
-  run = inference.load_run(workdir)
-  c = tiny_config("difference")
-  classifier = models.build(c.model, "classify", input_vocab_size=12, num_classes=2)
+def test_a_classifier_cannot_translate():
+  classifier = experiment.Experiment(tiny_config("difference"))
   with pytest.raises(ValueError, match="kind='classify' cannot translate or continue"):
-    inference.generate_text(inference.Run(c, run.task, classifier, None, 0, run.mesh), ["1-2"])
+    inference.generate_text(classifier, None, ["1-2"])
 
 
 def test_bad_step_and_split_are_named(workdir):
   with pytest.raises(ValueError, match=r"step=7: no checkpoint of that step .* \[1\]"):
-    inference.load_run(workdir, step=7)
+    experiment.load_run(workdir, step=7)
   with pytest.raises(ValueError, match="split='dev'"):
     evaluation.evaluate_run(workdir, "dev")
 
@@ -121,14 +113,12 @@ def test_lm_continues_prompts(tmp_path):
   c = tiny_config("lm_imdb")
   c.data.train_path, c.data.vocab_size, c.data.max_target_len = (
       str(tmp_path / "reviews.jsonl"), 40, 16)
-  task = tasks.build(c, str(tmp_path))
-  model = models.build(c.model, "lm", target_vocab_size=task.target_vocab_size)
-  params = model.init(jax.random.key(0), {"targets": np.ones((1, 4), np.int32)})
-  run = inference.Run(c, task, model, params, 0, sharding.make_mesh(c.mesh))
-  greedy = inference.generate_text(run, ["the movie was", "", "a"])
+  exp = experiment.Experiment(c, str(tmp_path))
+  params = exp.model.init(jax.random.key(0), {"targets": np.ones((1, 4), np.int32)})
+  greedy = inference.generate_text(exp, params, ["the movie was", "", "a"])
   assert greedy[1] == "" and all(isinstance(t, str) for t in greedy)
   kw = dict(temperature=1.0, top_k=10, seed=3)
-  sampled = inference.generate_text(run, ["the movie was"], **kw)
-  assert sampled == inference.generate_text(run, ["the movie was"], **kw)
+  sampled = inference.generate_text(exp, params, ["the movie was"], **kw)
+  assert sampled == inference.generate_text(exp, params, ["the movie was"], **kw)
   with pytest.raises(ValueError, match="max_len=2: expected more than the longest prompt"):
-    inference.generate_text(run, ["the movie was a long film"], max_len=2)
+    inference.generate_text(exp, params, ["the movie was a long film"], max_len=2)

@@ -11,13 +11,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 def test_two_steps_of_the_tiny_config(tmp_path):
   command = [sys.executable, str(ROOT / "launch" / "train.py"),
-             f"--config={ROOT / 'configs' / 'reverse.py'}:tiny", f"--workdir={tmp_path}",
+             f"--config={ROOT / 'configs' / 'reverse.py'}:tiny,smoke", f"--workdir={tmp_path}",
              "--config.train.num_steps=2", "--config.train.batch_size=8",
              "--config.eval.batch_size=8", "--config.eval.every_steps=1000",
              "--config.data.num_train_examples=100", "--config.model.num_encoder_layers=1",
              "--config.model.num_decoder_layers=1"]
-  env = dict(os.environ, PYTHONPATH=str(ROOT))
-  run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+  run = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stderr[-3000:]
   with open(tmp_path / "metrics.jsonl") as f:
     steps = [json.loads(line)["step"] for line in f]
@@ -27,8 +26,7 @@ def test_two_steps_of_the_tiny_config(tmp_path):
 
 def test_misspelt_override_is_an_error_naming_it(tmp_path):
   command = [sys.executable, str(ROOT / "launch" / "train.py"),
-             f"--config={ROOT / 'configs' / 'reverse.py'}:tiny", f"--workdir={tmp_path}",
+             f"--config={ROOT / 'configs' / 'reverse.py'}:tiny,smoke", f"--workdir={tmp_path}",
              "--config.train.batchsize=8"]
-  run = subprocess.run(command, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
-                       text=True, timeout=300)
+  run = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert run.returncode != 0 and "batchsize" in run.stderr

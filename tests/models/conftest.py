@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import base
+from transformer_research.configs import base
 
 
 @pytest.fixture

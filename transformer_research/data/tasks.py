@@ -1,8 +1,14 @@
 """Task registry: what a config's `data.task` name means for the rest of the code.
 
-A task ties together the model kind, the raw data source, the tokenizers, the
-loss and the eval metrics, so the training loop, the evaluator and the CLIs
-ask one object (`build(config, workdir)`) instead of branching on task names.
+A task ties together the model kind, the raw data source, the tokenizers and
+the eval metrics, so the training loop, the evaluator and the CLIs ask one
+object (`build(config, workdir)`) instead of branching on task names.
+
+What the model needs to know of a task (its kind, vocabulary sizes and
+classes) is answered from the config alone, by `spec` and `vocab_sizes`, so a
+model can be built without reading data. `build` opens data lazily: a split
+is read when it is first iterated, and the training split for tokenizer
+training only when no trained tokenizer model is found in the workdir.
 
 Batches follow the contract in `pipeline.py`: targets end with the target
 tokenizer's EOS, inputs carry no EOS (`Task.encode_inputs` is the one way to
@@ -14,6 +20,7 @@ chunks of `max_target_len` tokens, the last one ending with EOS.
 """
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -24,48 +31,67 @@ from transformer_research.data import pipeline
 from transformer_research.data import synthetic
 from transformer_research.data import tokenizers as tok_lib
 
-KINDS = ("seq2seq", "classify", "lm")
 EVAL_SPLITS = ("validation", "test")
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
   """What a task is made of; `build` turns it into a `Task` for one config."""
-  kind: str  # One of KINDS: selects the model head and the batch keys.
-  source: str  # Where raw records come from (informational, for docs/logs).
+  kind: str  # One of models.KINDS: selects the model head and the batch keys.
   tokenizer: str  # "config" (data.tokenizer decides) or "char" (fixed alphabet).
-  loss: str  # Loss name the engine computes.
   metric_names: tuple[str, ...]  # Eval metrics the evaluator reports.
+  num_classes: int | None = None  # Classification tasks only.
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabSizes:
+  """What the model's embeddings and head are sized by (None: not used)."""
+  input: int | None  # Rows of the input embedding (seq2seq, classify).
+  target: int | None  # Rows of the target embedding / logits (seq2seq, lm).
+  num_classes: int | None  # Classes of the head (classify).
 
 
 _SEQ_METRICS = ("loss", "accuracy", "sequence_accuracy", "sequence_accuracy_by_length")
+_TRANSLATION_METRICS = ("loss", "accuracy", "bleu", "chrf")
 REGISTRY: dict[str, TaskSpec] = {
-    "spa_eng": TaskSpec("seq2seq", "tfds:spa_eng (en->es)", "config", "cross_entropy",
-                        ("loss", "accuracy", "bleu", "chrf")),
-    "wmt13_es_en": TaskSpec("seq2seq", "tfds:wmt13_translate/es-en (en->es)", "config",
-                            "cross_entropy", ("loss", "accuracy", "bleu", "chrf")),
-    "imdb": TaskSpec("classify", "tfds:imdb_reviews or data.train_path", "config",
-                     "cross_entropy", ("loss", "accuracy")),
-    "lm_imdb": TaskSpec("lm", "tfds:imdb_reviews text or data.train_path", "config",
-                        "cross_entropy", ("loss", "accuracy", "perplexity")),
-    "reverse": TaskSpec("seq2seq", "synthetic", "char", "cross_entropy", _SEQ_METRICS),
-    "sort": TaskSpec("seq2seq", "synthetic", "char", "cross_entropy", _SEQ_METRICS),
-    "addition": TaskSpec("seq2seq", "synthetic", "char", "cross_entropy", _SEQ_METRICS),
-    "difference": TaskSpec("classify", "synthetic", "char", "cross_entropy",
-                           ("loss", "accuracy", "accuracy_by_length")),
+    "spa_eng": TaskSpec("seq2seq", "config", _TRANSLATION_METRICS),  # TFDS spa_eng (en->es).
+    "wmt13_es_en": TaskSpec("seq2seq", "config", _TRANSLATION_METRICS),  # TFDS wmt13 (en->es).
+    # TFDS imdb_reviews, or local files (data.train_path).
+    "imdb": TaskSpec("classify", "config", ("loss", "accuracy"), num_classes=2),
+    "lm_imdb": TaskSpec("lm", "config", ("loss", "accuracy", "perplexity")),
+    "reverse": TaskSpec("seq2seq", "char", _SEQ_METRICS),
+    "sort": TaskSpec("seq2seq", "char", _SEQ_METRICS),
+    "addition": TaskSpec("seq2seq", "char", _SEQ_METRICS),
+    "difference": TaskSpec("classify", "char", ("loss", "accuracy", "accuracy_by_length"),
+                           num_classes=2),
 }
+
+
+def spec(name: str) -> TaskSpec:
+  """The registry entry of `config.data.task`, or an error listing the names."""
+  if name not in REGISTRY:
+    raise ValueError(f"config.data.task={name!r}; expected one of {sorted(REGISTRY)}")
+  return REGISTRY[name]
 
 
 class _Indexed(Sequence):
   """A source whose records carry their own index, so eval batches and eval
-  examples can be matched after bad records were skipped."""
+  examples can be matched after bad records were skipped.
 
-  def __init__(self, source: Sequence[Mapping[str, Any]], limit: int = -1):
-    self._source = source
-    self._len = len(source) if limit < 0 else min(limit, len(source))
+  The source is opened on first use: a task whose tokenizers are already
+  trained never opens its training split until training asks for batches.
+  """
+
+  def __init__(self, open_source: Callable[[], Sequence[Mapping[str, Any]]], limit: int = -1):
+    self._open, self._limit = open_source, limit
+
+  @functools.cached_property
+  def _source(self) -> Sequence[Mapping[str, Any]]:
+    return self._open()
 
   def __len__(self) -> int:
-    return self._len
+    n = len(self._source)
+    return n if self._limit < 0 else min(self._limit, n)
 
   def __getitem__(self, i):
     return {**self._source[i], "index": i}
@@ -75,7 +101,7 @@ class Task:
   """One task for one config: tokenizers plus train / eval data access.
 
   Attributes:
-    name, kind, loss, metric_names: from the registry.
+    name, kind, metric_names, num_classes: from the registry.
     input_tokenizer: tokenizer of `inputs` (None for lm).
     target_tokenizer: tokenizer of `targets` (None for classify).
     input_vocab_size, target_vocab_size: their vocab sizes (None when absent).
@@ -86,15 +112,16 @@ class Task:
   def __init__(self, name: str, data: ml_collections.ConfigDict, seed: int,
                raw: Callable[[str], Sequence[Mapping[str, Any]]],
                input_tokenizer: tok_lib.Tokenizer | None,
-               target_tokenizer: tok_lib.Tokenizer | None, num_classes: int | None):
-    spec = REGISTRY[name]
-    self.name, self.kind, self.loss, self.metric_names = name, spec.kind, spec.loss, spec.metric_names
+               target_tokenizer: tok_lib.Tokenizer | None):
+    task_spec = spec(name)
+    self.name, self.kind, self.metric_names = name, task_spec.kind, task_spec.metric_names
     self.input_tokenizer, self.target_tokenizer = input_tokenizer, target_tokenizer
     self.input_vocab_size = input_tokenizer.vocab_size if input_tokenizer else None
     self.target_vocab_size = target_tokenizer.vocab_size if target_tokenizer else None
-    self.num_classes = num_classes
+    self.num_classes = task_spec.num_classes
     self.eval_splits = EVAL_SPLITS
-    self._data, self._seed, self._raw = data, seed, raw
+    self.data = data  # config.data
+    self._seed, self._raw = seed, raw
     self._max_lengths = {"seq2seq": {"inputs": data.max_input_len, "targets": data.max_target_len},
                          "classify": {"inputs": data.max_input_len},
                          "lm": {"targets": data.max_target_len}}[self.kind]
@@ -119,17 +146,17 @@ class Task:
       label = int(record["label"])
       if not 0 <= label < self.num_classes:
         raise ValueError(f"label={label}; expected 0..{self.num_classes - 1}")
-      inputs = self.encode_inputs(record["text"])[:self._data.max_input_len]
+      inputs = self.encode_inputs(record["text"])[:self.data.max_input_len]
       return {"inputs": inputs, "label": label, "length": len(inputs), **extra}
-    ids, n = self._with_eos(record["text"]), self._data.max_target_len
+    ids, n = self._with_eos(record["text"]), self.data.max_target_len
     return [{"targets": ids[i:i + n], "length": len(ids), **extra}
             for i in range(0, max(len(ids), 1), n)]
 
   def _tokenize(self, split: str) -> pipeline.TokenizedData:
     if split not in self._tokenized:
-      limit = self._data.max_train_examples if split == "train" else -1
+      limit = self.data.max_train_examples if split == "train" else -1
       self._tokenized[split] = pipeline.tokenize(
-          _Indexed(self._raw(split), limit), self._encode, self._max_lengths,
+          _Indexed(lambda: self._raw(split), limit), self._encode, self._max_lengths,
           name=f"{self.name}/{split}")
     return self._tokenized[split]
 
@@ -148,8 +175,8 @@ class Task:
                                               if k == "label"})
     return pipeline.BatchIterator(
         data, batch_size=batch_size, max_lengths=self._max_lengths,
-        packing=self._data.packing and self.kind != "classify",
-        num_buckets=self._data.num_buckets, seed=self._seed,
+        packing=self.data.packing and self.kind != "classify",
+        num_buckets=self.data.num_buckets, seed=self._seed,
         process_index=process_index, process_count=process_count)
 
   def eval_batches(self, split: str, batch_size: int, process_index: int | None = None,
@@ -267,7 +294,7 @@ def _text_tokenizers(name: str, kind: str, data: ml_collections.ConfigDict,
   if data.tokenizer == "sentencepiece":
     procs = dict(process_index=process_index, process_count=process_count)
     # Trained on the records the model trains on (all, or the first N).
-    train = _Indexed(raw("train"), data.max_train_examples)
+    train = _Indexed(lambda: raw("train"), data.max_train_examples)
     if kind == "seq2seq":
       pair = tok_lib.translation_sentencepiece(
           train, workdir, data.vocab_size, joint=data.joint_vocab,
@@ -287,37 +314,78 @@ def _text_tokenizers(name: str, kind: str, data: ml_collections.ConfigDict,
   elif data.tokenizer == "tiktoken":
     pair = (tok_lib.TiktokenTokenizer(),) * 2
   else:
-    raise ValueError(f"config.data.tokenizer={data.tokenizer!r}; expected "
-                     "'sentencepiece', 'bpemb' or 'tiktoken'")
+    raise _unknown_tokenizer(data)
   if data.standardize:
     pair = tuple(tok_lib.Standardized(t) for t in pair)
   return pair
 
 
-def build(config: ml_collections.ConfigDict, workdir: str, *,
+def _text_vocab_size(data: ml_collections.ConfigDict) -> int:
+  """Ids of the tokenizer `data.tokenizer` will give, known without training it."""
+  if data.tokenizer == "sentencepiece":
+    return data.vocab_size  # SentencePiece trains exactly this many pieces.
+  if data.tokenizer == "bpemb":
+    return data.vocab_size + 1  # BPEmb's pieces, shifted by one for pad 0.
+  if data.tokenizer == "tiktoken":
+    return tok_lib.TiktokenTokenizer().vocab_size  # A fixed encoding file, not data.
+  raise _unknown_tokenizer(data)
+
+
+def _unknown_tokenizer(data: ml_collections.ConfigDict) -> ValueError:
+  return ValueError(f"config.data.tokenizer={data.tokenizer!r}; expected "
+                    "'sentencepiece', 'bpemb' or 'tiktoken'")
+
+
+def vocab_sizes(config: ml_collections.ConfigDict) -> VocabSizes:
+  """What the model of `config` is sized by, from the config alone (no data read)."""
+  name, data = config.data.task, config.data
+  task_spec = spec(name)
+  if task_spec.tokenizer == "char":
+    in_tok, tgt_tok = _char_tokenizers(name, data)
+    sizes = (in_tok.vocab_size, tgt_tok.vocab_size if tgt_tok else None)
+  else:
+    sizes = (_text_vocab_size(data),) * 2
+  return VocabSizes(input=None if task_spec.kind == "lm" else sizes[0],
+                    target=None if task_spec.kind == "classify" else sizes[1],
+                    num_classes=task_spec.num_classes)
+
+
+def check_vocab_sizes(task: Task, expected: VocabSizes) -> None:
+  """The tokenizers `build` found give the sizes `vocab_sizes` promised the model.
+
+  Raises:
+    ValueError: naming both, e.g. a tokenizer model left in the workdir by
+      another config.
+  """
+  got = VocabSizes(task.input_vocab_size, task.target_vocab_size, task.num_classes)
+  if got != expected:
+    raise ValueError(f"data.task={task.name!r}: the tokenizers give {got}, but the config "
+                     f"implies {expected} (data.tokenizer={task.data.tokenizer!r}, "
+                     f"data.vocab_size={task.data.vocab_size})")
+
+
+def build(config: ml_collections.ConfigDict, workdir: str | None, *,
           process_index: int | None = None, process_count: int | None = None) -> Task:
   """The task named by `config.data.task`, with tokenizers trained/loaded in `workdir`.
 
   Args:
     config: a full config (uses `config.data` and `config.seed`).
-    workdir: where trained tokenizer models are written and found again.
+    workdir: where trained tokenizer models are written and found again
+      (unused by the synthetic tasks' fixed alphabets).
     process_index, process_count: who trains a tokenizer (process 0; the
       others wait for its file); default from jax.
   """
   name, data = config.data.task, config.data
-  if name not in REGISTRY:
-    raise ValueError(f"config.data.task={name!r}; expected one of {sorted(REGISTRY)}")
-  spec = REGISTRY[name]
-  if spec.tokenizer == "char":
+  task_spec = spec(name)
+  if task_spec.tokenizer == "char":
     raw = _synthetic_raw(name, data, config.seed)
     in_tok, tgt_tok = _char_tokenizers(name, data)
   else:
     raw = _text_raw(name, data)
     pi, pc = pipeline.default_process(process_index, process_count)
-    in_tok, tgt_tok = _text_tokenizers(name, spec.kind, data, raw, workdir, pi, pc)
-  if spec.kind == "lm":
+    in_tok, tgt_tok = _text_tokenizers(name, task_spec.kind, data, raw, workdir, pi, pc)
+  if task_spec.kind == "lm":
     in_tok = None
-  elif spec.kind == "classify":
+  elif task_spec.kind == "classify":
     tgt_tok = None
-  return Task(name, data, config.seed, raw, in_tok, tgt_tok,
-              num_classes=2 if spec.kind == "classify" else None)
+  return Task(name, data, config.seed, raw, in_tok, tgt_tok)

@@ -5,7 +5,8 @@ variants holds the size table.
 """
 
 from transformer_research.models.transformer import build
+from transformer_research.models.transformer import dummy_batch
 from transformer_research.models.transformer import KINDS
 from transformer_research.models.transformer import Model
 
-__all__ = ["build", "KINDS", "Model"]
+__all__ = ["build", "dummy_batch", "KINDS", "Model"]

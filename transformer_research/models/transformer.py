@@ -22,6 +22,7 @@ Shape glossary:
 
 import haiku as hk
 import jax.numpy as jnp
+import numpy as np
 
 from transformer_research.models import attention
 from transformer_research.models import layers
@@ -220,6 +221,14 @@ _BATCH_KEYS = {
     "encode": (("inputs",), tuple("inputs" + p for p in _PACKED)),
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dummy_batch(kind: str) -> dict[str, np.ndarray]:
+  """A one-row batch for `Model.init`: parameter shapes do not depend on
+  sequence lengths, so this builds the same parameters as any real batch."""
+  row = np.ones((1, 4), np.int32)  # [B=1, 4]
+  return {"seq2seq": {"inputs": row, "targets": row}, "lm": {"targets": row},
+          "classify": {"inputs": row, "label": np.zeros((1,), np.int32)}}[kind]
 
 
 def _model_batch(entry: str, batch: Batch) -> Batch:

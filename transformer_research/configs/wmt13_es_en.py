@@ -7,7 +7,7 @@ whole training split once at start (minutes at this size, ~4 bytes a token);
 
 Launch:
   python launch/train.py --config=configs/wmt13_es_en.py --workdir=/tmp/wmt13
-  (`configs/wmt13_es_en.py:tiny` is a seconds-long smoke run on CPU.)
+  (`configs/wmt13_es_en.py:tiny,smoke` is a seconds-long smoke run on CPU.)
 
 Expected result: not yet measured here; a Transformer base reaches
 roughly 30 BLEU on newstest2013 en->es after long training (literature).
@@ -15,13 +15,14 @@ roughly 30 BLEU on newstest2013 en->es after long training (literature).
 
 import ml_collections
 
-from configs import base
+from transformer_research.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` names the model variant (models/variants.py); default "base"."""
+  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "base"."""
+  variant, smoke = base.parse_arg(arg, default_variant="base")
   c = base.get_config()
-  c.model.variant = arg or "base"
+  c.model.variant = variant
   c.data.task = "wmt13_es_en"
   c.data.packing = True
   c.data.max_input_len = 128
@@ -29,4 +30,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.vocab_size = 32000
   c.train.num_steps = 100_000
   c.train.batch_size = 256
-  return base.finalize(c)
+  return base.finalize(c, smoke)

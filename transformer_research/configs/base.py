@@ -1,18 +1,24 @@
-"""Shared defaults for every task config.
+"""Shared defaults for every task config, and the `variant,smoke` argument.
 
 A task config starts from `get_config()` here and changes only what differs,
 so each field has one default in one place. Fields are grouped the way a run
 flows: model -> data -> train -> eval -> mesh -> checkpoint.
 
+The argument after the colon (`--config=configs/wmt_spa.py:tiny,smoke`) holds
+two independent choices, as big_vision's `variant=...,runlocal`:
+
+* a model variant (`tiny`, `small`, `base`, `big`: a size, nothing else; the
+  table is in models/variants.py);
+* `smoke`: seconds-long runs for tests and debugging (small data, few steps,
+  frequent evals and checkpoints), whatever the model size.
+
 Overrides on the command line (`--config.train.batch_size=64`) must name an
 existing field: the dict is locked, so a typo is an error naming the key.
-
-Task configs import this module as `configs.base`: the launch and bench
-scripts put the repository root on `sys.path`, and pytest does the same
-through `pytest.ini`.
 """
 
 import ml_collections
+
+from transformer_research.models import variants
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -21,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- model
   c.model = ml_collections.ConfigDict()
-  c.model.variant = "tiny"  # Size name, resolved in models/variants.py.
+  c.model.variant = "small"  # Size name, resolved in models/variants.py.
   # Size overrides; -1 keeps the variant's value.
   c.model.d_model = -1
   c.model.num_heads = -1
@@ -131,14 +137,32 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
-def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Applies the `tiny` smoke-run sizes when that variant is chosen, then locks.
+def parse_arg(arg: str | None, default_variant: str) -> tuple[str, bool]:
+  """`"tiny,smoke"` -> ("tiny", True); `"smoke"` -> (default_variant, True).
 
-  `tiny` means "seconds on CPU" for every task (tests and debugging), so its
+  Raises:
+    ValueError: an item that is neither a variant nor `smoke`, naming it.
+  """
+  variant, smoke = default_variant, False
+  for item in filter(None, (a.strip() for a in (arg or "").split(","))):
+    if item == "smoke":
+      smoke = True
+    elif item in variants.VARIANTS:
+      variant = item
+    else:
+      raise ValueError(f"config argument {item!r} (in {arg!r}): expected a model variant "
+                       f"{sorted(variants.VARIANTS)} and/or 'smoke', comma-separated")
+  return variant, smoke
+
+
+def finalize(c: ml_collections.ConfigDict, smoke: bool) -> ml_collections.ConfigDict:
+  """Applies the smoke-run sizes when asked for, then locks the config.
+
+  `smoke` means "seconds on CPU" for every task (tests and debugging), so its
   data, step and eval sizes live here once instead of in each task config.
   Fields a task does not read (e.g. vocab_size for synthetic tasks) are inert.
   """
-  if c.model.variant == "tiny":
+  if smoke:
     c.data.max_train_examples = 2000  # Text tasks: the first 2000 records.
     c.data.vocab_size = 500
     c.data.num_train_examples = 1000  # Synthetic tasks.

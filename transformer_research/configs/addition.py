@@ -5,7 +5,7 @@ digits: the per-length table shows length generalisation.
 
 Launch:
   python launch/train.py --config=configs/addition.py --workdir=/tmp/addition
-  (`configs/addition.py:tiny` is a seconds-long smoke run on CPU.)
+  (`configs/addition.py:tiny,smoke` is a seconds-long smoke run on CPU.)
 
 Expected result: not yet measured here. Sequence accuracy should be high
 for lengths <= 10 and drop beyond them (sinusoidal positions extrapolate
@@ -14,16 +14,17 @@ poorly); the drop-off length is the interesting number.
 
 import ml_collections
 
-from configs import base
+from transformer_research.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` names the model variant (models/variants.py); default "small"."""
+  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "small"."""
+  variant, smoke = base.parse_arg(arg, default_variant="small")
   c = base.get_config()
-  c.model.variant = arg or "small"
+  c.model.variant = variant
   c.data.task = "addition"
   c.data.max_input_len = 41  # Two 20-digit numbers and "+".
   c.data.max_target_len = 22  # A 21-digit sum plus EOS.
   c.train.num_steps = 10000
   c.train.batch_size = 64
-  return base.finalize(c)
+  return base.finalize(c, smoke)

@@ -5,24 +5,25 @@ chunks and packed. Local data: `--config.data.train_path=... --config.data.eval_
 
 Launch:
   python launch/train.py --config=configs/lm_imdb.py --workdir=/tmp/lm_imdb
-  (`configs/lm_imdb.py:tiny` is a seconds-long smoke run on CPU.)
+  (`configs/lm_imdb.py:tiny,smoke` is a seconds-long smoke run on CPU.)
 
 Expected result: not yet measured here; report validation perplexity.
 """
 
 import ml_collections
 
-from configs import base
+from transformer_research.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` names the model variant (models/variants.py); default "small"."""
+  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "small"."""
+  variant, smoke = base.parse_arg(arg, default_variant="small")
   c = base.get_config()
-  c.model.variant = arg or "small"
+  c.model.variant = variant
   c.data.task = "lm_imdb"
   c.data.packing = True
   c.data.max_target_len = 256
   c.data.vocab_size = 8000
   c.train.num_steps = 10000
   c.train.batch_size = 64
-  return base.finalize(c)
+  return base.finalize(c, smoke)

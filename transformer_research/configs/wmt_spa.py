@@ -7,7 +7,7 @@ Offline: put spa-eng.zip in the TFDS manual dir or pass
 
 Launch:
   python launch/train.py --config=configs/wmt_spa.py --workdir=/tmp/wmt
-  (`configs/wmt_spa.py:tiny` is a seconds-long smoke run on CPU.)
+  (`configs/wmt_spa.py:tiny,smoke` is a seconds-long smoke run on CPU.)
 
 Expected result: not yet measured here; the README results table holds
 the BLEU of real runs (test split, sacreBLEU, multi-reference).
@@ -15,13 +15,14 @@ the BLEU of real runs (test split, sacreBLEU, multi-reference).
 
 import ml_collections
 
-from configs import base
+from transformer_research.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` names the model variant (models/variants.py); default "small"."""
+  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "small"."""
+  variant, smoke = base.parse_arg(arg, default_variant="small")
   c = base.get_config()
-  c.model.variant = arg or "small"
+  c.model.variant = variant
   c.data.task = "spa_eng"
   c.data.packing = True
   c.data.max_input_len = 64  # Tatoeba sentences are short; longer pairs are skipped.
@@ -29,4 +30,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.vocab_size = 8000
   c.train.num_steps = 10000
   c.train.batch_size = 128  # Packed rows of 64 tokens: ~5 sentence pairs each.
-  return base.finalize(c)
+  return base.finalize(c, smoke)

@@ -6,7 +6,7 @@ and `label` fields).
 
 Launch:
   python launch/train.py --config=configs/imdb.py --workdir=/tmp/imdb
-  (`configs/imdb.py:tiny` is a seconds-long smoke run on CPU.)
+  (`configs/imdb.py:tiny,smoke` is a seconds-long smoke run on CPU.)
 
 Expected result: not yet measured here; a small Transformer from scratch
 typically reaches about 85% test accuracy.
@@ -14,16 +14,17 @@ typically reaches about 85% test accuracy.
 
 import ml_collections
 
-from configs import base
+from transformer_research.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` names the model variant (models/variants.py); default "small"."""
+  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "small"."""
+  variant, smoke = base.parse_arg(arg, default_variant="small")
   c = base.get_config()
-  c.model.variant = arg or "small"
+  c.model.variant = variant
   c.data.task = "imdb"
   c.data.max_input_len = 256  # Reviews are cut to their first 256 tokens.
   c.data.vocab_size = 8000
   c.train.num_steps = 5000
   c.train.batch_size = 64
-  return base.finalize(c)
+  return base.finalize(c, smoke)

@@ -5,7 +5,7 @@ Trained on numbers of up to 10 digits, tested on 11-15 digits only
 
 Launch:
   python launch/train.py --config=configs/difference.py --workdir=/tmp/difference
-  (`configs/difference.py:tiny` is a seconds-long smoke run on CPU.)
+  (`configs/difference.py:tiny,smoke` is a seconds-long smoke run on CPU.)
 
 Expected result: not yet measured here. Accuracy near 1.0 in
 distribution; on 11-15 digits anything well above 0.5 means the model
@@ -14,17 +14,18 @@ compares digit by digit rather than memorising lengths.
 
 import ml_collections
 
-from configs import base
+from transformer_research.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` names the model variant (models/variants.py); default "small"."""
+  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "small"."""
+  variant, smoke = base.parse_arg(arg, default_variant="small")
   c = base.get_config()
-  c.model.variant = arg or "small"
+  c.model.variant = variant
   c.data.task = "difference"
   c.data.max_input_len = 31  # Two 15-digit numbers and "-".
   c.data.eval_min_len = 11  # Test only on lengths never seen in training.
   c.data.eval_max_len = 15
   c.train.num_steps = 5000
   c.train.batch_size = 64
-  return base.finalize(c)
+  return base.finalize(c, smoke)

@@ -2,7 +2,7 @@
 
 Launch:
   python launch/train.py --config=configs/reverse.py --workdir=/tmp/reverse
-  (`configs/reverse.py:tiny` is a seconds-long smoke run on CPU.)
+  (`configs/reverse.py:tiny,smoke` is a seconds-long smoke run on CPU.)
 
 Expected result: not yet measured here. A `small` model should reach
 sequence accuracy near 1.0 on test lengths <= 10 within a few thousand
@@ -11,16 +11,17 @@ steps; lengths 11-20 (never trained on) show how far it generalises.
 
 import ml_collections
 
-from configs import base
+from transformer_research.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` names the model variant (models/variants.py); default "small"."""
+  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "small"."""
+  variant, smoke = base.parse_arg(arg, default_variant="small")
   c = base.get_config()
-  c.model.variant = arg or "small"
+  c.model.variant = variant
   c.data.task = "reverse"
   c.data.max_input_len = 20  # eval_max_len symbols.
   c.data.max_target_len = 21  # ... plus EOS.
   c.train.num_steps = 5000
   c.train.batch_size = 64
-  return base.finalize(c)
+  return base.finalize(c, smoke)

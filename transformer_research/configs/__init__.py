@@ -1,0 +1,44 @@
+"""Task configs: one file per task, `get_config(arg)`; defaults in base.py.
+
+They ship inside the package, so an installed copy can load them. The
+repository's top-level `configs/` is a symbolic link to this directory: the
+command-line path `--config=configs/wmt_spa.py:small` (ml_collections'
+`config_flags`, which loads a file) and `load_config("wmt_spa:small")` (code
+and tests, which import the module) read the same file.
+"""
+
+import importlib
+import pathlib
+from typing import Any, Mapping
+
+import ml_collections
+
+NAMES = tuple(sorted(p.stem for p in pathlib.Path(__file__).parent.glob("*.py")
+                     if p.stem not in ("__init__", "base")))
+
+
+def load_config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """The config `spec` names, with dotted-name overrides, locked.
+
+  `load_config("wmt_spa:tiny,smoke", {"train.num_steps": 4})` is what
+  `--config=configs/wmt_spa.py:tiny,smoke --config.train.num_steps=4` gives
+  on the command line.
+
+  Raises:
+    ValueError: an unknown config name or argument.
+    KeyError / TypeError: an override of a field that does not exist, or of
+      the wrong type (ml_collections' messages name the field).
+  """
+  name, _, arg = spec.partition(":")
+  if name not in NAMES:
+    raise ValueError(f"config {name!r} (in {spec!r}): expected one of {list(NAMES)}")
+  config = importlib.import_module(f"{__name__}.{name}").get_config(arg or None)
+  for key, value in (overrides or {}).items():
+    *sections, field = key.split(".")
+    parent = config
+    for section in sections:
+      parent = parent[section]
+    if field not in parent:
+      raise KeyError(f"config override {key!r}: {spec} has no field {field!r} there")
+    parent[field] = value
+  return config

@@ -1,0 +1,188 @@
+"""`Experiment(config, workdir)`: the one place that assembles the parts of a run.
+
+    config ──> task spec ──> vocabulary sizes ──> model ─────────┐
+       ├─────> optimizer + schedule ─────────────────────────────┼──> abstract state
+       ├─────> mesh ──> parameter rules ─────────────────────────┘    + shardings
+       │                                                                  │
+       │                                             train step, eval step, decoders
+       └─────> task: tokenizers and data (the only part that reads files)
+
+Every part is a `functools.cached_property`: built on first use, once, from
+the parts it needs and nothing else. The model, the abstract state and the
+compiled steps need the config and the vocabulary sizes, and those come from
+the config and the task registry (`tasks.vocab_sizes`), never from a dataset.
+So a compile check, an export or `launch/translate.py` builds exactly the
+model and state layout a training run built, without opening a data file.
+The training loop, the evaluators, the launch tools and `bench/` all assemble
+their run here, so "the model of this config" is written once.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import ml_collections
+
+from transformer_research import checkpointing
+from transformer_research import inference
+from transformer_research import models
+from transformer_research import optim
+from transformer_research import sharding
+from transformer_research import training
+from transformer_research.data import tasks
+
+
+class Experiment:
+  """The parts of one run of `config`, each built lazily and once.
+
+  Attributes:
+    config: the run's (locked) config.
+    workdir: the run directory: where tokenizer models are trained into and
+      found again. Only `task` reads it; None is fine for anything else.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None, *,
+               devices: Sequence[jax.Device] | None = None):
+    """Args:
+      config: a full config (`configs.load_config` or `--config`).
+      workdir: the run directory (see the class docstring).
+      devices: the devices of the mesh; default `jax.devices()`. A compile
+        check passes the devices of a TPU topology here.
+    """
+    self.config = config
+    self.workdir = workdir
+    self._devices = devices
+    self._generate_fns: dict[tuple, Callable] = {}
+
+  # ----------------------------------------------------- what the task is
+  @functools.cached_property
+  def spec(self) -> tasks.TaskSpec:
+    return tasks.spec(self.config.data.task)
+
+  @property
+  def kind(self) -> str:
+    return self.spec.kind
+
+  @functools.cached_property
+  def vocab(self) -> tasks.VocabSizes:
+    """Vocabulary sizes and classes, from the config alone (no data read)."""
+    return tasks.vocab_sizes(self.config)
+
+  @functools.cached_property
+  def task(self) -> tasks.Task:
+    """Tokenizers and data: trains SentencePiece into `workdir` if needed."""
+    if self.workdir is None and self.spec.tokenizer != "char":
+      raise ValueError(f"data.task={self.config.data.task!r} keeps its tokenizer models in "
+                       "the run directory: expected a workdir")
+    task = tasks.build(self.config, self.workdir)
+    tasks.check_vocab_sizes(task, self.vocab)
+    return task
+
+  # -------------------------------------------------------- model, optimizer
+  @functools.cached_property
+  def model(self) -> models.Model:
+    v = self.vocab
+    return models.build(self.config.model, self.kind, input_vocab_size=v.input,
+                        target_vocab_size=v.target, num_classes=v.num_classes)
+
+  @functools.cached_property
+  def _optimizer_and_schedule(self) -> tuple[Any, Any]:
+    return optim.make_optimizer(self.config.train)
+
+  @property
+  def optimizer(self):
+    return self._optimizer_and_schedule[0]
+
+  @property
+  def schedule(self):
+    """Learning rate per step; reported by the train step."""
+    return self._optimizer_and_schedule[1]
+
+  # --------------------------------------------------------- mesh, layout
+  @functools.cached_property
+  def mesh(self) -> jax.sharding.Mesh:
+    return sharding.make_mesh(self.config.mesh, self._devices)
+
+  @functools.cached_property
+  def param_rules(self) -> tuple[tuple[str, Any], ...]:
+    return sharding.param_rules(self.config.mesh)
+
+  @functools.cached_property
+  def abstract_state(self) -> training.TrainState:
+    """The train state as `jax.ShapeDtypeStruct`s carrying their shardings:
+    what a restore targets and what a compile check lowers against."""
+    return training.abstract_train_state(self.model, self.optimizer, models.dummy_batch(self.kind),
+                                         self.mesh, self.param_rules, self.config.seed)
+
+  @property
+  def state_shardings(self) -> training.TrainState:
+    return jax.tree.map(lambda x: x.sharding, self.abstract_state)
+
+  def init_state(self) -> training.TrainState:
+    """A fresh state, created directly in its sharded layout."""
+    return training.init_train_state(self.model, self.optimizer, models.dummy_batch(self.kind),
+                                     self.mesh, self.param_rules, self.config.seed)[0]
+
+  # ---------------------------------------------------- compiled functions
+  @functools.cached_property
+  def train_step(self) -> Callable:
+    """Jitted `train_step(state, global_batch) -> (state, metrics)`; donates the state."""
+    step = training.make_train_step(self.config, self.model, self.optimizer, self.schedule,
+                                    self.kind, self.mesh)
+    return training.jit_train_step(step, self.state_shardings, self.mesh)
+
+  @functools.cached_property
+  def eval_step(self) -> Callable:
+    """Jitted `eval_step(params, global_batch) -> (sums, per-example correct or None)`."""
+    return training.jit_eval_step(training.make_eval_step(self.model, self.kind),
+                                  self.state_shardings, self.mesh)
+
+  def generate_fn(self, **settings: Any) -> Callable:
+    """`inference.make_generate_fn(self.model, **settings)`, compiled once per settings,
+    so every eval of a run reuses one decoder."""
+    key = tuple(sorted(settings.items()))
+    if key not in self._generate_fns:
+      self._generate_fns[key] = inference.make_generate_fn(self.model, **settings)
+    return self._generate_fns[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A saved run, restored for decoding and evaluation (`load_run`)."""
+  experiment: Experiment
+  params: Any  # Restored onto `experiment.mesh`.
+  step: int
+
+
+def load_run(workdir: str, step: int | None = None) -> Run:
+  """Restores the config, tokenizers, model and parameters of a training run.
+
+  Args:
+    workdir: a directory written by `train_loop.train_and_evaluate`.
+    step: the checkpoint step; None = the latest.
+
+  Raises:
+    ValueError: no config.json or no checkpoint in `workdir`, or `step` was
+      not saved, each naming what was found.
+  """
+  workdir = os.path.abspath(workdir)
+  config_path = os.path.join(workdir, "config.json")
+  steps = checkpointing.checkpoint_steps(workdir)
+  if not os.path.exists(config_path) or not steps:
+    raise ValueError(
+        f"workdir={workdir!r} has no {'config.json' if steps else 'checkpoint'}: "
+        "expected the workdir of a training run (launch/train.py --workdir=...) "
+        "that saved at least one checkpoint.")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise ValueError(f"step={step}: no checkpoint of that step in {workdir}; "
+                     f"expected one of {steps}.")
+  with open(config_path) as f:
+    exp = Experiment(ml_collections.ConfigDict(json.load(f)), workdir)
+  params = checkpointing.restore_params(os.path.join(workdir, "checkpoints", str(step)),
+                                        exp.abstract_state.params)
+  return Run(exp, params, step)
