@@ -1,13 +1,14 @@
 """A trained model as a function of text: cached decoding in fixed-shape batches.
 
 `make_generate_fn` is where a `models.Model` meets `decoding`: it turns the
-model's `encode` / `init_cache` / `decode_step` into the `logits_fn` callback
-the searches drive, so the encoder runs once and the decoder one cached step
-per token. `cached=False` drives the same searches with a full forward pass
+model's `decode_context` / `init_cache` / `decode_step` into the `logits_fn`
+callback the searches drive, so the encoder and the cross-attention keys and
+values run once per source and the decoder one cached step per token. `cached=False` drives the same searches with a full forward pass
 per step instead: the reference for tests and the baseline for
 bench/decode.py. `translate` / `continue_prompts` / `generate_text` work on
-text in fixed-shape batches (multi-host: each process feeds its rows of a
-batch, the tokens are all-gathered). They take an `experiment.Experiment`
+text in length-sorted batches padded to a few bucket widths (`batching`;
+multi-host: each process feeds its rows of a batch, the tokens are
+all-gathered). They take an `experiment.Experiment`
 (tokenizers, mesh, compiled decoders) and its parameters; `experiment.load_run`
 restores both from a run directory.
 """
@@ -19,6 +20,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from transformer_research import batching
 from transformer_research import decoding
 from transformer_research import sharding
 
@@ -68,11 +70,11 @@ def make_generate_fn(model: Any, *, eos_id: int, max_len: int, beam_size: int = 
     b = inputs.shape[0]
     prompt = None
     if model.kind == "seq2seq":
-      memory = model.encode(params, {"inputs": inputs})  # [B, S, D], once
-      # Beams are rows of the callback ([B*K]); they share their source.
-      source, memory = decoding.tile_beams((inputs, memory), k)  # [B*K, ...]
-      step = lambda tok, cache: model.decode_step(params, tok, cache, memory=memory,
-                                                  inputs=source)
+      # The encoder and every layer's cross-attention keys and values, once per
+      # source; the K beams of a source (rows of the callback, [B*K]) share it.
+      context = model.decode_context(params, inputs)
+      step = lambda tok, cache: model.decode_step(params, tok, cache, context)
+      source = decoding.tile_beams(inputs, k)  # [B*K, S]
       full = lambda toks: model.apply(params, None, {"inputs": source, "targets": toks})
     else:
       prompt = inputs
@@ -99,7 +101,11 @@ def make_generate_fn(model: Any, *, eos_id: int, max_len: int, beam_size: int = 
 def translate(exp: Any, params: Any, sources: Sequence[str], *,
               beam_size: int | None = None, max_len: int | None = None,
               batch_size: int | None = None) -> list[str]:
-  """Translates `sources` (seq2seq) in fixed-shape batches; returns text.
+  """Translates `sources` (seq2seq); returns text.
+
+  Sources are batched by length and padded to bucket widths (`batching`); a
+  source longer than `data.max_input_len` is cut, with one warning saying how
+  many were.
 
   Args:
     exp: the run's `experiment.Experiment` (config, tokenizers, mesh).
@@ -119,13 +125,10 @@ def translate(exp: Any, params: Any, sources: Sequence[str], *,
   generate = exp.generate_fn(eos_id=task.target_tokenizer.eos_id, max_len=max_len,
                              beam_size=beam_size, alpha=e.length_penalty)
   width = c.data.max_input_len
-  rows = [task.encode_inputs(s) for s in sources]
-  cut = sum(len(r) > width for r in rows)
-  if cut:  # The model never saw longer sources; say so instead of guessing.
-    logging.warning("%d of %d sources cut to data.max_input_len=%d tokens", cut,
-                    len(rows), width)
-  rows = [r[:width] for r in rows]
-  tokens = _run_batches(lambda x: generate(params, x)[0], rows, width, batch_size, exp.mesh)
+  rows = batching.cut_to([task.encode_inputs(s) for s in sources], width,
+                         f"data.max_input_len={width}")
+  tokens = _run_batches(lambda x, _: generate(params, x)[0], rows,
+                        batching.bucket_widths(width), batch_size, exp.mesh)
   return [task.target_tokenizer.decode(t) for t in tokens]
 
 
@@ -144,32 +147,34 @@ def continue_prompts(exp: Any, params: Any, prompts: Sequence[str], *, max_len: 
   generate = exp.generate_fn(eos_id=tok.eos_id, max_len=max_len, beam_size=beam_size,
                              temperature=temperature, top_k=top_k, top_p=top_p)
   rng = jax.random.key(0) if rng is None else rng
-  tokens = _run_batches(lambda x: generate(params, x, rng)[0], rows, width, batch_size,
-                        exp.mesh)
+  # Each batch its own key: with one key for all, every batch would draw the
+  # same random numbers, and equal prompts in two batches the same text.
+  tokens = _run_batches(lambda x, i: generate(params, x, jax.random.fold_in(rng, i))[0],
+                        rows, batching.bucket_widths(width), batch_size, exp.mesh)
   return [tok.decode(t[len(r):]) for t, r in zip(tokens, rows)]
 
 
-def _run_batches(fn, rows: list[list[int]], width: int, batch_size: int,
+def _run_batches(fn, rows: list[list[int]], widths: Sequence[int], batch_size: int,
                  mesh: jax.sharding.Mesh) -> list[list[int]]:
-  """fn over rows padded to [batch_size, width]; outputs in input order.
+  """fn(batch [batch_size, width], batch index) over length-sorted batches
+  (`batching.plan`); outputs in input order.
 
-  The last batch is padded with empty rows, so one shape compiles once.
+  The last batch is padded with empty rows, so each width compiles once.
   """
   n_proc, proc = jax.process_count(), jax.process_index()
   if batch_size % n_proc or batch_size % sharding.batch_shards(mesh):
     raise ValueError(f"batch_size={batch_size}: expected a multiple of the "
                      f"{n_proc} processes and of the mesh's batch shards.")
   local = batch_size // n_proc
-  out = []
-  for start in range(0, len(rows), batch_size):
-    chunk = rows[start:start + batch_size]
-    batch = np.zeros((batch_size, width), np.int32)  # [B, S]
-    for i, r in enumerate(chunk):
-      batch[i, :len(r)] = r
+  out: list[list[int]] = [[] for _ in rows]
+  for number, (indices, width) in enumerate(batching.plan([len(r) for r in rows], batch_size,
+                                                          widths)):
+    batch = batching.pad(rows, indices, batch_size, width)  # [B, S]
     mine = batch[proc * local:(proc + 1) * local]  # This process's rows.
-    tokens = fn(sharding.global_batch({"x": mine}, mesh)["x"])
+    tokens = fn(sharding.global_batch({"x": mine}, mesh)["x"], number)
     tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
-    out.extend(t.tolist() for t in tokens[:len(chunk)])
+    for i, t in zip(indices, tokens):
+      out[i] = t.tolist()
   return out
 
 
@@ -187,23 +192,18 @@ def generate_text(exp: Any, params: Any, texts: Sequence[str], *, beam_size: int
     ValueError: a classifier run, or no non-blank text.
   """
   check_can_generate(exp.kind, "translate or continue text")
-  keep = [i for i, t in enumerate(texts) if t.strip()]
-  if not keep:
-    raise ValueError(f"texts={list(texts)!r}: expected at least one non-blank text.")
   c, shards = exp.config, sharding.batch_shards(exp.mesh) * jax.process_count()
-  batch_size = min(c.eval.batch_size, -(-len(keep) // shards) * shards)
-  chosen = [texts[i].strip() for i in keep]
-  if exp.kind == "seq2seq":
-    if temperature > 0:
-      raise ValueError(f"temperature={temperature}: expected 0 for translation "
-                       "(beam search); sampling is for language models.")
-    out = translate(exp, params, chosen, beam_size=beam_size, max_len=max_len,
-                    batch_size=batch_size)
-  else:
-    out = continue_prompts(exp, params, chosen, max_len=max_len or c.data.max_target_len,
-                           batch_size=batch_size, temperature=temperature, top_k=top_k,
-                           top_p=top_p, beam_size=beam_size or 1, rng=jax.random.key(seed))
-  result = [""] * len(texts)
-  for i, text in zip(keep, out):
-    result[i] = text
-  return result
+  if exp.kind == "seq2seq" and temperature > 0:
+    raise ValueError(f"temperature={temperature}: expected 0 for translation "
+                     "(beam search); sampling is for language models.")
+
+  def run(chosen: list[str]) -> list[str]:
+    batch_size = batching.batch_size_for(len(chosen), c.eval.batch_size, shards)
+    if exp.kind == "seq2seq":
+      return translate(exp, params, chosen, beam_size=beam_size, max_len=max_len,
+                       batch_size=batch_size)
+    return continue_prompts(exp, params, chosen, max_len=max_len or c.data.max_target_len,
+                            batch_size=batch_size, temperature=temperature, top_k=top_k,
+                            top_p=top_p, beam_size=beam_size or 1, rng=jax.random.key(seed))
+
+  return batching.on_non_blank(texts, run)

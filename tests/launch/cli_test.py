@@ -120,5 +120,9 @@ def test_lm_continues_prompts(tmp_path):
   kw = dict(temperature=1.0, top_k=10, seed=3)
   sampled = inference.generate_text(exp, params, ["the movie was"], **kw)
   assert sampled == inference.generate_text(exp, params, ["the movie was"], **kw)
+  # Equal prompts in two batches: each batch folds its index into the key.
+  two = inference.continue_prompts(exp, params, ["the movie was"] * 16, max_len=16,
+                                   batch_size=8, temperature=1.0, rng=jax.random.key(3))
+  assert two[0] != two[8]
   with pytest.raises(ValueError, match="max_len=2: expected more than the longest prompt"):
     inference.generate_text(exp, params, ["the movie was a long film"], max_len=2)

@@ -136,13 +136,38 @@ def test_cached_steps_equal_full_causal_attention(rope):
 
   f_full, f_step = hk.transform(full), hk.transform(step)
   params = f_full.init(jax.random.key(0), x)
-  cache = {"key": jnp.zeros((B, T, H, D // H)), "value": jnp.zeros((B, T, H, D // H))}
+  cache = {"key": jnp.zeros((B, H, T, D // H)), "value": jnp.zeros((B, H, T, D // H))}
   outs = []
   for t in range(T):
     out, cache = f_step.apply(params, None, x[:, t:t + 1], cache,
                               jnp.full((B,), t, jnp.int32))
     outs.append(out[:, 0])
   np.testing.assert_allclose(jnp.stack(outs, 1), f_full.apply(params, None, x), atol=1e-5)
+
+
+def test_precomputed_memory_kv_with_grouped_queries_equals_cross_attention():
+  """Decoding's cross-attention: keys and values once per source, three query
+  rows (beams) per source, against the memory tiled once per row."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3 * B, 1, D)).astype(np.float32)
+  memory = rng.normal(size=(B, S, D)).astype(np.float32)
+  keys = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)  # Padded sources.
+
+  def forward(x, mask, memory, precomputed):
+    attn = attention.MultiHeadAttention(H, D, name="attn")
+    if precomputed:
+      return attn(x, mask, memory_kv=attn.memory_kv(memory))[0]
+    return attn(x, mask, memory=memory)[0]
+
+  f = hk.transform(forward)
+  tiled_mask = np.repeat(keys, 3, axis=0)[:, None, None, :]  # [3B, 1, 1, S]
+  tiled = np.repeat(memory, 3, axis=0)
+  params = f.init(jax.random.key(0), x, tiled_mask, tiled, False)
+  want = f.apply(params, None, x, tiled_mask, tiled, False)
+  got = f.apply(params, None, x, keys[:, None, None, :], memory, True)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  with pytest.raises(ValueError, match="queries have 5 rows and keys 2"):
+    f.apply(params, None, x[:5], keys[:, None, None, :], memory, True)
 
 
 def test_bad_mask_shape_and_dtype_and_heads_raise():

@@ -189,16 +189,33 @@ def test_cached_decode_steps_equal_apply(make_config, kind, overrides):
   batch = _batch(kind, pad=False, t=6)
   params = model.init(jax.random.key(0), batch)
   want = model.apply(params, None, batch, False)  # [B, T, V]
-  memory = model.encode(params, batch) if kind == "seq2seq" else None
-  inputs = batch.get("inputs")
+  context = model.decode_context(params, batch["inputs"]) if kind == "seq2seq" else None
   step = jax.jit(model.decode_step)
   cache = model.init_cache(2, 8)
   assert all(x.shape[0] == 2 for x in jax.tree_util.tree_leaves(cache))
   decoder_inputs = np.pad(batch["targets"], ((0, 0), (1, 0)))[:, :-1]  # shift_right
   for t in range(6):
-    logits, cache = step(params, jnp.asarray(decoder_inputs[:, t]), cache, memory, inputs)
+    logits, cache = step(params, jnp.asarray(decoder_inputs[:, t]), cache, context)
     np.testing.assert_allclose(logits, want[:, t], atol=1e-5, err_msg=f"step {t}")
   np.testing.assert_array_equal(cache["index"], [6, 6])
+
+
+def test_beams_share_their_source_context(make_config):
+  """Three rows per source (beams, batch-major) against one context per source:
+  each row gives what its source alone gives, with its own self-attention cache."""
+  model = _build("seq2seq", make_config())
+  batch = _batch("seq2seq", pad=True)
+  params = model.init(jax.random.key(0), batch)
+  context = model.decode_context(params, batch["inputs"])  # 2 sources
+  assert context["layer_00"]["key"].shape == (2, 4, 6, 8)  # [B, H, S, Dh]
+  rng = np.random.default_rng(1)
+  tokens = rng.integers(1, V_OUT, (6, 4)).astype(np.int32)  # 3 different beams per source
+  beams, alone = model.init_cache(6, 4), model.init_cache(6, 4)
+  tiled = jax.tree.map(lambda x: jnp.repeat(x, 3, axis=0), context)
+  for t in range(4):
+    got, beams = model.decode_step(params, jnp.asarray(tokens[:, t]), beams, context)
+    want, alone = model.decode_step(params, jnp.asarray(tokens[:, t]), alone, tiled)
+    np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"step {t}")
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits(make_config):
@@ -225,7 +242,9 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(make_config):
     model.init_cache(2, 9)
   with pytest.raises(ValueError, match=r"tokens has dtype float32"):
     model.decode_step(params, jnp.zeros((2,)), model.init_cache(2, 4),
-                      model.encode(params, batch), batch["inputs"])
+                      model.decode_context(params, batch["inputs"]))
+  with pytest.raises(ValueError, match=r"context is None; expected decode_context"):
+    model.decode_step(params, jnp.zeros((2,), jnp.int32), model.init_cache(2, 4))
   with pytest.raises(ValueError, match=r"batch lacks \['targets'\]"):
     model.apply(params, None, {"inputs": batch["inputs"]}, False)
   with pytest.raises(ValueError, match=r"model.num_heads=5 does not divide model.d_model=32"):

@@ -5,6 +5,14 @@ dtype (bfloat16 on accelerators); `MultiHeadAttention` computes attention
 logits and the softmax in float32 whatever the compute dtype, because bf16
 exponentials of large logits lose most of their mantissa.
 
+Two attention kernels. Training and full forward passes use `masked_softmax`:
+it gives fully masked rows (padding queries) zero weights and supports
+attention dropout. A cached decode step uses `jax.nn.dot_product_attention`
+(`attend`), which selects cuDNN / flash kernels on GPU: there every query row
+has at least one key to attend to (a step always sees its own key; a
+cross-attention row sees its source), and on such rows the two compute the
+same softmax.
+
 Shape glossary:
   B: batch.  Tq: query length.  Tk: key length.  L: cache length.
   D: model width.  H: heads.  Dh: D // H, width of one head.
@@ -89,6 +97,42 @@ def masked_softmax(logits: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   return unnormalised / jnp.where(total > 0, total, 1.0)
 
 
+def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  """softmax(q k^T / sqrt(Dh)) v through `jax.nn.dot_product_attention`.
+
+  Keys and values are head-major, [B, H, Tk, Dh], as the decoding caches keep
+  them: that is the layout a CPU dot reads without transposing, and XLA folds
+  the [B, Tk, H, Dh] views taken here into the dot. In the [B, Tk, H, Dh]
+  layout every step transposed the whole cache, ~8x slower on CPU.
+
+  Rows of `q` may come in groups sharing one row of keys: with N = G * B, the
+  query rows b * G ... b * G + G - 1 (batch-major) attend to key row b. The
+  beams of one source (`decoding.tile_beams`) are such a group, so a source's
+  cross-attention keys are stored once, not once per beam: a group's G queries
+  are folded into the query axis, which changes nothing since queries do not
+  interact.
+
+  Args:
+    q: [N, Tq, H, Dh] queries, N = G * B.
+    k, v: [B, H, Tk, Dh] keys and values.
+    mask: bool broadcastable to [B, 1, Tq, Tk] (Tq = 1 when G > 1); every row
+      must allow at least one key (see the module docstring).
+
+  Returns:
+    [N, Tq, H, Dh] in the dtype of `q`.
+  """
+  n, q_len = q.shape[:2]
+  b = k.shape[0]
+  if n % b or (n != b and mask.shape[2] != 1):
+    raise ValueError(f"queries have {n} rows and keys {b} with a mask of shape "
+                     f"{tuple(mask.shape)}: expected a multiple of {b} query rows, "
+                     "and a mask of query length 1 when rows are grouped.")
+  grouped = q.reshape(b, (n // b) * q_len, *q.shape[2:])  # [B, G*Tq, H, Dh]
+  k, v = (jnp.swapaxes(x, 1, 2).astype(q.dtype) for x in (k, v))  # [B, Tk, H, Dh] views
+  out = jax.nn.dot_product_attention(grouped, k, v, mask=mask)
+  return out.reshape(q.shape)
+
+
 def check_mask(mask: jnp.ndarray, expected: tuple[int, int, int, int]) -> None:
   """Raises ValueError unless `mask` is bool and broadcasts to `expected`."""
   if mask.dtype != jnp.bool_:
@@ -136,9 +180,25 @@ class MultiHeadAttention(hk.Module):
     return (self._project(query, "query"), self._project(source, "key"),
             self._project(source, "value"))
 
+  @hk.name_like("__call__")  # Same parameters as the full pass: key/w, not ~memory_kv.
+  def memory_kv(self, memory: jnp.ndarray) -> Cache:
+    """Cross-attention keys and values of `memory`, computed once per source.
+
+    A decoder step then projects only its one query (`__call__(memory_kv=...)`)
+    instead of the whole source again at every step.
+
+    Args:
+      memory: [B, S, D] encoder output.
+
+    Returns:
+      {"key", "value": [B, H, S, Dh]} (head-major, see `attend`) in the
+      compute dtype.
+    """
+    return {name: jnp.swapaxes(self._project(memory, name), 1, 2) for name in ("key", "value")}
+
   def __call__(self, query: jnp.ndarray, mask: jnp.ndarray, *,
-               memory: jnp.ndarray | None = None, is_training: bool = False,
-               positions: jnp.ndarray | None = None,
+               memory: jnp.ndarray | None = None, memory_kv: Cache | None = None,
+               is_training: bool = False, positions: jnp.ndarray | None = None,
                cache: Cache | None = None, cache_index: jnp.ndarray | None = None,
                ) -> tuple[jnp.ndarray, Cache | None]:
     """Attends from `query` to itself (self-attention) or to `memory`.
@@ -149,20 +209,30 @@ class MultiHeadAttention(hk.Module):
         True = may attend. With a cache, Tk = L and the look-ahead limit
         (keys up to `cache_index`) is added here, so `mask` may be all True.
       memory: [B, Tk, D] for cross-attention; None for self-attention.
+      memory_kv: instead of `memory`, its keys and values from `memory_kv`
+        (decoding): then `query` may hold G rows per memory row, [G * B, 1, D]
+        (beams, see `attend`), and `mask` is [B, 1, 1, Tk].
       is_training: enables dropout on the attention weights.
       positions: [B, Tq] int positions for RoPE (self-attention only).
-      cache: {"key", "value": [B, L, H, Dh]} for incremental self-attention;
+      cache: {"key", "value": [B, H, L, Dh]} (head-major, see `attend`) for
+        incremental self-attention;
         then Tq must be 1 and the new key/value is written at `cache_index`
         (keys are cached after RoPE, so old steps are never re-rotated).
-        Cross-attention takes no cache: its keys come from `memory`.
+        Cross-attention takes no cache: its keys come from `memory` or
+        `memory_kv`.
       cache_index: [B] int32 position of this step, per example.
 
     Returns:
       ([B, Tq, D] in the compute dtype, the updated cache or None).
     """
     batch, q_len = query.shape[:2]
+    if memory_kv is not None:
+      q = self._project(query, "query")  # [G*B, 1, H, Dh]
+      sources, source_len = memory_kv["key"].shape[0], memory_kv["key"].shape[2]
+      check_mask(mask, (sources, self.num_heads, 1, source_len))
+      return self._output(attend(q, memory_kv["key"], memory_kv["value"], mask)), None
     q, k, v = self._qkv(query, memory)  # [B, T, H, Dh] each
-    key_len = k.shape[1] if cache is None else cache["key"].shape[1]
+    key_len = k.shape[1] if cache is None else cache["key"].shape[2]
     check_mask(mask, (batch, self.num_heads, q_len, key_len))
     if self.rope and memory is None:
       if positions is None:
@@ -173,13 +243,16 @@ class MultiHeadAttention(hk.Module):
       if q_len != 1:
         raise ValueError(f"query has length {q_len} with a cache; expected 1 "
                          "(one token per decode step).")
-      cache_len = cache["key"].shape[1]
-      write = jnp.arange(cache_len)[None, :] == cache_index[:, None]  # [B, L]
-      k = jnp.where(write[:, :, None, None], k.astype(cache["key"].dtype), cache["key"])
-      v = jnp.where(write[:, :, None, None], v.astype(cache["value"].dtype), cache["value"])
-      cache = {"key": k, "value": v}  # [B, L, H, Dh]
-      seen = jnp.arange(cache_len)[None, :] <= cache_index[:, None]  # [B, L]
+      # A scatter of one row per example: in place in the decode loop, where
+      # a select over the whole cache would rewrite all L positions each step.
+      # Out-of-range indices (steps past L) are dropped: they write nothing.
+      rows = jnp.arange(batch)
+      cache = {name: cache[name].at[rows, :, cache_index].set(
+          new[:, 0].astype(cache[name].dtype), mode="drop")
+               for name, new in (("key", k), ("value", v))}  # [B, H, L, Dh]
+      seen = jnp.arange(key_len)[None, :] <= cache_index[:, None]  # [B, L]
       mask = mask & seen[:, None, None, :]  # [B, 1, 1, L]
+      return self._output(attend(q, cache["key"], cache["value"], mask)), cache
     scale = 1.0 / np.sqrt(self.head_dim)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,
                         preferred_element_type=jnp.float32) * scale  # [B, H, Tq, Tk]
@@ -188,6 +261,10 @@ class MultiHeadAttention(hk.Module):
       weights = hk.dropout(hk.next_rng_key(), self.dropout_rate, weights)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.compute_dtype),
                      v.astype(self.compute_dtype))  # [B, Tq, H, Dh]
-    out = out.reshape(batch, q_len, self.d_model)  # [B, Tq, D]
-    out = Dense(self.d_model, compute_dtype=self.compute_dtype, name="linear")(out)
-    return out, cache
+    return self._output(out), None
+
+  @hk.transparent
+  def _output(self, heads: jnp.ndarray) -> jnp.ndarray:
+    """[B, Tq, H, Dh] -> [B, Tq, D] through the output projection `linear`."""
+    merged = heads.reshape(*heads.shape[:2], self.d_model)  # [B, Tq, D]
+    return Dense(self.d_model, compute_dtype=self.compute_dtype, name="linear")(merged)

@@ -223,9 +223,15 @@ class DecoderBlock(_Block):
     super().__init__(options, name=name)
     self.cross_attention = cross_attention
 
+  @hk.name_like("__call__")  # Same parameters as the full pass: key/w, not ~memory_kv.
+  def memory_kv(self, memory: jnp.ndarray) -> attention.Cache:
+    """This block's cross-attention keys and values of `memory` [B, S, D]."""
+    return self._attention("cross_attn", rope=False).memory_kv(memory)
+
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, positions: jnp.ndarray,
                *, is_training: bool, memory: jnp.ndarray | None = None,
                memory_mask: jnp.ndarray | None = None,
+               memory_kv: attention.Cache | None = None,
                cache: attention.Cache | None = None,
                cache_index: jnp.ndarray | None = None,
                ) -> tuple[jnp.ndarray, attention.Cache | None]:
@@ -239,7 +245,10 @@ class DecoderBlock(_Block):
       is_training: enables dropout.
       memory: [B, S, D] encoder output, when `cross_attention`.
       memory_mask: [B, 1, T, S] bool.
-      cache: this block's self-attention {"key", "value": [B, L, H, Dh]}.
+      memory_kv: instead of `memory` (decoding): this block's `memory_kv` of
+        it, {"key", "value": [B_src, H, S, Dh]}; `x` may then hold several
+        rows (beams) per source, and `memory_mask` is [B_src, 1, 1, S].
+      cache: this block's self-attention {"key", "value": [B, H, L, Dh]}.
       cache_index: [B] int32 decode position.
 
     Returns:
@@ -253,7 +262,8 @@ class DecoderBlock(_Block):
     if self.cross_attention:
       cross_attn = self._attention("cross_attn", rope=False)
       x, _ = self._residual(
-          x, lambda h: cross_attn(h, memory_mask, memory=memory, is_training=is_training),
+          x, lambda h: cross_attn(h, memory_mask, memory=memory, memory_kv=memory_kv,
+                                  is_training=is_training),
           "ln_cross_attn", is_training)
     return self._mlp(x, is_training), cache
 
@@ -285,7 +295,9 @@ class Decoder(hk.Module):
   """Positions, dropout, `layer_XX` DecoderBlocks, final LayerNorm (pre-LN).
 
   Runs a whole sequence (training, teacher forcing) or one step against a
-  cache {"index": [B] int32, "layer_XX": {"key", "value": [B, L, H, Dh]}}.
+  cache {"index": [B] int32, "layer_XX": {"key", "value": [B, H, L, Dh]}}.
+  A step of an encoder-decoder attends to a context from `memory_kv`, the
+  cross-attention keys and values of every layer, computed once per source.
   """
 
   def __init__(self, options: Options, num_layers: int, *,
@@ -295,13 +307,22 @@ class Decoder(hk.Module):
     self.num_layers = num_layers
     self.cross_attention = cross_attention
 
+  @hk.name_like("__call__")  # Same parameters as the full pass: key/w, not ~memory_kv.
+  def memory_kv(self, memory: jnp.ndarray) -> dict:
+    """{"layer_XX": {"key", "value": [B, H, S, Dh]}} of `memory` [B, S, D]."""
+    return {layer_name(i): DecoderBlock(self.options, cross_attention=True,
+                                        name=layer_name(i)).memory_kv(memory)
+            for i in range(self.num_layers)}
+
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, positions: jnp.ndarray,
                *, is_training: bool, memory: jnp.ndarray | None = None,
-               memory_mask: jnp.ndarray | None = None,
+               memory_mask: jnp.ndarray | None = None, memory_kv: dict | None = None,
                cache: dict | None = None) -> tuple[jnp.ndarray, dict | None]:
     """Args: x [B, T, D] embedded decoder inputs; mask [B, 1, T, T];
     positions [B, T]; memory [B, S, D]; memory_mask [B, 1, T, S]; cache as
-    above (then T = 1 and positions = cache["index"]).
+    above (then T = 1 and positions = cache["index"]); memory_kv (with a
+    cache, instead of memory) from `memory_kv`, memory_mask then
+    [B_src, 1, 1, S] (see `DecoderBlock`).
     Returns ([B, T, D], the updated cache or None)."""
     o = self.options
     x = PositionEmbedding(o, name="pos_embed")(x, positions)
@@ -311,7 +332,8 @@ class Decoder(hk.Module):
       name = layer_name(i)
       x, layer_cache = DecoderBlock(o, cross_attention=self.cross_attention, name=name)(
           x, mask, positions, is_training=is_training, memory=memory,
-          memory_mask=memory_mask, cache=None if cache is None else cache[name],
+          memory_mask=memory_mask, memory_kv=None if memory_kv is None else memory_kv[name],
+          cache=None if cache is None else cache[name],
           cache_index=None if cache is None else cache["index"])
       if cache is not None:
         new_cache[name] = layer_cache

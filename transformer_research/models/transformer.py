@@ -120,15 +120,26 @@ class Transformer(_OutputMixin, hk.Module):
     return self._logits(y, target, self.target_vocab_size)
 
   @hk.transparent
-  def decode_step(self, tokens: jnp.ndarray, cache: dict, memory: jnp.ndarray,
-                  inputs: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
-    """Args: tokens [B] previous tokens; memory [B, S, D]; inputs [B, S].
-    Returns (logits [B, V] float32, cache advanced by one)."""
+  def decode_context(self, inputs: jnp.ndarray) -> dict:
+    """What every decode step of a source attends to, computed once per source:
+    {"mask": [B, S] bool (non-pad), "layer_XX": {"key", "value": [B, H, S, Dh]}}.
+    """
+    _, _, _, decoder = self._parts()
+    memory = self.encode({"inputs": inputs})  # [B, S, D]
+    return {"mask": inputs > 0, **decoder.memory_kv(memory)}
+
+  @hk.transparent
+  def decode_step(self, tokens: jnp.ndarray, cache: dict,
+                  context: dict) -> tuple[jnp.ndarray, dict]:
+    """Args: tokens [N] previous tokens, N = G * B (G beams per source, see
+    `attention.attend`); cache for N rows; context of the B sources.
+    Returns (logits [N, V] float32, cache advanced by one)."""
     _, target, _, decoder = self._parts()
     tokens, positions, mask = _step_inputs(tokens, cache)
-    memory_mask = (inputs > 0)[:, None, None, :]  # [B, 1, 1, S]
+    memory_kv = {k: v for k, v in context.items() if k != "mask"}
     y, cache = decoder(target(tokens), mask, positions, is_training=False,
-                       memory=memory, memory_mask=memory_mask, cache=cache)
+                       memory_mask=context["mask"][:, None, None, :],  # [B, 1, 1, S]
+                       memory_kv=memory_kv, cache=cache)
     return self._logits(y, target, self.target_vocab_size)[:, 0], cache
 
 
@@ -160,10 +171,10 @@ class TransformerLM(_OutputMixin, hk.Module):
     return self._logits(y, embed, self.vocab_size)
 
   @hk.transparent
-  def decode_step(self, tokens: jnp.ndarray, cache: dict, memory=None,
-                  inputs=None) -> tuple[jnp.ndarray, dict]:
+  def decode_step(self, tokens: jnp.ndarray, cache: dict,
+                  context=None) -> tuple[jnp.ndarray, dict]:
     """Args: tokens [B]. Returns (logits [B, V] float32, advanced cache)."""
-    del memory, inputs  # Decoder-only: nothing to attend to but itself.
+    del context  # Decoder-only: nothing to attend to but itself.
     embed, decoder = self._parts()
     tokens, positions, mask = _step_inputs(tokens, cache)
     y, cache = decoder(embed(tokens), mask, positions, is_training=False, cache=cache)
@@ -284,7 +295,7 @@ class Model:
   def init_cache(self, batch_size: int, max_len: int) -> dict:
     """Zero decoding cache; every leaf has leading dim `batch_size`.
 
-    {"index": [B] int32, "layer_XX": {"key", "value": [B, L, H, Dh]}}, in the
+    {"index": [B] int32, "layer_XX": {"key", "value": [B, H, L, Dh]}}, in the
     compute dtype; L = `max_len` decoding steps. Steps past L write
     nothing, so size it for the longest decode.
     """
@@ -293,32 +304,42 @@ class Model:
     if o.positions == "learned" and max_len > o.max_len:
       raise ValueError(f"max_len={max_len} exceeds model.max_len={o.max_len}, the "
                        f"learned position table; expected at most {o.max_len}.")
-    shape = (batch_size, max_len, o.num_heads, o.d_model // o.num_heads)
+    shape = (batch_size, o.num_heads, max_len, o.d_model // o.num_heads)  # Head-major.
     cache = {"index": jnp.zeros((batch_size,), jnp.int32)}
     for i in range(self.sizes.num_decoder_layers):
       cache[layers.layer_name(i)] = {"key": jnp.zeros(shape, o.compute_dtype),
                                      "value": jnp.zeros(shape, o.compute_dtype)}
     return cache
 
-  def decode_step(self, params: hk.Params, tokens: jnp.ndarray, cache: dict,
-                  memory: jnp.ndarray | None = None,
-                  inputs: jnp.ndarray | None = None) -> tuple[jnp.ndarray, dict]:
-    """One decoding step: tokens [B] int32 (previous token, 0 at the first
-    step) -> (logits [B, V] float32, cache advanced by one position).
+  def decode_context(self, params: hk.Params, inputs: jnp.ndarray) -> dict:
+    """seq2seq only: the encoder run and every layer's cross-attention keys and
+    values of `inputs` [B, S], computed once per source for `decode_step`.
 
-    seq2seq needs `memory` [B, S, D] from `encode` and its `inputs` [B, S]
-    (for the memory mask).
+    {"mask": [B, S] bool, "layer_XX": {"key", "value": [B, H, S, Dh]}}.
+    """
+    self._need("seq2seq", "decode_context")
+    layers.check_token_ids("inputs", inputs)
+    return self._transformed.apply[3](params, None, inputs)
+
+  def decode_step(self, params: hk.Params, tokens: jnp.ndarray, cache: dict,
+                  context: dict | None = None) -> tuple[jnp.ndarray, dict]:
+    """One decoding step: tokens [N] int32 (previous token, 0 at the first
+    step) -> (logits [N, V] float32, cache advanced by one position).
+
+    seq2seq needs the `context` of its B sources from `decode_context`; N may
+    be G * B (G beams per source, in the batch-major layout of
+    `decoding.tile_beams`): the beams of a source share its context, so it is
+    neither tiled nor reordered with the beams.
     """
     self._need(("seq2seq", "lm"), "decode_step")
     layers.check_token_ids("tokens", tokens)
     if tokens.ndim != 1:
       raise ValueError(f"tokens has shape {tokens.shape}; expected [B].")
     if self.kind == "seq2seq":
-      if memory is None or inputs is None:
-        raise ValueError("memory and inputs are None; expected encode()'s memory "
-                         "[B, S, D] and the inputs [B, S] for kind='seq2seq'.")
-      layers.check_token_ids("inputs", inputs)
-      return self._transformed.apply[2](params, None, tokens, cache, memory, inputs)
+      if context is None:
+        raise ValueError("context is None; expected decode_context()'s context "
+                         "of the sources for kind='seq2seq'.")
+      return self._transformed.apply[2](params, None, tokens, cache, context)
     return self._transformed.apply[1](params, None, tokens, cache)
 
   def _need(self, kinds, method: str) -> None:
@@ -403,7 +424,8 @@ def build(model_config, kind: str, *, input_vocab_size: int | None = None,
     module = make()
     init = lambda batch: module(batch, is_training=False)
     if kind == "seq2seq":
-      return init, (module.__call__, module.encode, module.decode_step)
+      return init, (module.__call__, module.encode, module.decode_step,
+                    module.decode_context)
     if kind == "lm":
       return init, (module.__call__, module.decode_step)
     return init, (module.__call__,)
