@@ -50,13 +50,25 @@ def test_bad_metric_inputs_raise():
     evaluation.bleu_and_chrf(["a"], ["a"])
 
 
-def test_decode_subset_keeps_every_length():
+def test_decode_subset_keeps_every_length_for_per_length_tables():
   examples = [{"length": n, "i": i} for n in range(1, 11) for i in range(5)]
-  subset = evaluation.decode_subset(examples, 12)
+  subset = evaluation.decode_subset(examples, 12, by_length=True)
   assert len(subset) == 12
   assert {ex["length"] for ex in subset} == set(range(1, 11))
   assert subset == sorted(subset, key=examples.index)  # Original order kept.
   assert evaluation.decode_subset(examples, -1) is examples
+
+
+def test_decode_subset_is_a_fixed_sample_with_the_splits_lengths():
+  """Translation: 10% long sentences in the split, about 10% in the subset
+  (round-robin over lengths would give 50%), the same subset every eval."""
+  examples = [{"length": n, "i": i} for i, n in enumerate([5] * 900 + [30] * 100)]
+  subset = evaluation.decode_subset(examples, 100)
+  assert len(subset) == 100 and subset == evaluation.decode_subset(examples, 100)
+  assert subset == sorted(subset, key=lambda ex: ex["i"])  # Split order kept.
+  assert 5 <= sum(ex["length"] == 30 for ex in subset) <= 15
+  round_robin = evaluation.decode_subset(examples, 100, by_length=True)
+  assert sum(ex["length"] == 30 for ex in round_robin) == 50
 
 
 def tiny_experiment(name: str, tmp_path):

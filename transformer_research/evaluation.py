@@ -25,6 +25,7 @@ every process computes the same metrics (process 0 writes them).
 import collections
 import math
 import os
+import re
 from typing import Any, Sequence
 
 import jax
@@ -86,20 +87,34 @@ def _check_pairs(hypotheses, references) -> None:
       raise ValueError(f"references[{i}]={refs!r}: expected a non-empty list of strings.")
 
 
-def decode_subset(examples: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
-  """At most `limit` examples (-1 = all), taken round-robin over lengths.
+SUBSET_SEED = 0  # Fixed, so every eval of every run decodes the same subset.
 
-  A capped eval then still fills every row of the per-length table, whatever
-  order the split is stored in; the pick is deterministic.
+
+def decode_subset(examples: list[dict[str, Any]], limit: int, *,
+                  by_length: bool = False) -> list[dict[str, Any]]:
+  """At most `limit` examples (-1 = all), in split order; the same at every call.
+
+  By default a random subset drawn with a fixed seed, so a capped eval
+  estimates the split's own scores: translation BLEU on a subset with the
+  split's length distribution. `by_length` (tasks with per-length tables)
+  takes examples round-robin over lengths instead, so every row of the table
+  is filled whatever order the split is stored in.
   """
   if limit < 0 or limit >= len(examples):
     return examples
+  if not by_length:
+    picked = np.random.default_rng(SUBSET_SEED).choice(len(examples), limit, replace=False)
+    return [examples[i] for i in sorted(picked)]
   by_len = collections.defaultdict(list)
   for i, ex in enumerate(examples):
     by_len[ex["length"]].append(i)
   queues = [by_len[n] for n in sorted(by_len)]
   picked = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
   return [examples[i] for i in sorted(picked[:limit])]
+
+
+def _per_length(task: Any) -> bool:
+  return "sequence_accuracy_by_length" in task.metric_names
 
 
 def score_outputs(task: Any, examples: Sequence[dict[str, Any]],
@@ -111,7 +126,7 @@ def score_outputs(task: Any, examples: Sequence[dict[str, Any]],
              "decoded_examples": float(len(correct))}
   if {"bleu", "chrf"} & set(task.metric_names):
     metrics.update(bleu_and_chrf(hypotheses, refs))
-  if "sequence_accuracy_by_length" in task.metric_names:
+  if _per_length(task):
     metrics.update(by_length(correct, [ex["length"] for ex in examples],
                              "sequence_accuracy"))
   return metrics
@@ -172,26 +187,63 @@ def evaluate(exp: experiment.Experiment, params: Any, split: str, *,
   if exp.kind != "seq2seq":
     return metrics, [], None
   limit = exp.config.eval.decode_examples if num_examples is None else num_examples
-  examples = decode_subset(exp.task.eval_examples(split), limit)
+  examples = decode_subset(exp.task.eval_examples(split), limit, by_length=_per_length(exp.task))
   outputs = inference.translate(exp, params, [ex["source"] for ex in examples])
   metrics.update(score_outputs(exp.task, examples, outputs))
   return metrics, examples, outputs
 
 
+def read_pairs(source_file: str, reference_file: str | None) -> list[dict[str, str]]:
+  """Translation pairs from two local files, as a split's raw records.
+
+  Line i of `source_file` is a source sentence; line i of `reference_file`
+  holds its references, separated by tabs (several are allowed, as in the
+  Tatoeba data). One record per (source, reference) pair.
+
+  Raises:
+    ValueError: no reference file, different line counts, or an empty
+      source or reference, naming the file and line.
+  """
+  if not reference_file:
+    raise ValueError(f"source_file={source_file!r} without a reference_file: expected the "
+                     "references to score against, one line per source, tab-separated "
+                     "(launch/translate.py translates without scoring)")
+  with open(source_file, encoding="utf-8") as f:
+    sources = f.read().splitlines()
+  with open(reference_file, encoding="utf-8") as f:
+    references = f.read().splitlines()
+  if len(sources) != len(references):
+    raise ValueError(f"{source_file} has {len(sources)} lines and {reference_file} "
+                     f"{len(references)}: expected one line of references per source")
+  records = []
+  for number, (source, refs) in enumerate(zip(sources, references), start=1):
+    refs = [r.strip() for r in refs.split("\t") if r.strip()]
+    for path, empty in ((source_file, not source.strip()), (reference_file, not refs)):
+      if empty:
+        raise ValueError(f"{path}:{number}: empty line; expected a sentence on every line")
+    records += [{"inputs": source.strip(), "targets": r} for r in refs]
+  return records
+
+
 def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
-                 num_examples: int | None = None) -> tuple[dict[str, Any], str | None]:
+                 num_examples: int | None = None, *, source_file: str | None = None,
+                 reference_file: str | None = None) -> tuple[dict[str, Any], str | None]:
   """Standalone evaluation of a saved run (launch/evaluate.py).
 
-  Restores the checkpoint, computes every metric of the task on `split`,
-  appends the record to WORKDIR/metrics.jsonl (the plots pick it up) and
-  writes WORKDIR/eval_<split>_<step>.md with the metrics and sample outputs.
+  Restores the checkpoint, computes every metric of the task on `split` (or
+  on local files), appends the record to WORKDIR/metrics.jsonl (the plots
+  pick it up) and writes WORKDIR/eval_<split>_<step>.md with the metrics and
+  sample outputs.
 
   Args:
     workdir: the training run's directory.
     split: an eval split of the task ("validation" or "test").
     step: checkpoint step; None = the latest.
-    num_examples: examples to decode; None = `config.eval.decode_examples`,
-      -1 = the whole split.
+    num_examples: examples to decode; None = `config.eval.decode_examples`
+      (all lines of `source_file`), -1 = the whole split.
+    source_file, reference_file: a translation run evaluated on these files
+      instead of `split` (`read_pairs`); the record's split is
+      `file_<source file name>`. Only the run directory and the files are read.
 
   Returns:
     The record written and the report path (None on processes other than 0).
@@ -199,11 +251,18 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
   run = experiment.load_run(workdir, step)
   exp = run.experiment
   task, e = exp.task, exp.config.eval
+  if source_file:
+    if task.kind != "seq2seq":
+      raise ValueError(f"source_file={source_file!r}: this run's model has kind="
+                       f"{task.kind!r}; expected a translation (seq2seq) run")
+    split = "file_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(source_file))[0])
+    task.add_split(split, read_pairs(source_file, reference_file))
+    num_examples = -1 if num_examples is None else num_examples
   if split not in task.eval_splits:
     raise ValueError(f"split={split!r}: expected one of {list(task.eval_splits)}.")
   metrics, examples, outputs = evaluate(exp, run.params, split, num_examples=num_examples)
   if task.kind == "lm":  # Samples only: continue the start of a few texts.
-    examples = task.eval_examples(split)[:e.num_samples]
+    examples = decode_subset(task.eval_examples(split), e.num_samples)
     prompts = [" ".join(ex["source"].split()[:8]) for ex in examples]
     outputs = inference.continue_prompts(exp, run.params, prompts,
                                          max_len=exp.config.data.max_target_len,
