@@ -1,11 +1,16 @@
-"""Evaluates a saved checkpoint of a run on one split.
+"""Evaluates a saved checkpoint of a run on one split, or on local files.
 
     python launch/evaluate.py --workdir=/tmp/wmt [--split=test] [--step=N]
+    python launch/evaluate.py --workdir=/tmp/wmt --source_file=en.txt --reference_file=es.txt
 
 Appends the eval record to WORKDIR/metrics.jsonl and writes a readable report,
 WORKDIR/eval_<split>_<step>.md, with the metrics and sample inputs,
 references and outputs. Translation decodes `config.eval.decode_examples`
-sentences unless `--num_examples` says otherwise (-1 = the whole split).
+sentences of a split (a fixed random subset) unless `--num_examples` says
+otherwise (-1 = the whole split). With `--source_file` (one sentence per line)
+and `--reference_file` (its references on the same line, tab-separated), every
+line is scored and the record's split is `file_<source file name>`: only the
+run directory and the two files are read, no dataset.
 """
 
 
@@ -18,16 +23,22 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", requi
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate: validation or test.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None, "Examples to decode; default "
-                                     "config.eval.decode_examples, -1 = all.")
+                                     "config.eval.decode_examples (all lines of "
+                                     "--source_file), -1 = all.")
+_SOURCE_FILE = flags.DEFINE_string("source_file", None, "Evaluate these source sentences "
+                                   "(one per line) instead of --split.")
+_REFERENCE_FILE = flags.DEFINE_string("reference_file", None, "References of --source_file: "
+                                      "one line per source, tab-separated.")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
-    record, report = evaluation.evaluate_run(_WORKDIR.value, _SPLIT.value, _STEP.value,
-                                             _NUM_EXAMPLES.value)
-  except ValueError as e:
+    record, report = evaluation.evaluate_run(
+        _WORKDIR.value, _SPLIT.value, _STEP.value, _NUM_EXAMPLES.value,
+        source_file=_SOURCE_FILE.value, reference_file=_REFERENCE_FILE.value)
+  except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   for key, value in record.items():
     print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")

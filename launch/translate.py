@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
         run.experiment, run.params, texts, beam_size=_BEAM.value, max_len=_MAX_LENGTH.value,
         temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
         seed=_SEED.value)
-  except ValueError as e:
+  except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   for line in outputs:
     print(line)

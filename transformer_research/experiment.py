@@ -45,16 +45,20 @@ class Experiment:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None, *,
-               devices: Sequence[jax.Device] | None = None):
+               devices: Sequence[jax.Device] | None = None, train_tokenizers: bool = True):
     """Args:
       config: a full config (`configs.load_config` or `--config`).
       workdir: the run directory (see the class docstring).
       devices: the devices of the mesh; default `jax.devices()`. A compile
         check passes the devices of a TPU topology here.
+      train_tokenizers: False for a trained run (`load_run`): its tokenizer
+        models are only loaded from `workdir`, never trained, so decoding
+        needs no dataset; a missing one is an error naming the file.
     """
     self.config = config
     self.workdir = workdir
     self._devices = devices
+    self._train_tokenizers = train_tokenizers
     self._generate_fns: dict[tuple, Callable] = {}
 
   # ----------------------------------------------------- what the task is
@@ -73,11 +77,12 @@ class Experiment:
 
   @functools.cached_property
   def task(self) -> tasks.Task:
-    """Tokenizers and data: trains SentencePiece into `workdir` if needed."""
+    """Tokenizers and data: trains SentencePiece into `workdir` if needed
+    (and allowed); splits are opened when first iterated."""
     if self.workdir is None and self.spec.tokenizer != "char":
       raise ValueError(f"data.task={self.config.data.task!r} keeps its tokenizer models in "
                        "the run directory: expected a workdir")
-    task = tasks.build(self.config, self.workdir)
+    task = tasks.build(self.config, self.workdir, train_tokenizers=self._train_tokenizers)
     tasks.check_vocab_sizes(task, self.vocab)
     return task
 
@@ -157,16 +162,25 @@ class Run:
   step: int
 
 
-def load_run(workdir: str, step: int | None = None) -> Run:
+def load_run(workdir: str, step: int | None = None, *,
+             devices: Sequence[jax.Device] | None = None) -> Run:
   """Restores the config, tokenizers, model and parameters of a training run.
+
+  Everything comes from the run directory: config.json (model, vocabulary
+  sizes), the tokenizer models the run wrote there, the checkpoint. No
+  dataset split is opened until an evaluation iterates one, and no tokenizer
+  is ever trained here.
 
   Args:
     workdir: a directory written by `train_loop.train_and_evaluate`.
     step: the checkpoint step; None = the latest.
+    devices: the devices to restore onto (the mesh); default `jax.devices()`.
 
   Raises:
     ValueError: no config.json or no checkpoint in `workdir`, or `step` was
       not saved, each naming what was found.
+    FileNotFoundError: a tokenizer model missing from `workdir`, naming its
+      path.
   """
   workdir = os.path.abspath(workdir)
   config_path = os.path.join(workdir, "config.json")
@@ -182,7 +196,9 @@ def load_run(workdir: str, step: int | None = None) -> Run:
     raise ValueError(f"step={step}: no checkpoint of that step in {workdir}; "
                      f"expected one of {steps}.")
   with open(config_path) as f:
-    exp = Experiment(ml_collections.ConfigDict(json.load(f)), workdir)
+    exp = Experiment(ml_collections.ConfigDict(json.load(f)), workdir, devices=devices,
+                     train_tokenizers=False)
+  _ = exp.task  # The tokenizers: a missing model file is named before the checkpoint is read.
   params = checkpointing.restore_params(os.path.join(workdir, "checkpoints", str(step)),
                                         exp.abstract_state.params)
   return Run(exp, params, step)

@@ -106,7 +106,8 @@ class Task:
     target_tokenizer: tokenizer of `targets` (None for classify).
     input_vocab_size, target_vocab_size: their vocab sizes (None when absent).
     num_classes: classify only (None otherwise).
-    eval_splits: split names accepted by `eval_batches` / `eval_examples`.
+    eval_splits: split names accepted by `eval_batches` / `eval_examples`:
+      the task's own, and any added with `add_split`.
   """
 
   def __init__(self, name: str, data: ml_collections.ConfigDict, seed: int,
@@ -119,13 +120,31 @@ class Task:
     self.input_vocab_size = input_tokenizer.vocab_size if input_tokenizer else None
     self.target_vocab_size = target_tokenizer.vocab_size if target_tokenizer else None
     self.num_classes = task_spec.num_classes
-    self.eval_splits = EVAL_SPLITS
     self.data = data  # config.data
-    self._seed, self._raw = seed, raw
+    self._seed, self._source_raw = seed, raw
+    self._added: dict[str, Sequence[Mapping[str, Any]]] = {}
     self._max_lengths = {"seq2seq": {"inputs": data.max_input_len, "targets": data.max_target_len},
                          "classify": {"inputs": data.max_input_len},
                          "lm": {"targets": data.max_target_len}}[self.kind]
     self._tokenized: dict[str, pipeline.TokenizedData] = {}
+
+  @property
+  def eval_splits(self) -> tuple[str, ...]:
+    return EVAL_SPLITS + tuple(self._added)
+
+  def add_split(self, name: str, records: Sequence[Mapping[str, Any]]) -> None:
+    """Adds in-memory records, in the raw format of the task's kind (seq2seq:
+    `{"inputs", "targets"}`), as an eval split: evaluating sentences from
+    local files (`launch/evaluate.py --source_file`) opens no dataset.
+    """
+    if name in EVAL_SPLITS:
+      raise ValueError(f"split name {name!r} is one of the task's own {EVAL_SPLITS}; "
+                       "expected another name")
+    self._added[name] = records
+    self._tokenized.pop(name, None)
+
+  def _raw(self, split: str) -> Sequence[Mapping[str, Any]]:
+    return self._added[split] if split in self._added else self._source_raw(split)
 
   def encode_inputs(self, text: str) -> list[int]:
     """Source text (an LM: the prompt) -> ids without EOS, as in the batches."""
@@ -288,11 +307,16 @@ def _char_tokenizers(name: str, data: ml_collections.ConfigDict
 
 def _text_tokenizers(name: str, kind: str, data: ml_collections.ConfigDict,
                      raw: Callable[[str], Sequence[Mapping[str, Any]]], workdir: str,
-                     process_index: int, process_count: int
+                     process_index: int, process_count: int, train: bool
                      ) -> tuple[tok_lib.Tokenizer, tok_lib.Tokenizer]:
-  """(inputs, targets) tokenizers; SentencePiece models are trained into `workdir`."""
+  """(inputs, targets) tokenizers, whose model files live in `workdir`.
+
+  SentencePiece models are trained into it; pretrained BPEmb models are
+  copied into it on first use. With `train=False` (a restored run) they are
+  only loaded from it, and a missing file is an error naming it.
+  """
   if data.tokenizer == "sentencepiece":
-    procs = dict(process_index=process_index, process_count=process_count)
+    procs = dict(process_index=process_index, process_count=process_count, train=train)
     # Trained on the records the model trains on (all, or the first N).
     train = _Indexed(lambda: raw("train"), data.max_train_examples)
     if kind == "seq2seq":
@@ -307,10 +331,18 @@ def _text_tokenizers(name: str, kind: str, data: ml_collections.ConfigDict,
           os.path.join(workdir, f"spm_{name}_{suffix}"), texts, data.vocab_size, **procs)
       pair = (tok, tok)
   elif data.tokenizer == "bpemb":
-    cache = dict(cache_dir=data.bpemb_cache_dir or None)
-    english = tok_lib.BPEmbTokenizer("en", data.vocab_size, **cache)
-    pair = (english, tok_lib.BPEmbTokenizer("es", data.vocab_size, **cache)
-            if kind == "seq2seq" else english)
+    def bpemb(lang: str) -> tok_lib.BPEmbTokenizer:
+      local = os.path.join(workdir, f"bpemb_{lang}_{data.vocab_size}.model")
+      if os.path.exists(local):
+        return tok_lib.BPEmbTokenizer(lang, data.vocab_size, model_file=local)
+      if not train:
+        raise tok_lib.missing_model(local)
+      tok = tok_lib.BPEmbTokenizer(lang, data.vocab_size, cache_dir=data.bpemb_cache_dir or None)
+      if process_index == 0:
+        tok.save(local)
+      return tok
+    english = bpemb("en")
+    pair = (english, bpemb("es") if kind == "seq2seq" else english)
   elif data.tokenizer == "tiktoken":
     pair = (tok_lib.TiktokenTokenizer(),) * 2
   else:
@@ -364,7 +396,7 @@ def check_vocab_sizes(task: Task, expected: VocabSizes) -> None:
                      f"data.vocab_size={task.data.vocab_size})")
 
 
-def build(config: ml_collections.ConfigDict, workdir: str | None, *,
+def build(config: ml_collections.ConfigDict, workdir: str | None, *, train_tokenizers: bool = True,
           process_index: int | None = None, process_count: int | None = None) -> Task:
   """The task named by `config.data.task`, with tokenizers trained/loaded in `workdir`.
 
@@ -372,6 +404,9 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *,
     config: a full config (uses `config.data` and `config.seed`).
     workdir: where trained tokenizer models are written and found again
       (unused by the synthetic tasks' fixed alphabets).
+    train_tokenizers: False for a restored run: tokenizer models are only
+      loaded from `workdir` (a missing one is a FileNotFoundError naming it),
+      so no split is opened until one is iterated.
     process_index, process_count: who trains a tokenizer (process 0; the
       others wait for its file); default from jax.
   """
@@ -383,7 +418,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *,
   else:
     raw = _text_raw(name, data)
     pi, pc = pipeline.default_process(process_index, process_count)
-    in_tok, tgt_tok = _text_tokenizers(name, task_spec.kind, data, raw, workdir, pi, pc)
+    in_tok, tgt_tok = _text_tokenizers(name, task_spec.kind, data, raw, workdir, pi, pc,
+                                       train_tokenizers)
   if task_spec.kind == "lm":
     in_tok = None
   elif task_spec.kind == "classify":

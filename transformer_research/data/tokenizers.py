@@ -12,7 +12,8 @@ can be applied directly to a decoded row.
 
 SentencePiece models are trained on the training split, written once
 (atomically) and reused; in multi-host runs process 0 trains while the other
-processes poll for the file.
+processes poll for the file. A restored run (`train=False`) only loads: a
+missing model is an error naming its path, never a freshly trained one.
 """
 
 import abc
@@ -154,6 +155,10 @@ class SentencePieceTokenizer(Tokenizer):
   def from_file(cls, path: os.PathLike | str) -> "SentencePieceTokenizer":
     return cls(epath.Path(path).read_bytes())
 
+  def save(self, path: os.PathLike | str) -> None:
+    """Writes the model file to `path` (an exported translator carries it)."""
+    write_atomically(path, self._sp.serialized_model_proto())
+
   @property
   def vocab_size(self) -> int:
     return self._sp.get_piece_size()
@@ -199,27 +204,42 @@ def train_sentencepiece(texts: Iterable[str], path: os.PathLike | str, vocab_siz
       byte_fallback=byte_fallback, input_sentence_size=max_sentences,
       shuffle_input_sentence=True, pad_id=PAD_ID, eos_id=_SPM_EOS,
       unk_id=_SPM_UNK, bos_id=_SPM_BOS, minloglevel=2)
+  write_atomically(path, model.getvalue())
+
+
+def write_atomically(path: os.PathLike | str, data: bytes) -> None:
+  """Writes to a temporary name, then renames: a reader never sees half a file."""
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
-  tmp.write_bytes(model.getvalue())
-  tmp.rename(path)
+  tmp.write_bytes(data)
+  tmp.replace(path)
+
+
+def missing_model(path: os.PathLike | str) -> FileNotFoundError:
+  """The error of a restored run whose tokenizer model is not where it was written."""
+  return FileNotFoundError(
+      f"tokenizer model {path} not found: expected the file its training run wrote there "
+      "(a run directory carries its tokenizers; a new one would not match the checkpoint)")
 
 
 def load_or_train_sentencepiece(path: os.PathLike | str, texts_fn: Callable[[], Iterable[str]],
                                 vocab_size: int, *, process_index: int = 0, process_count: int = 1,
-                                timeout_s: float = 3600.0, poll_s: float = 2.0,
+                                timeout_s: float = 3600.0, poll_s: float = 2.0, train: bool = True,
                                 **train_kwargs: Any) -> SentencePieceTokenizer:
   """Loads the model at `path`, training it first if it is missing.
 
   Training runs once: on process 0 only (`texts_fn` is not called elsewhere);
   the other processes wait for the file, up to `timeout_s`. A model found with
-  a different vocabulary size is an error rather than silently reused.
+  a different vocabulary size is an error rather than silently reused. With
+  `train=False` (a restored run) a missing model is an error naming `path`.
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index}: expected 0 <= index < process_count={process_count}")
   path = epath.Path(path)
   if not path.exists():
+    if not train:
+      raise missing_model(path)
     if process_index == 0:
       logging.info("Training SentencePiece (vocab %d) -> %s", vocab_size, path)
       train_sentencepiece(texts_fn(), path, vocab_size, **train_kwargs)
@@ -306,6 +326,10 @@ class BPEmbTokenizer(Tokenizer):
     if not model_file.exists():
       raise FileNotFoundError(f"model_file={model_file}: no such BPEmb model file")
     self._sp = spm.SentencePieceProcessor(model_proto=model_file.read_bytes())
+
+  def save(self, path: os.PathLike | str) -> None:
+    """Writes the model file to `path` (a run directory keeps its own copy)."""
+    write_atomically(path, self._sp.serialized_model_proto())
 
   @property
   def vocab_size(self) -> int:
