@@ -22,6 +22,7 @@ setuptools.setup(
         "tensorflow-datasets>=4.9.10,<5",
         "importlib_resources>=6",
         "sentencepiece>=0.2.3,<0.3",
+        "flatbuffers>=24.3",  # jax.export serialization (launch/export.py, serve.py).
         "bpemb>=0.3.6,<0.4",
         "tiktoken>=0.9,<1",
         "sacrebleu>=2.6.0,<3",

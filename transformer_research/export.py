@@ -1,0 +1,104 @@
+"""Exports a trained translation run as a self-contained translator (`serve.py`).
+
+`export_run(workdir, out)` writes to `out`:
+
+* `translate.jax_exported`: the run's decoder, the same jitted function
+  `launch/translate.py` runs (`Experiment.generate_fn`: encoder, cross-attention
+  keys and values, cached beam search), serialized with `jax.export` as
+  StableHLO with a symbolic batch size and source length, so one artifact
+  serves every bucket width;
+* `params.npz`: the parameters, the artifact's leading arguments in order;
+* the SentencePiece model(s) of the run;
+* `manifest.json`: the decoding settings and the sha256 of every file.
+
+The decoding settings are the run's `config.eval` ones (what translate.py uses
+by default), so the exported translator gives translate.py's output.
+"""
+
+import json
+import os
+import shutil
+from typing import Any, Sequence
+
+import jax
+from jax import export as jax_export
+import numpy as np
+
+from transformer_research import batching
+from transformer_research import experiment
+from transformer_research import serve
+from transformer_research.data import tokenizers as tok_lib
+
+
+def _tokenizer_file(tok: Any, what: str) -> Any:
+  """Only the project's own SentencePiece models: serve.py reads them with
+  sentencepiece alone (no standardising, no id shifts)."""
+  if type(tok) is not tok_lib.SentencePieceTokenizer:  # pylint: disable=unidiomatic-typecheck
+    raise ValueError(f"the {what} tokenizer is a {type(tok).__name__}; export supports the "
+                     "runs' own SentencePiece models (data.tokenizer='sentencepiece', "
+                     "data.standardize=False)")
+  return tok
+
+
+def export_run(workdir: str, out: str, *, step: int | None = None, beam_size: int | None = None,
+               platforms: Sequence[str] | None = None) -> str:
+  """Writes the translator of a saved translation run to `out`; returns the manifest path.
+
+  Args:
+    workdir: the training run's directory.
+    out: the export directory (created; files of an earlier export replaced).
+    step: checkpoint step; None = the latest.
+    beam_size: default `config.eval.beam_size`.
+    platforms: what the artifact is lowered for, e.g. ("cpu", "cuda"); default
+      this machine's backend.
+
+  Raises:
+    ValueError: not a translation run, or a tokenizer export cannot carry.
+  """
+  run = experiment.load_run(workdir, step)
+  exp = run.experiment
+  task, c = exp.task, exp.config
+  if task.kind != "seq2seq":
+    raise ValueError(f"workdir={workdir!r} holds a {task.kind!r} model; expected a "
+                     "translation (seq2seq) run")
+  tokenizers = {"inputs": _tokenizer_file(task.input_tokenizer, "input"),
+                "targets": _tokenizer_file(task.target_tokenizer, "target")}
+  e = c.eval
+  settings = dict(eos_id=task.target_tokenizer.eos_id, beam_size=beam_size or e.beam_size,
+                  max_len=e.max_decode_len if e.max_decode_len > 0 else c.data.max_target_len,
+                  alpha=e.length_penalty)
+  generate = exp.generate_fn(**settings)  # What translate.py compiles.
+  params = jax.device_get(run.params)
+  spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
+  b, s = jax_export.symbolic_shape("b, s")
+  exported = jax_export.export(generate, platforms=platforms)(
+      jax.tree.map(spec, params), jax.ShapeDtypeStruct((b, s), np.int32))
+
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, serve.FUNCTION_FILE), "wb") as f:
+    f.write(exported.serialize())
+  leaves = jax.tree.leaves(params)
+  np.savez(os.path.join(out, serve.PARAMS_FILE), **{f"{i:04d}": np.asarray(x)
+                                                    for i, x in enumerate(leaves)})
+  joint = tokenizers["inputs"] is tokenizers["targets"]
+  names = {side: "spm.model" if joint else f"spm_{side}.model" for side in tokenizers}
+  models = {names[side]: tok for side, tok in tokenizers.items()}  # One file when joint.
+  for name, tok in models.items():
+    tok.save(os.path.join(out, name))
+  files = [serve.FUNCTION_FILE, serve.PARAMS_FILE, *models]
+  manifest = {
+      "format": serve.FORMAT, "function": serve.FUNCTION_FILE, "params": serve.PARAMS_FILE,
+      "tokenizers": names, "eos_id": settings["eos_id"], "beam_size": settings["beam_size"],
+      "length_penalty": settings["alpha"], "max_decode_len": settings["max_len"],
+      "max_input_len": c.data.max_input_len,
+      "bucket_widths": list(batching.bucket_widths(c.data.max_input_len)),
+      "batch_size": e.batch_size, "platforms": list(exported.platforms),
+      "run": {"workdir": os.path.abspath(workdir), "step": run.step, "task": c.data.task,
+              "variant": c.model.variant},
+      "files": {name: serve.sha256(os.path.join(out, name)) for name in files},
+  }
+  path = os.path.join(out, serve.MANIFEST)
+  with open(path + ".tmp", "w") as f:
+    json.dump(manifest, f, indent=2)
+  shutil.move(path + ".tmp", path)  # Written last: a manifest means a complete export.
+  return path
