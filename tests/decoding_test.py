@@ -49,8 +49,9 @@ def test_beam_search_escapes_the_greedy_trap():
   fn = markov_fn(TRAP)
   tokens, _ = decoding.greedy(fn, cache_for(2), max_len=4, eos_id=EOS)
   np.testing.assert_array_equal(tokens, [[2, 1, 0, 0]] * 2)
-  beams, scores, logp = decoding.beam_search(
+  beams, scores, logp, done = decoding.beam_search(
       fn, cache_for(2), beam_size=2, max_len=4, eos_id=EOS, alpha=0.0)
+  assert done.all()
   np.testing.assert_array_equal(beams[:, 0], [[3, 1, 0, 0]] * 2)
   np.testing.assert_allclose(logp[:, 0], np.log(0.36), rtol=1e-5)
   np.testing.assert_allclose(scores, logp, rtol=1e-6)  # alpha=0: no penalty
@@ -73,7 +74,7 @@ def brute_force_best(table: np.ndarray, max_len: int, alpha: float) -> float:
 @pytest.mark.parametrize("seed,alpha", [(0, 0.0), (1, 0.6), (2, 1.0)])
 def test_exhaustive_beam_finds_the_best_sequence(seed, alpha):
   table, max_len = random_table(seed), 3
-  _, scores, _ = decoding.beam_search(
+  _, scores, _, _ = decoding.beam_search(
       markov_fn(table), cache_for(1), beam_size=25, max_len=max_len,
       eos_id=EOS, alpha=alpha)  # 25 = 5**2 live prefixes: nothing is pruned.
   np.testing.assert_allclose(scores[0, 0], brute_force_best(table, max_len, alpha),
@@ -84,7 +85,7 @@ def test_exhaustive_beam_finds_the_best_sequence(seed, alpha):
 def test_beam_one_without_penalty_is_greedy(seed):
   fn = markov_fn(random_table(seed, vocab=7))
   tokens, logp = decoding.greedy(fn, cache_for(3), max_len=6, eos_id=EOS)
-  beams, _, beam_logp = decoding.beam_search(
+  beams, _, beam_logp, _ = decoding.beam_search(
       fn, cache_for(3), beam_size=1, max_len=6, eos_id=EOS, alpha=0.0)
   np.testing.assert_array_equal(beams[:, 0], tokens)
   np.testing.assert_allclose(beam_logp[:, 0], logp, rtol=1e-5)
@@ -126,7 +127,7 @@ def test_beam_cache_is_reordered_with_its_beam():
   table[:, EOS] = 1e-6  # Full-length answers, so the history matters.
   table /= table.sum(axis=1, keepdims=True)
   cache = {"seen": jnp.zeros((2, 5), bool)}
-  beams, scores, _ = decoding.beam_search(
+  beams, scores, _, _ = decoding.beam_search(
       repeat_penalty_fn(table), cache, beam_size=25, max_len=3, eos_id=EOS,
       alpha=0.0)
   assert beams.shape == (2, 25, 3)
@@ -150,7 +151,7 @@ def test_prompt_is_forced_and_costs_nothing():
                                  prompt=prompt)
   np.testing.assert_array_equal(tokens, [[3, 3, 1, 0], [2, 1, 0, 0]])
   np.testing.assert_allclose(logp, np.log([0.9, 0.4]), rtol=1e-5)
-  beams, _, _ = decoding.beam_search(fn, cache_for(2), beam_size=2, max_len=4,
+  beams, _, _, _ = decoding.beam_search(fn, cache_for(2), beam_size=2, max_len=4,
                                      eos_id=EOS, prompt=prompt)
   np.testing.assert_array_equal(beams[:, 0, :2], [[3, 3], [2, 1]])
 
@@ -191,3 +192,23 @@ def test_bad_arguments_raise_value_errors():
                     max_len=3, eos_id=EOS)
   with pytest.raises(ValueError, match="max_len=0"):
     decoding.greedy(fn, cache_for(1), max_len=0, eos_id=EOS)
+
+
+def test_a_bounded_beam_search_reports_the_rows_it_finished():
+  """max_steps < max_len: a row reported done has the full search's answer."""
+  table = random_table(6, vocab=6)
+  table[:, EOS] *= 10.0  # Short answers for some histories, long for others.
+  table /= table.sum(axis=1, keepdims=True)
+  seen = jnp.asarray(np.random.default_rng(0).random((8, 6)) < 0.4)  # Rows differ.
+  kw = dict(beam_size=2, max_len=8, eos_id=EOS, alpha=0.6)
+  full, full_scores, _, full_done = decoding.beam_search(
+      repeat_penalty_fn(table), {"seen": seen}, **kw)
+  short, scores, _, done = decoding.beam_search(
+      repeat_penalty_fn(table), {"seen": seen}, max_steps=3, **kw)
+  assert full_done.all() and short.shape == (8, 2, 3)
+  assert 0 < done.sum() < 8, done  # Some rows finished within 3 steps, some not.
+  np.testing.assert_array_equal(short[done], full[done][:, :, :3])
+  assert not full[done][:, :, 3:].any()
+  np.testing.assert_allclose(scores[done], full_scores[done], rtol=1e-6)
+  with pytest.raises(ValueError, match="max_steps=9"):
+    decoding.beam_search(repeat_penalty_fn(table), {"seen": seen}, max_steps=9, **kw)

@@ -49,7 +49,8 @@ def setup(request):
 
 def generate(model, params, inputs, **kw):
   fn = inference.make_generate_fn(model, eos_id=EOS, max_len=MAX_LEN, **kw)
-  tokens, log_probs = fn(params, inputs)
+  tokens, log_probs, done = fn(params, inputs)
+  assert np.asarray(done).all()  # A full decode finishes every row.
   return np.asarray(tokens), np.asarray(log_probs)
 
 
@@ -85,8 +86,8 @@ def test_cached_sampling_equals_full_recompute(setup):
   model, params, inputs = setup
   inputs = jnp.tile(inputs, (4, 1))  # [16, ...]
   rng = jax.random.key(4)
-  cached, cached_logp = inference.make_generate_fn(model, **SAMPLING)(params, inputs, rng)
-  naive, naive_logp = inference.make_generate_fn(model, cached=False, **SAMPLING)(
+  cached, cached_logp, _ = inference.make_generate_fn(model, **SAMPLING)(params, inputs, rng)
+  naive, naive_logp, _ = inference.make_generate_fn(model, cached=False, **SAMPLING)(
       params, inputs, rng)
   np.testing.assert_array_equal(cached, naive)
   np.testing.assert_allclose(cached_logp, naive_logp, rtol=1e-4, atol=1e-4)
@@ -121,6 +122,23 @@ def test_beam_search_log_prob_at_least_greedy(setup):
   greedy_score = teacher_forced_log_prob(model, params, inputs, greedy)
   beam_score = teacher_forced_log_prob(model, params, inputs, beam)
   assert np.all(beam_score >= greedy_score - 1e-4), (beam_score, greedy_score)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_a_short_first_pass_keeps_only_rows_a_full_decode_agrees_with(beam_size):
+  """max_steps: the rows reported done are what the full decode gives. A random
+  LM ends some of 32 prompts' continuations within 5 steps and not others."""
+  model = models.build(model_config("rope"), "lm", target_vocab_size=VOCAB)
+  prompts = jnp.asarray(np.random.default_rng(0).integers(2, VOCAB, (32, 3)), jnp.int32)
+  params = model.init(jax.random.key(2), {"targets": prompts})
+  params = jax.tree.map(lambda x: x * 3.0 if x.ndim >= 2 else x, params)
+  full, _ = generate(model, params, prompts, beam_size=beam_size)
+  fn = inference.make_generate_fn(model, eos_id=EOS, max_len=MAX_LEN, beam_size=beam_size,
+                                  max_steps=5)
+  short, _, done = (np.asarray(x) for x in fn(params, prompts))
+  assert short.shape == (32, 5) and 0 < done.sum() < 32, done
+  np.testing.assert_array_equal(short[done], full[done][:, :5])
+  assert not full[done][:, 5:].any()
 
 
 def test_classifier_cannot_generate():

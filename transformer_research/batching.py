@@ -6,7 +6,9 @@ the longest row of a batch has ended. So sentences are sorted by length,
 neighbours are batched together, and each batch is padded to the smallest
 bucket width that holds it (8, 16, 32, ... up to the longest allowed): a
 handful of shapes to compile instead of one per length, and a 5-token
-sentence no longer pays for `data.max_input_len` positions.
+sentence no longer pays for `data.max_input_len` positions. A first pass of
+each batch stops at twice its width (`first_pass_steps`); the few rows it
+leaves unfinished are decoded again in full (`decode`).
 
 NumPy only (no jax, no Haiku, no config), so that `launch/translate.py`
 (through `inference`) and the exported translator (`serve.py`) plan the same
@@ -76,6 +78,57 @@ def plan(lengths: Sequence[int], batch_size: int,
     longest = max(max(lengths[i] for i in chunk), 1)
     batches.append((chunk, next(w for w in widths if w >= longest)))
   return batches
+
+
+def first_pass_steps(width: int, max_len: int) -> int:
+  """Decode steps of a batch's first pass: twice its source width (16 at least),
+  at most `max_len`.
+
+  A batch runs until its longest row has ended, so one sentence that never
+  emits EOS (an undertrained model repeating itself) would hold all the others
+  to `max_len` steps. Translations rarely run past twice their source, so a
+  first pass stops there, and the rows it did not finish are decoded again in
+  full (`decode`). This moves time, not output: a row is kept from the first
+  pass only when it is final.
+  """
+  return min(max_len, max(2 * width, 16))
+
+
+Run = Callable[[np.ndarray, int, bool], tuple[np.ndarray, np.ndarray]]
+
+
+def decode(rows: Sequence[Sequence[int]], widths: Sequence[int], batch_size: int,
+           run: Run) -> list[np.ndarray]:
+  """Each row's decoded tokens, in input order, from two passes of `plan` batches.
+
+  Args:
+    rows: token ids per source, each at most max(widths) long.
+    widths: bucket widths (`bucket_widths`).
+    batch_size: rows per batch.
+    run: `run(batch [batch_size, width] int32, batch number, first) -> (tokens
+      [batch_size, T], done [batch_size] bool)`. With first=True it may stop
+      early (`first_pass_steps`) and report rows it has not finished; with
+      first=False it must finish every row. Batch numbers count over both
+      passes (a sampler folds them into its key).
+  """
+  lengths = [len(r) for r in rows]
+  out: list[np.ndarray | None] = [None] * len(rows)
+  again = []
+  first = plan(lengths, batch_size, widths)
+  for number, (indices, width) in enumerate(first):
+    tokens, done = run(pad(rows, indices, batch_size, width), number, True)
+    for i, t, d in zip(indices, tokens, done):
+      if d:
+        out[i] = t
+      else:
+        again.append(i)
+  second = plan([lengths[i] for i in again], batch_size, widths)
+  for number, (positions, width) in enumerate(second, start=len(first)):
+    indices = [again[j] for j in positions]
+    tokens, _ = run(pad(rows, indices, batch_size, width), number, False)
+    for i, t in zip(indices, tokens):
+      out[i] = t
+  return out
 
 
 def pad(rows: Sequence[Sequence[int]], indices: Sequence[int], batch_size: int,

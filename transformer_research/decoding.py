@@ -301,8 +301,8 @@ def _merge(tree: PyTree, b: int, k: int) -> PyTree:
 def beam_search(logits_fn: LogitsFn, cache: PyTree, *, beam_size: int,
                 max_len: int, eos_id: int, alpha: float = 0.6,
                 prompt: jax.Array | None = None,
-                batch_size: int | None = None
-                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+                batch_size: int | None = None, max_steps: int | None = None
+                ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Beam search with the GNMT length penalty, as in flax `examples/wmt`.
 
   Each step expands the K live beams over the vocabulary and keeps the 2K best
@@ -312,6 +312,11 @@ def beam_search(logits_fn: LogitsFn, cache: PyTree, *, beam_size: int,
   stops once K hypotheses are finished and no live beam can beat the worst of
   them even with the largest length bonus. At `max_len` the live beams compete
   with the finished ones, so rows that never emit EOS still return beams.
+
+  `max_steps` < `max_len` runs at most that many steps of the same search (the
+  stopping rule still uses `max_len`'s bonus): a row whose rule held by then
+  has its final answer, which `done` reports; the others need a full search.
+  A first short pass then finishes most rows cheaply (see `batching.decode`).
 
   Args:
     logits_fn: `(tokens [B*K] int32, cache) -> (logits [B*K, V], cache)`; it
@@ -325,16 +330,22 @@ def beam_search(logits_fn: LogitsFn, cache: PyTree, *, beam_size: int,
     prompt: optional [B, P] int32 tokens to force first (0 = free); the length
       penalty counts them.
     batch_size: only needed when `cache` has no leaves.
+    max_steps: steps to run at most (default `max_len`); the cache must hold
+      that many positions.
 
   Returns:
-    tokens [B, K, L] int32, best first (pad 0 after EOS); length-penalised
-    scores [B, K]; raw log-probabilities [B, K].
+    tokens [B, K, S] int32 with S = `max_steps`, best first (pad 0 after EOS);
+    length-penalised scores [B, K]; raw log-probabilities [B, K]; done [B]
+    bool: the row's search is complete (always, when S = `max_len`).
   """
   _check(max_len, eos_id)
   if beam_size < 1:
     raise ValueError(f"beam_size={beam_size!r}: expected an integer >= 1.")
   if alpha < 0:
     raise ValueError(f"alpha={alpha!r}: expected a length penalty >= 0.")
+  steps = max_len if max_steps is None else max_steps
+  if not 1 <= steps <= max_len:
+    raise ValueError(f"max_steps={max_steps!r}: expected 1 <= max_steps <= max_len={max_len}.")
   b, k = _batch_size(cache, batch_size), beam_size
   _check_prompt(prompt, b, max_len)
   prompt = None if prompt is None else tile_beams(prompt, k)  # [B*K, P]
@@ -344,23 +355,26 @@ def beam_search(logits_fn: LogitsFn, cache: PyTree, *, beam_size: int,
   live_logp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1)), (b, 1))  # [B, K]
   state = dict(
       step=jnp.array(0, jnp.int32),
-      live_seqs=jnp.zeros((b, k, max_len + 1), jnp.int32),  # col 0 = start
+      live_seqs=jnp.zeros((b, k, steps + 1), jnp.int32),  # col 0 = start
       live_logp=live_logp,
       cache=cache,
-      fin_seqs=jnp.zeros((b, k, max_len + 1), jnp.int32),
+      fin_seqs=jnp.zeros((b, k, steps + 1), jnp.int32),
       fin_scores=jnp.full((b, k), NEG_INF),
       fin_logp=jnp.full((b, k), NEG_INF),
       fin_flags=jnp.zeros((b, k), bool))
   max_bonus = brevity_penalty(alpha, float(max_len))
 
-  def cond(s):
+  def complete(s):
     # live_logp <= 0, so dividing by the largest penalty is the best a live
-    # beam could still score.
+    # beam could still score; once no live beam can beat the worst finished
+    # one, later steps change nothing in the answer.
     best_live = s["live_logp"][:, 0] / max_bonus  # [B]
     worst_fin = jnp.where(s["fin_flags"].all(axis=1),
                           s["fin_scores"].min(axis=1), NEG_INF)  # [B]
-    done = worst_fin >= best_live
-    return (s["step"] < max_len) & ~jnp.all(done)
+    return (worst_fin >= best_live) | (s["step"] >= max_len)
+
+  def cond(s):
+    return (s["step"] < steps) & ~jnp.all(complete(s))
 
   def body(s):
     step = s["step"]
@@ -414,4 +428,4 @@ def beam_search(logits_fn: LogitsFn, cache: PyTree, *, beam_size: int,
   seqs, logp = _gather(
       (jnp.concatenate([s["fin_seqs"], s["live_seqs"]], axis=1),
        jnp.concatenate([s["fin_logp"], s["live_logp"]], axis=1)), pick, k)
-  return seqs[:, :, 1:], scores, logp
+  return seqs[:, :, 1:], scores, logp, complete(s)

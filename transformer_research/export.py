@@ -2,11 +2,12 @@
 
 `export_run(workdir, out)` writes to `out`:
 
-* `translate.jax_exported`: the run's decoder, the same jitted function
-  `launch/translate.py` runs (`Experiment.generate_fn`: encoder, cross-attention
-  keys and values, cached beam search), serialized with `jax.export` as
-  StableHLO with a symbolic batch size and source length, so one artifact
-  serves every bucket width;
+* `translate_<steps>.jax_exported`: the run's decoder, the same jitted
+  functions `launch/translate.py` runs (`Experiment.generate_fn`: encoder,
+  cross-attention keys and values, cached beam search), one per number of
+  decode steps it uses (each bucket's first pass, and the full decode),
+  serialized with `jax.export` as StableHLO with a symbolic batch size and
+  source length, so one artifact serves every bucket width;
 * `params.npz`: the parameters, the artifact's leading arguments in order;
 * the SentencePiece model(s) of the run;
 * `manifest.json`: the decoding settings and the sha256 of every file.
@@ -67,16 +68,23 @@ def export_run(workdir: str, out: str, *, step: int | None = None, beam_size: in
   settings = dict(eos_id=task.target_tokenizer.eos_id, beam_size=beam_size or e.beam_size,
                   max_len=e.max_decode_len if e.max_decode_len > 0 else c.data.max_target_len,
                   alpha=e.length_penalty)
-  generate = exp.generate_fn(**settings)  # What translate.py compiles.
+  widths = batching.bucket_widths(c.data.max_input_len)
   params = jax.device_get(run.params)
   spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
   b, s = jax_export.symbolic_shape("b, s")
-  exported = jax_export.export(generate, platforms=platforms)(
-      jax.tree.map(spec, params), jax.ShapeDtypeStruct((b, s), np.int32))
-
   os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, serve.FUNCTION_FILE), "wb") as f:
-    f.write(exported.serialize())
+  functions = {}
+  # One artifact per number of steps translate.py runs: each bucket's first
+  # pass (batching.first_pass_steps) and the full decode.
+  for steps in sorted({batching.first_pass_steps(w, settings["max_len"]) for w in widths}
+                      | {settings["max_len"]}):
+    generate = exp.generate_fn(  # What translate.py compiles.
+        **settings, max_steps=None if steps == settings["max_len"] else steps)
+    exported = jax_export.export(generate, platforms=platforms)(
+        jax.tree.map(spec, params), jax.ShapeDtypeStruct((b, s), np.int32))
+    functions[str(steps)] = serve.FUNCTION_FILE.format(steps=steps)
+    with open(os.path.join(out, functions[str(steps)]), "wb") as f:
+      f.write(exported.serialize())
   leaves = jax.tree.leaves(params)
   np.savez(os.path.join(out, serve.PARAMS_FILE), **{f"{i:04d}": np.asarray(x)
                                                     for i, x in enumerate(leaves)})
@@ -85,13 +93,12 @@ def export_run(workdir: str, out: str, *, step: int | None = None, beam_size: in
   models = {names[side]: tok for side, tok in tokenizers.items()}  # One file when joint.
   for name, tok in models.items():
     tok.save(os.path.join(out, name))
-  files = [serve.FUNCTION_FILE, serve.PARAMS_FILE, *models]
+  files = [*functions.values(), serve.PARAMS_FILE, *models]
   manifest = {
-      "format": serve.FORMAT, "function": serve.FUNCTION_FILE, "params": serve.PARAMS_FILE,
+      "format": serve.FORMAT, "functions": functions, "params": serve.PARAMS_FILE,
       "tokenizers": names, "eos_id": settings["eos_id"], "beam_size": settings["beam_size"],
       "length_penalty": settings["alpha"], "max_decode_len": settings["max_len"],
-      "max_input_len": c.data.max_input_len,
-      "bucket_widths": list(batching.bucket_widths(c.data.max_input_len)),
+      "max_input_len": c.data.max_input_len, "bucket_widths": list(widths),
       "batch_size": e.batch_size, "platforms": list(exported.platforms),
       "run": {"workdir": os.path.abspath(workdir), "step": run.step, "task": c.data.task,
               "variant": c.model.variant},

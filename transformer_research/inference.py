@@ -13,11 +13,11 @@ all-gathered). They take an `experiment.Experiment`
 restores both from a run directory.
 """
 
-import logging
 from typing import Any, Callable, Sequence
 
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 
 from transformer_research import batching
@@ -38,8 +38,9 @@ def check_can_generate(kind: str, what: str = "generate text") -> None:
 
 def make_generate_fn(model: Any, *, eos_id: int, max_len: int, beam_size: int = 1,
                      alpha: float = 0.6, temperature: float = 0.0, top_k: int = 0,
-                     top_p: float = 1.0, cached: bool = True) -> Callable:
-  """A jitted `generate(params, inputs, rng=None) -> (tokens, log_probs)`.
+                     top_p: float = 1.0, cached: bool = True,
+                     max_steps: int | None = None) -> Callable:
+  """A jitted `generate(params, inputs, rng=None) -> (tokens, log_probs, done)`.
 
   `Experiment.generate_fn` keeps one per settings, so an eval every N steps
   reuses one compiled decoder instead of tracing a new one each time.
@@ -53,18 +54,22 @@ def make_generate_fn(model: Any, *, eos_id: int, max_len: int, beam_size: int = 
     temperature: 0 = argmax / beam; > 0 = sampling with top_k / top_p.
     top_k, top_p: sampling filters (0 / 1.0 = off).
     cached: False reruns the full model on the prefix every step.
+    max_steps: run at most this many steps (a first, cheap pass; the cache
+      holds only that many positions); default `max_len`. A row reported done
+      has the answer a full decode gives; the others need one.
 
   Returns:
     generate: `inputs` is the source [B, S] (seq2seq) or the prompt [B, P]
-    right-padded with 0 (lm); returns tokens [B, L] int32 (the prompt then
-    its continuation for an LM; pad 0 after EOS) and log-probs [B].
+    right-padded with 0 (lm); returns tokens [B, max_steps] int32 (the prompt
+    then its continuation for an LM; pad 0 after EOS), log-probs [B] and done
+    [B] bool (greedy and sampling: EOS emitted; beam: the search is complete).
   """
   check_can_generate(model.kind)
   if beam_size > 1 and temperature > 0:
     raise ValueError(f"beam_size={beam_size} with temperature={temperature}: "
                      "expected beam search (temperature=0) or sampling "
                      "(beam_size=1), not both.")
-  k = beam_size
+  k, steps = beam_size, max_steps or max_len
 
   def generate(params, inputs, rng=None):
     b = inputs.shape[0]
@@ -81,19 +86,22 @@ def make_generate_fn(model: Any, *, eos_id: int, max_len: int, beam_size: int = 
       step = lambda tok, cache: model.decode_step(params, tok, cache)
       full = lambda toks: model.apply(params, None, {"targets": toks})
     if cached:
-      logits_fn, cache = step, model.init_cache(b, max_len)
+      logits_fn, cache = step, model.init_cache(b, steps)
     else:
       logits_fn, cache = decoding.uncached_logits_fn(
-          full, batch_size=b, max_len=max_len, eos_id=eos_id)
-    common = dict(max_len=max_len, eos_id=eos_id, prompt=prompt)
+          full, batch_size=b, max_len=steps, eos_id=eos_id)
+    common = dict(eos_id=eos_id, prompt=prompt)
     if k > 1:
-      tokens, _, log_probs = decoding.beam_search(logits_fn, cache, beam_size=k,
-                                                  alpha=alpha, **common)
-      return tokens[:, 0], log_probs[:, 0]
+      tokens, _, log_probs, done = decoding.beam_search(
+          logits_fn, cache, beam_size=k, alpha=alpha, max_len=max_len, max_steps=steps,
+          **common)
+      return tokens[:, 0], log_probs[:, 0], done
     if temperature > 0:
-      return decoding.sample(logits_fn, cache, rng, temperature=temperature,
-                             top_k=top_k, top_p=top_p, **common)
-    return decoding.greedy(logits_fn, cache, **common)
+      tokens, log_probs = decoding.sample(logits_fn, cache, rng, temperature=temperature,
+                                          top_k=top_k, top_p=top_p, max_len=steps, **common)
+    else:  # Greedy tokens up to EOS do not depend on how far the loop may go.
+      tokens, log_probs = decoding.greedy(logits_fn, cache, max_len=steps, **common)
+    return tokens, log_probs, (steps == max_len) | jnp.any(tokens == eos_id, axis=1)
 
   return jax.jit(generate)
 
@@ -103,9 +111,8 @@ def translate(exp: Any, params: Any, sources: Sequence[str], *,
               batch_size: int | None = None) -> list[str]:
   """Translates `sources` (seq2seq); returns text.
 
-  Sources are batched by length and padded to bucket widths (`batching`); a
-  source longer than `data.max_input_len` is cut, with one warning saying how
-  many were.
+  A source longer than `data.max_input_len` is cut, with one warning saying
+  how many were; decoding is `translate_ids`.
 
   Args:
     exp: the run's `experiment.Experiment` (config, tokenizers, mesh).
@@ -116,20 +123,39 @@ def translate(exp: Any, params: Any, sources: Sequence[str], *,
   Every process must call this with the same `sources` (each feeds only its
   rows of every batch).
   """
-  task, c = exp.task, exp.config
+  task = exp.task
   check_can_generate(task.kind, "translate")
-  e = c.eval
-  beam_size = beam_size or e.beam_size
-  max_len = max_len or (e.max_decode_len if e.max_decode_len > 0 else c.data.max_target_len)
-  batch_size = batch_size or e.batch_size
-  generate = exp.generate_fn(eos_id=task.target_tokenizer.eos_id, max_len=max_len,
-                             beam_size=beam_size, alpha=e.length_penalty)
-  width = c.data.max_input_len
+  width = exp.config.data.max_input_len
   rows = batching.cut_to([task.encode_inputs(s) for s in sources], width,
                          f"data.max_input_len={width}")
-  tokens = _run_batches(lambda x, _: generate(params, x)[0], rows,
-                        batching.bucket_widths(width), batch_size, exp.mesh)
+  tokens = translate_ids(exp, params, rows, beam_size=beam_size, max_len=max_len,
+                         batch_size=batch_size)
   return [task.target_tokenizer.decode(t) for t in tokens]
+
+
+def translate_ids(exp: Any, params: Any, rows: Sequence[Sequence[int]], *,
+                  beam_size: int | None = None, max_len: int | None = None,
+                  batch_size: int | None = None) -> list[list[int]]:
+  """Decoded token ids (pad 0 after EOS) of source rows of at most
+  `data.max_input_len` ids, as translate.py decodes them: length-sorted
+  batches padded to bucket widths, a short first pass, the unfinished rows
+  again in full (`batching.decode`). Defaults from `config.eval`.
+  """
+  c, e = exp.config, exp.config.eval
+  eos_id = exp.task.target_tokenizer.eos_id
+  beam_size = beam_size or e.beam_size
+  max_len = max_len or (e.max_decode_len if e.max_decode_len > 0 else c.data.max_target_len)
+
+  def generate(x, number: int, first: bool):
+    del number
+    steps = batching.first_pass_steps(x.shape[1], max_len) if first else max_len
+    fn = exp.generate_fn(eos_id=eos_id, max_len=max_len, beam_size=beam_size,
+                         alpha=e.length_penalty, max_steps=None if steps == max_len else steps)
+    tokens, _, done = fn(params, x)
+    return tokens, done
+
+  return _decode(generate, rows, batching.bucket_widths(c.data.max_input_len),
+                 batch_size or e.batch_size, exp.mesh)
 
 
 def continue_prompts(exp: Any, params: Any, prompts: Sequence[str], *, max_len: int,
@@ -144,38 +170,39 @@ def continue_prompts(exp: Any, params: Any, prompts: Sequence[str], *, max_len: 
   if width >= max_len:
     raise ValueError(f"max_len={max_len}: expected more than the longest prompt "
                      f"({width} tokens).")
-  generate = exp.generate_fn(eos_id=tok.eos_id, max_len=max_len, beam_size=beam_size,
-                             temperature=temperature, top_k=top_k, top_p=top_p)
+  fn = exp.generate_fn(eos_id=tok.eos_id, max_len=max_len, beam_size=beam_size,
+                       temperature=temperature, top_k=top_k, top_p=top_p)
   rng = jax.random.key(0) if rng is None else rng
-  # Each batch its own key: with one key for all, every batch would draw the
-  # same random numbers, and equal prompts in two batches the same text.
-  tokens = _run_batches(lambda x, i: generate(params, x, jax.random.fold_in(rng, i))[0],
-                        rows, batching.bucket_widths(width), batch_size, exp.mesh)
+
+  def generate(x, number: int, first: bool):
+    del first  # One full pass (no max_steps: every row is done), as a continuation
+    # may run to max_len. Each batch its own key: with one key for all, every
+    # batch would draw the same numbers, and equal prompts the same text.
+    tokens, _, done = fn(params, x, jax.random.fold_in(rng, number))
+    return tokens, done
+
+  tokens = _decode(generate, rows, batching.bucket_widths(width), batch_size, exp.mesh)
   return [tok.decode(t[len(r):]) for t, r in zip(tokens, rows)]
 
 
-def _run_batches(fn, rows: list[list[int]], widths: Sequence[int], batch_size: int,
-                 mesh: jax.sharding.Mesh) -> list[list[int]]:
-  """fn(batch [batch_size, width], batch index) over length-sorted batches
-  (`batching.plan`); outputs in input order.
-
-  The last batch is padded with empty rows, so each width compiles once.
+def _decode(generate, rows: list[list[int]], widths: Sequence[int], batch_size: int,
+            mesh: jax.sharding.Mesh) -> list[list[int]]:
+  """`batching.decode` with `generate(global batch, number, first) -> (tokens, done)`
+  run on the mesh: each process feeds its rows of every batch, outputs are
+  all-gathered, so every process gets every row's tokens.
   """
   n_proc, proc = jax.process_count(), jax.process_index()
   if batch_size % n_proc or batch_size % sharding.batch_shards(mesh):
     raise ValueError(f"batch_size={batch_size}: expected a multiple of the "
                      f"{n_proc} processes and of the mesh's batch shards.")
   local = batch_size // n_proc
-  out: list[list[int]] = [[] for _ in rows]
-  for number, (indices, width) in enumerate(batching.plan([len(r) for r in rows], batch_size,
-                                                          widths)):
-    batch = batching.pad(rows, indices, batch_size, width)  # [B, S]
+
+  def run(batch: np.ndarray, number: int, first: bool):
     mine = batch[proc * local:(proc + 1) * local]  # This process's rows.
-    tokens = fn(sharding.global_batch({"x": mine}, mesh)["x"], number)
-    tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
-    for i, t in zip(indices, tokens):
-      out[i] = t.tolist()
-  return out
+    out = generate(sharding.global_batch({"x": mine}, mesh)["x"], number, first)
+    return tuple(np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in out)
+
+  return [t.tolist() for t in batching.decode(rows, widths, batch_size, run)]
 
 
 def generate_text(exp: Any, params: Any, texts: Sequence[str], *, beam_size: int | None = None,

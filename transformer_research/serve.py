@@ -4,8 +4,9 @@
     python -m transformer_research.serve DIR < sentences.txt
 
 `launch/export.py` (`export.export_run`) writes DIR: the encoder and the
-cached beam search as one serialized `jax.export` artifact (StableHLO, with
-symbolic batch and source length), the parameters as a NumPy archive, the
+cached beam search as serialized `jax.export` artifacts (StableHLO, with
+symbolic batch and source length; one per number of decode steps that
+`batching.decode` runs), the parameters as a NumPy archive, the
 SentencePiece models, and `manifest.json` with the decoding settings and the
 sha256 of every file. This module imports only jax, numpy, sentencepiece and
 `batching` (no Haiku, no config, no checkpoint code), so DIR can be copied to
@@ -33,7 +34,7 @@ from transformer_research import batching
 
 MANIFEST = "manifest.json"
 FORMAT = "transformer_research.export/1"
-FUNCTION_FILE = "translate.jax_exported"
+FUNCTION_FILE = "translate_{steps}.jax_exported"  # One per number of decode steps.
 PARAMS_FILE = "params.npz"
 
 
@@ -91,14 +92,13 @@ class Translator:
   def __init__(self, directory: str):
     self.manifest = m = read_manifest(directory)
     path = lambda name: os.path.join(directory, name)
-    with open(path(m["function"]), "rb") as f:
-      self._exported = jax_export.deserialize(f.read())
+    self._functions = {}
+    for steps, name in m["functions"].items():
+      with open(path(name), "rb") as f:
+        self._functions[int(steps)] = jax_export.deserialize(f.read())
     with np.load(path(m["params"])) as archive:
-      leaves = [jax.device_put(archive[f"{i:04d}"]) for i in range(len(archive.files))]
-    # The artifact's arguments are (params, inputs): the parameters are its
-    # leading leaves, in the order of its input tree.
-    self._args = lambda inputs: jax.tree.unflatten(self._exported.in_tree, [*leaves, inputs])
-    self._call = jax.jit(self._exported.call)
+      self._params = [jax.device_put(archive[f"{i:04d}"]) for i in range(len(archive.files))]
+    self._calls = {steps: jax.jit(fn.call) for steps, fn in self._functions.items()}
     self._source = _SentencePiece(path(m["tokenizers"]["inputs"]))
     self._target = _SentencePiece(path(m["tokenizers"]["targets"]))
 
@@ -112,13 +112,19 @@ class Translator:
     rows = batching.cut_to([self._source.encode(s) for s in sources], width,
                            f"data.max_input_len={width}")
     batch_size = batching.batch_size_for(len(rows), m["batch_size"])
-    out = [""] * len(rows)
-    for indices, w in batching.plan([len(r) for r in rows], batch_size, m["bucket_widths"]):
-      args, kwargs = self._args(batching.pad(rows, indices, batch_size, w))
-      tokens = np.asarray(self._call(*args, **kwargs)[0])  # [B, L]
-      for i, t in zip(indices, tokens):
-        out[i] = self._target.decode(t)
-    return out
+    tokens = batching.decode(rows, m["bucket_widths"], batch_size, self._run)
+    return [self._target.decode(t) for t in tokens]
+
+  def _run(self, batch: np.ndarray, number: int, first: bool):
+    """One batch, as inference.translate runs it (see batching.decode)."""
+    del number
+    max_len = self.manifest["max_decode_len"]
+    steps = batching.first_pass_steps(batch.shape[1], max_len) if first else max_len
+    # The artifact's arguments are (params, inputs): the parameters are its
+    # leading leaves, in the order of its input tree.
+    args, kwargs = jax.tree.unflatten(self._functions[steps].in_tree, [*self._params, batch])
+    tokens, _, done = self._calls[steps](*args, **kwargs)
+    return np.asarray(tokens), np.asarray(done)
 
 
 def load_exported(directory: str) -> Translator:

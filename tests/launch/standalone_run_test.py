@@ -37,7 +37,7 @@ _WORDS = {"the": "el", "a": "un", "red": "rojo", "big": "grande", "small": "pequ
           "runs": "corre", "eats": "come", "my": "mi", "where is": "dónde está"}
 # Smaller and shorter than a smoke run: one layer each, 2 steps, no decoding in its eval.
 OVERRIDES = {"model.num_encoder_layers": 1, "model.num_decoder_layers": 1,
-             "data.vocab_size": 60, "data.max_input_len": 16, "data.max_target_len": 16,
+             "data.vocab_size": 60, "data.max_input_len": 16, "data.max_target_len": 24,
              "train.num_steps": 2, "eval.every_steps": 2, "eval.decode_examples": 0,
              "checkpoint.every_steps": 2, "eval.beam_size": 2, "eval.batch_size": 8}
 # Modules the exported translator must not need.
@@ -158,7 +158,11 @@ def test_run_translates_without_its_data_and_its_export_gives_the_same(run_dir, 
 def test_export_records_its_settings_and_files(exported):
   manifest = json.loads(pathlib.Path(exported, serve.MANIFEST).read_text())
   assert manifest["beam_size"] == 2 and manifest["bucket_widths"] == [8, 16]
-  assert sorted(manifest["files"]) == ["params.npz", "spm.model", "translate.jax_exported"]
+  # Width 8 first passes stop at 16 steps; width 16 ones and second passes run all 24.
+  assert manifest["functions"] == {"16": "translate_16.jax_exported",
+                                   "24": "translate_24.jax_exported"}
+  assert sorted(manifest["files"]) == ["params.npz", "spm.model", "translate_16.jax_exported",
+                                       "translate_24.jax_exported"]
   assert manifest["run"]["step"] == 2
 
 
