@@ -28,5 +28,6 @@ setuptools.setup(
         "tensorboardX>=2.6,<3",
         "matplotlib>=3.8,<4",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5"]},
+    # tensorboard: the tests read event files back with TensorBoard's own loader.
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "tensorboard>=2.16,<3"]},
 )

@@ -28,13 +28,13 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
-  multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+def _two_processes(workdir: str, steps: str) -> list[str]:
+  """Runs the 2-process worker (hybrid mesh) to each of `steps`; their outputs."""
   port = _free_port()
-  env = tiny_setup.subprocess_env(JAX_PLATFORMS="cpu")
   mesh = ["mesh.shape=(-1, 2, 1)", "mesh.dcn_shape=(2, 1, 1)"]
-  procs = [subprocess.Popen([sys.executable, WORKER, multi, f"multihost={i},2,{port},2,4", *mesh],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  procs = [subprocess.Popen([sys.executable, WORKER, workdir, f"multihost={i},2,{port},{steps}",
+                             *mesh], env=tiny_setup.subprocess_env(JAX_PLATFORMS="cpu"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(2)]
   try:
     outputs = [p.communicate(timeout=400)[0] for p in procs]
@@ -43,6 +43,12 @@ def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
       p.kill()
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
+  return outputs
+
+
+def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
+  multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+  outputs = _two_processes(multi, "2,4")
   for out in outputs:  # The second call resumed collectively from step 2.
     assert re.search(r"resumed from \S+ step 2; training from step 2 to 4", out), out[-3000:]
 
@@ -58,3 +64,23 @@ def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
       np.testing.assert_allclose(g[key], w[key], atol=1e-5, rtol=0, err_msg=f"{key} {g}")
   assert any("sequence_accuracy" in r for r in got)
   assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["2", "4"]
+
+
+def test_a_run_saved_by_two_processes_resumes_on_one_at_the_same_data_position(tmp_path):
+  """The data iterator's position is the same on every process, so a
+  checkpoint of 2 processes resumes on 1 (8 devices) where it stopped."""
+  multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+  _two_processes(multi, "2")
+  one = subprocess.run(tiny_setup.train_command(multi, **{"mesh.shape": "(-1,2,1)",
+                                                          "mesh.dcn_shape": "()"}),
+                       env=tiny_setup.subprocess_env(JAX_PLATFORMS="cpu"), capture_output=True,
+                       text=True, timeout=400)
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert re.search(r"resumed from \S+ step 2; training from step 2 to 4", one.stderr)
+
+  train_loop.train_and_evaluate(tiny_setup.task_config(**{"mesh.shape": (-1, 2, 1)}), single)
+  got, want = tiny_setup.records(multi), tiny_setup.records(single)
+  assert [(r["step"], r["split"]) for r in got] == [(r["step"], r["split"]) for r in want]
+  for g, w in zip(got, want):
+    for key in w.keys() - {"step", "split", *tiny_setup.TIMING}:
+      np.testing.assert_allclose(g[key], w[key], atol=1e-5, rtol=0, err_msg=f"{key} {g}")

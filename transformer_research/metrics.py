@@ -18,14 +18,26 @@ import jax
 class MetricsWriter:
   """Appends records to metrics.jsonl and TensorBoard (process 0 only)."""
 
-  def __init__(self, workdir: str, enabled: bool | None = None):
+  def __init__(self, workdir: str, enabled: bool | None = None, *,
+               resumed_step: int | None = None):
+    """Args:
+      workdir: the run directory.
+      enabled: whether this process writes; default: process 0 only.
+      resumed_step: the training loop's start step. TensorBoard events of
+        later steps (written by a run that was then killed before its next
+        checkpoint) are purged, as `truncate_after` drops such records, so
+        both logs show what the resumed run computed. None: no purge (a
+        writer that only appends, such as launch/evaluate.py's).
+    """
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       from tensorboardX import SummaryWriter  # Imported here: only process 0 needs it.
-      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), flush_secs=10)
+      purge = None if resumed_step is None else resumed_step + 1
+      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), flush_secs=10,
+                               purge_step=purge)
 
   def write(self, step: int, split: str, scalars: dict[str, Any]) -> dict[str, Any]:
     """Writes one record `{"step", "split", **scalars}` and returns it."""
@@ -40,8 +52,10 @@ class MetricsWriter:
     return record
 
   def truncate_after(self, step: int) -> None:
-    """Drops records newer than `step` (written after the checkpoint resumed
-    from), so a resumed run's metrics.jsonl equals an uninterrupted run's."""
+    """Drops the training loop's records newer than `step` (written after the
+    checkpoint resumed from), so a resumed run's metrics.jsonl equals an
+    uninterrupted run's. Records that `launch/evaluate.py` wrote (they carry
+    `"writer"`) are kept: they name the checkpoint step they evaluated."""
     if not self.enabled or not os.path.exists(self.path):
       return
     with open(self.path) as f:
@@ -49,10 +63,13 @@ class MetricsWriter:
     kept = []
     for line in lines:
       try:
-        if json.loads(line)["step"] <= step:
-          kept.append(line)
-      except (json.JSONDecodeError, KeyError):  # A line cut by a kill.
+        record = json.loads(line)
+        if record["step"] <= step or "writer" in record:
+          kept.append(line if line.endswith("\n") else line + "\n")
+      except (json.JSONDecodeError, KeyError, TypeError):  # A line cut by a kill.
         continue
+    if kept == lines:
+      return  # Nothing to drop: leave the file as it is.
     with open(self.path + ".tmp", "w") as f:
       f.writelines(kept)
     os.replace(self.path + ".tmp", self.path)
@@ -61,15 +78,6 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
-
-
-def write_config(config: Any, workdir: str) -> None:
-  """WORKDIR/config.json: the resolved config of the run (process 0)."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
 def _plain(value: Any) -> Any:
