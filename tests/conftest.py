@@ -3,11 +3,18 @@
 Multi-device behaviour is tested on CPU: XLA must be told to expose 8 host
 devices before jax is first imported, which is why this runs at import time
 of the conftest, ahead of every test module.
+
+Many tests start `launch/*.py` in a subprocess on the same tiny configs; a
+persistent compilation cache shared by the whole session (these processes
+included, through the environment) lets each compile once.
 """
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
