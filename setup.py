@@ -7,7 +7,11 @@ setuptools.setup(
     version="0.1.0",
     description="A small, readable Haiku/JAX research codebase for Transformers.",
     packages=setuptools.find_packages(include=["transformer_research", "transformer_research.*"]),
-    package_data={"transformer_research": ["data/builders/*/checksums.tsv", "data/builders/*/dummy_data/*"]},
+    # The spa-eng corpus (2.6 MB, CC BY 2.0) ships with the package, so the main
+    # job runs offline on a fresh machine.
+    package_data={"transformer_research": [
+        "data/builders/*/checksums.tsv", "data/builders/*/dummy_data/*",
+        "data/builders/spa_eng/spa-eng.zip", "data/builders/spa_eng/SPA_ENG_LICENSE.md"]},
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10.2,<0.11",
@@ -26,6 +30,7 @@ setuptools.setup(
         "tiktoken>=0.9,<1",
         "sacrebleu>=2.6.0,<3",
         "tensorboardX>=2.6,<3",
+        "tqdm>=4.66,<5",
         "matplotlib>=3.8,<4",
     ],
     # tensorboard: the tests read event files back with TensorBoard's own loader.

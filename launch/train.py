@@ -12,9 +12,7 @@ with a one-line error for a bad config, a run directory this config may not
 continue (or that another run holds), a diverged run or a full disk.
 """
 
-import logging as std_logging
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -22,7 +20,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from transformer_research import rundir
+from transformer_research import cli
 from transformer_research import train_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<task>.py[:variant]).",
@@ -42,30 +40,9 @@ _CPU_COLLECTIVES = flags.DEFINE_string("cpu_collectives", "gloo", "CPU collectiv
 _INIT_TIMEOUT = flags.DEFINE_integer("init_timeout_s", 300, "Seconds to wait for all processes.")
 
 
-def _quiet_orbax(record) -> bool:
-  """Drops Orbax's per-save INFO lines so the progress lines stay readable,
-  and the tracebacks of its background writes (its threads and their asyncio
-  futures): a failed write is reported once, as this script's one-line error."""
-  if "/orbax/" not in record.pathname and record.name != "asyncio":
-    return True
-  record.exc_info = record.exc_text = None
-  return record.levelno >= std_logging.WARNING
-
-
-def _quiet_closed_loops(unraisable) -> None:
-  """After a failed checkpoint write, tensorstore completes the write's other
-  futures on Orbax's already closed event loop; Python reports each as an
-  "unraisable" RuntimeError. They say nothing the one-line error does not."""
-  if not (isinstance(unraisable.exc_value, RuntimeError)
-          and str(unraisable.exc_value) == "Event loop is closed"):
-    sys.__unraisablehook__(unraisable)
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_quiet_orbax)
-  sys.unraisablehook = _quiet_closed_loops
   if _COORDINATOR.value or _DISTRIBUTED.value:
     kwargs = {}
     if _COORDINATOR.value:
@@ -79,18 +56,9 @@ def main(argv: list[str]) -> None:
   logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)
-  try:
-    train_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FloatingPointError, OSError, rundir.RunDirectoryInUse) as e:
-    # A bad config, a run directory that this config may not continue, a
-    # diverged run, a full disk: one line that says which (nothing was lost).
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    # The run's files are closed and its lock released by now. Exit at once:
-    # after a failed checkpoint write, Orbax's background threads would
-    # print their tracebacks again while the interpreter shuts down.
-    os._exit(1)  # pylint: disable=protected-access
+  train_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)

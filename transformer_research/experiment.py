@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 from typing import Any, Callable, Sequence
 
@@ -117,6 +118,11 @@ class Experiment:
     what a restore targets and what a compile check lowers against."""
     return training.abstract_train_state(self.model, self.optimizer, models.dummy_batch(self.kind),
                                          self.mesh, self.param_rules, self.config.seed)
+
+  @functools.cached_property
+  def param_count(self) -> int:
+    """Parameters of the model (from the abstract state: nothing is allocated)."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_state.params))
 
   @property
   def state_shardings(self) -> training.TrainState:

@@ -3,7 +3,9 @@
 One JSON object per (step, split) record, appended and flushed at once, so a
 killed run loses nothing it reported and `jq`/pandas read the file directly.
 The same scalars go to TensorBoard through tensorboardX under
-`WORKDIR/tensorboard/`. Only process 0 writes; other processes get a writer
+`WORKDIR/tensorboard/`, with what a record cannot hold: the config (as text,
+and flattened as hyper-parameters for the HParams tab), the parameter count,
+and a few source / reference / output triples per eval. Only process 0 writes; other processes get a writer
 that does nothing, so callers never branch on the process index.
 """
 
@@ -13,6 +15,8 @@ import os
 from typing import Any
 
 import jax
+
+from transformer_research import configs
 
 
 class MetricsWriter:
@@ -50,6 +54,32 @@ class MetricsWriter:
         if name not in ("step", "split") and isinstance(value, float) and math.isfinite(value):
           self._tb.add_scalar(f"{split}/{name}", value, int(step))
     return record
+
+  def write_run_info(self, config: Any, param_count: int, summary: str) -> None:
+    """TensorBoard: the config as text and as hyper-parameters, the run's size."""
+    if not self.enabled:
+      return
+    from tensorboardX.summary import hparams  # pylint: disable=g-import-not-at-top
+    self._tb.add_text("run/summary", summary, 0)
+    self._tb.add_text("run/config", "```\n" + config.to_json_best_effort(indent=2) + "\n```", 0)
+    values = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+              for k, v in configs.flatten(config).items()}
+    values["parameters"] = int(param_count)
+    # The HParams tab shows these eval scalars next to the values.
+    metrics = {f"{config.eval.split}/{name}": 0.0 for name in ("loss", "accuracy")}
+    for summary_proto in hparams(values, metrics):
+      self._tb.file_writer.add_summary(summary_proto)
+
+  def write_samples(self, step: int, split: str, examples: list[dict[str, Any]],
+                    outputs: list[str] | None, count: int) -> None:
+    """TensorBoard: the first `count` decoded examples of an eval, as a table."""
+    if not self.enabled or not outputs or count <= 0:
+      return
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
+    rows = ["| source | reference | output |", "| --- | --- | --- |"]
+    rows += [f"| {cell(ex['source'])} | {cell(ex['references'][0])} | {cell(out)} |"
+             for ex, out in list(zip(examples, outputs))[:count]]
+    self._tb.add_text(f"{split}/samples", "\n".join(rows), int(step))
 
   def truncate_after(self, step: int) -> None:
     """Drops the training loop's records newer than `step` (written after the

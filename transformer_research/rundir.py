@@ -37,6 +37,9 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from transformer_research import configs
+from transformer_research.configs import base
+
 # Fields a resumed run may not change: they define the model and the data it
 # learns from. Paths to the same data may move, and eval-only data may change.
 _FIXED_SECTIONS = ("model",)
@@ -208,11 +211,10 @@ def check_continues(previous: dict | None, config: Any, workdir: str) -> list[st
   """
   if previous is None:
     return []
-  old, new = _flatten(previous), _flatten(json.loads(config.to_json_best_effort()))
+  old, new = configs.flatten(previous), configs.flatten(config)
   # A field added to the configs since the run started did not exist then: at
   # its default it changes nothing (new fields default to the old behaviour).
-  from transformer_research.configs import base  # pylint: disable=g-import-not-at-top
-  defaults = _flatten(json.loads(base.get_config().to_json_best_effort()))
+  defaults = configs.flatten(base.get_config())
   changed = []
   for name in sorted(set(old) | set(new)):
     if old.get(name) == new.get(name):
@@ -264,17 +266,6 @@ def record_start(workdir: str, config: Any, origin: str, changed: list[str]) -> 
   with open(tmp, "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
   os.replace(tmp, os.path.join(workdir, "config.json"))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(_flatten(value, name + "."))
-    else:
-      out[name] = json.loads(json.dumps(value))  # Tuples and lists compare equal.
-  return out
 
 
 def _git_commit() -> str | None:

@@ -100,6 +100,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.grad_accum_steps = 1  # Micro-batches per step; batch_size is split.
   c.train.partitioning = "jit"  # "jit" (GSPMD) or "shard_map" (explicit pmean).
   c.train.log_every_steps = 50
+  # Steps traced with jax.profiler into WORKDIR/profile/, from the third step
+  # of a start (compilation and warm-up excluded); 0 = no trace.
+  c.train.profile_steps = 0
   c.train.peak_flops_per_device = -1.0  # For "mfu" in train records: FLOP/s of one device; -1 = measure a float32 matmul at start, 0 = don't report.
 
   # ----------------------------------------------------------------- eval
