@@ -15,13 +15,14 @@ Each step directory holds three items: `params` (so warm starts read only
 them), `train` (optimizer state, step, rng) and `extra` (JSON: the data
 iterator state of every process). Arrays are restored against the shardings
 of the current mesh, so a run saved on one mesh resumes on any other.
+Paths go through `etils.epath`, so the workdir may be a bucket (`gs://...`).
 """
 
 import json
 import logging
-import os
 from typing import Any
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -54,7 +55,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=bool(checkpoint_config.async_save),
         preservation_policy=policy, cleanup_tmp_directories=True, create=True)
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = _absolute(workdir) / "checkpoints"
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_handlers())
 
@@ -140,17 +141,17 @@ def restore_params(path: str, abstract: Any) -> Any:
     abstract: the parameters as `jax.ShapeDtypeStruct`s with the shardings
       to restore onto (`Experiment.abstract_state.params`).
   """
-  path = os.path.abspath(path)
+  path = _absolute(path)
   step = None
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  elif os.path.isdir(os.path.join(path, "params")) and os.path.basename(path).isdigit():
-    path, step = os.path.dirname(path), int(os.path.basename(path))
+  if (path / "checkpoints").is_dir():
+    path = path / "checkpoints"
+  elif (path / "params").is_dir() and path.name.isdigit():
+    path, step = path.parent, int(path.name)
   manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True),
                                   item_handlers=_handlers())
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise ValueError(f"config.checkpoint.init_from={path!r}: no checkpoint found there")
+    raise ValueError(f"config.checkpoint.init_from='{path}': no checkpoint found there")
   check_compatible(manager.item_metadata(step)["params"], abstract, path)
   restored = manager.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(abstract)))["params"]
@@ -160,8 +161,8 @@ def restore_params(path: str, abstract: Any) -> Any:
 
 def checkpoint_steps(workdir: str) -> list[int]:
   """Saved steps under WORKDIR/checkpoints, oldest first ([] if none)."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
+  directory = _absolute(workdir) / "checkpoints"
+  if not directory.is_dir():
     return []
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       read_only=True))
@@ -189,6 +190,13 @@ def check_compatible(saved: Any, params: Any, directory: str) -> None:
           f"checkpoint in {directory} is incompatible with this config: parameter {name} "
           f"has shape {saved_shapes.get(name, 'missing')} in the checkpoint and "
           f"{shapes.get(name, 'missing')} in the model; use a new --workdir")
+
+
+def _absolute(path: str | epath.Path) -> epath.Path:
+  """Orbax wants absolute paths; `gs://...` already is one (`epath`'s
+  `absolute()` would prefix it with the current directory)."""
+  path = epath.Path(path)
+  return path if path.is_absolute() else path.absolute()
 
 
 def _handlers() -> dict[str, ocp.CheckpointHandler]:

@@ -20,9 +20,9 @@ their run here, so "the model of this config" is written once.
 import dataclasses
 import functools
 import json
-import os
 from typing import Any, Callable, Sequence
 
+from etils import epath
 import jax
 import ml_collections
 
@@ -168,10 +168,9 @@ def load_run(workdir: str, step: int | None = None) -> Run:
     ValueError: no config.json or no checkpoint in `workdir`, or `step` was
       not saved, each naming what was found.
   """
-  workdir = os.path.abspath(workdir)
-  config_path = os.path.join(workdir, "config.json")
+  config_path = epath.Path(workdir) / "config.json"
   steps = checkpointing.checkpoint_steps(workdir)
-  if not os.path.exists(config_path) or not steps:
+  if not config_path.exists() or not steps:
     raise ValueError(
         f"workdir={workdir!r} has no {'config.json' if steps else 'checkpoint'}: "
         "expected the workdir of a training run (launch/train.py --workdir=...) "
@@ -181,8 +180,7 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   elif step not in steps:
     raise ValueError(f"step={step}: no checkpoint of that step in {workdir}; "
                      f"expected one of {steps}.")
-  with open(config_path) as f:
-    exp = Experiment(ml_collections.ConfigDict(json.load(f)), workdir)
-  params = checkpointing.restore_params(os.path.join(workdir, "checkpoints", str(step)),
+  exp = Experiment(ml_collections.ConfigDict(json.loads(config_path.read_text())), workdir)
+  params = checkpointing.restore_params(epath.Path(workdir) / "checkpoints" / str(step),
                                         exp.abstract_state.params)
   return Run(exp, params, step)

@@ -4,14 +4,15 @@ The metrics file is the run's one record (training loop and standalone
 evaluation both append to it), so plots need no TensorBoard and no checkpoint,
 and can be redrawn while a run is going. Records are one JSON object per
 (step, split); a resumed run may repeat a step, and the last record wins.
+Files go through `etils.epath`, so the workdir and out_dir may be buckets.
 """
 
 import collections
 import json
-import os
 import re
 from typing import Any
 
+from etils import epath
 import matplotlib
 
 matplotlib.use("Agg")  # Files only: no display on servers and CI.
@@ -31,8 +32,7 @@ LENGTH_KEY = re.compile(r"^sequence_accuracy_len_(\d+)$")
 def read_metrics(path: str) -> list[dict[str, Any]]:
   """Parses metrics.jsonl; a torn last line (a run killed mid-write) is skipped."""
   records = []
-  with open(path) as f:
-    lines = f.read().splitlines()
+  lines = epath.Path(path).read_text().splitlines()
   for i, line in enumerate(lines):
     if not line.strip():
       continue
@@ -75,7 +75,7 @@ def plot_curves(records: list[dict[str, Any]], out_dir: str) -> list[str]:
     ax.set_xlabel("step")
     ax.legend()
     ax.grid(alpha=0.3)
-    written.append(_save(fig, os.path.join(out_dir, name)))
+    written.append(_save(fig, epath.Path(out_dir) / name))
   return written
 
 
@@ -103,14 +103,15 @@ def plot_per_length(records: list[dict[str, Any]], out_dir: str,
   ax.set_ylim(-0.02, 1.02)
   ax.legend()
   ax.grid(alpha=0.3)
-  return _save(fig, os.path.join(out_dir, "per_length_accuracy.png"))
+  return _save(fig, epath.Path(out_dir) / "per_length_accuracy.png")
 
 
-def _save(fig, path: str) -> str:
+def _save(fig, path: epath.Path) -> str:
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with path.open("wb") as f:
+    fig.savefig(f, dpi=100, format="png")
   plt.close(fig)  # Figures otherwise pile up in pyplot's global registry.
-  return path
+  return str(path)
 
 
 def plot_workdir(workdir: str, out_dir: str | None = None) -> list[str]:
@@ -119,15 +120,15 @@ def plot_workdir(workdir: str, out_dir: str | None = None) -> list[str]:
   Raises:
     ValueError: the workdir has no metrics.jsonl, or it holds no records.
   """
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
     raise ValueError(f"workdir={workdir!r} has no metrics.jsonl: expected the "
                      "workdir of a training run.")
   records = read_metrics(path)
   if not records:
     raise ValueError(f"{path} is empty: expected at least one metrics record.")
-  out_dir = out_dir or os.path.join(workdir, "plots")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = epath.Path(out_dir or epath.Path(workdir) / "plots")
+  out_dir.mkdir(parents=True, exist_ok=True)
   written = plot_curves(records, out_dir)
   per_length = plot_per_length(records, out_dir)
   return written + ([per_length] if per_length else [])

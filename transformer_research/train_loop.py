@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -53,7 +52,6 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
       a workdir written by an incompatible model.
   """
   # --------------------------------------------------------------- set-up
-  workdir = os.path.abspath(workdir)
   exp = experiment.Experiment(config, workdir)
   sharding.check_batch_size(config.train.batch_size, exp.mesh)  # Before any compile.
   sharding.check_batch_size(config.eval.batch_size, exp.mesh, "config.eval.batch_size")

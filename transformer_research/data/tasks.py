@@ -21,9 +21,9 @@ chunks of `max_target_len` tokens, the last one ending with EOS.
 
 import dataclasses
 import functools
-import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from etils import epath
 import ml_collections
 import numpy as np
 
@@ -304,7 +304,7 @@ def _text_tokenizers(name: str, kind: str, data: ml_collections.ConfigDict,
                         else train[i]["text"]) for i in range(len(train)))
       suffix = f"{data.vocab_size}{'_std' if data.standardize else ''}.model"
       tok = tok_lib.load_or_train_sentencepiece(
-          os.path.join(workdir, f"spm_{name}_{suffix}"), texts, data.vocab_size, **procs)
+          epath.Path(workdir) / f"spm_{name}_{suffix}", texts, data.vocab_size, **procs)
       pair = (tok, tok)
   elif data.tokenizer == "bpemb":
     cache = dict(cache_dir=data.bpemb_cache_dir or None)
