@@ -1,0 +1,54 @@
+"""Where run files live: a local directory or a bucket (`gs://bucket/run`).
+
+Every file the project reads or writes goes through `etils.epath` (gcsfs
+behind it for gs://; Orbax's tensorstore for checkpoint arrays), so one code
+path serves both. What differs is checked here once, before a run writes
+anything: a bucket must exist and be reachable with the machine's Google
+Cloud credentials, so a typo or a missing login is one clear line instead of a
+stack of HTTP retries after half a run directory was written.
+"""
+
+import os
+
+from etils import epath
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+  """True for object-store paths (gs://, s3://), which cannot append or rename atomically."""
+  return "://" in os.fspath(path)
+
+
+def check_workdir(workdir: str | os.PathLike) -> None:
+  """Fails early when a gs:// run directory cannot be used.
+
+  Local directories are created as needed later; nothing is checked.
+
+  Raises:
+    ValueError: no Google Cloud credentials were found, or the bucket does not
+      exist (or these credentials may not read it), naming the bucket.
+  """
+  path = os.fspath(workdir)
+  if not path.startswith("gs://"):
+    return
+  bucket = path[len("gs://"):].split("/", 1)[0]
+  if not bucket:
+    raise ValueError(f"--workdir={path!r}: expected gs://BUCKET/DIR")
+  if not os.environ.get("STORAGE_EMULATOR_HOST"):  # An emulator needs no credentials.
+    import google.auth  # pylint: disable=g-import-not-at-top  (only for buckets)
+    from google.auth import exceptions  # pylint: disable=g-import-not-at-top
+    try:
+      google.auth.default()
+    except exceptions.DefaultCredentialsError:
+      raise ValueError(
+          f"--workdir={path}: no Google Cloud credentials found; run `gcloud auth "
+          "application-default login` or set GOOGLE_APPLICATION_CREDENTIALS (a TPU or GCE VM "
+          "uses its service account)") from None
+  try:
+    exists = epath.Path(f"gs://{bucket}").exists()
+  except Exception as e:  # gcsfs raises HTTP and auth errors of several kinds.
+    raise ValueError(f"--workdir={path}: bucket gs://{bucket} is not reachable "
+                     f"({type(e).__name__}: {str(e).strip()[:200]})") from None
+  if not exists:
+    raise ValueError(f"--workdir={path}: bucket gs://{bucket} does not exist or these "
+                     "credentials may not read it; create it (gcloud storage buckets create "
+                     f"gs://{bucket}) or fix the name")
