@@ -1,18 +1,15 @@
-"""Subprocess entry point for the kill / multi-host tests (not a test module).
+"""Subprocess entry point for the kill test (not a test module).
 
   python tests/train_worker.py WORKDIR kill_after=N      # SIGKILL itself once
                                                          # step N's checkpoint is on disk
-  python tests/train_worker.py WORKDIR multihost=I,P,PORT,STEPS[,STEPS...]
-      # process I of P (4 CPU devices each, gloo): trains to each STEPS in turn
-      # on the same workdir, so later calls resume collectively.
 
-Both use `tiny_setup.task_config()`; extra `key=value` args (dotted config
+It uses `tiny_setup.task_config()`; extra `key=value` args (dotted config
 names, Python literals) override it. Run with `tests/` on PYTHONPATH (the
-tests do), so `tiny_setup` imports.
+tests do), so `tiny_setup` imports. (Multi-process runs are tested through
+launch/train.py itself, in multihost_test.py.)
 """
 
 import ast
-import logging
 import os
 import signal
 import sys
@@ -20,10 +17,7 @@ import sys
 
 def main(workdir: str, mode: str, *overrides: str) -> None:
   name, value = mode.split("=")
-  if name == "multihost":
-    process_id, num_processes, port, *steps = (int(v) for v in value.split(","))
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-  import jax  # After XLA_FLAGS: the device count is read at first use.
+  import jax
   import tiny_setup
   from transformer_research import checkpointing
   from transformer_research import train_loop
@@ -41,15 +35,7 @@ def main(workdir: str, mode: str, *overrides: str) -> None:
     checkpointing.Checkpointer.save = save_then_die
     train_loop.train_and_evaluate(tiny_setup.task_config(**config_overrides), workdir)
     raise SystemExit(f"step {kill_step} was never checkpointed")
-  logging.getLogger().setLevel(logging.INFO)  # The test reads the "resumed from" line.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
-                             num_processes=num_processes, process_id=process_id,
-                             initialization_timeout=60)
-  for num_steps in steps:
-    train_loop.train_and_evaluate(
-        tiny_setup.task_config(**{**config_overrides, "train.num_steps": num_steps}), workdir)
-  jax.distributed.shutdown()
+  raise SystemExit(f"unknown mode {mode!r}: expected kill_after=N")
 
 
 if __name__ == "__main__":

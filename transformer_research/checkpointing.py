@@ -18,17 +18,15 @@ of the current mesh, so a run saved on one mesh resumes on any other.
 Paths go through `etils.epath`, so the workdir may be a bucket (`gs://...`).
 """
 
-import json
 import logging
 from typing import Any
 
 from etils import epath
 import jax
-from jax.experimental import multihost_utils
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from transformer_research import distributed
 from transformer_research.training import TrainState
 
 
@@ -73,7 +71,7 @@ class Checkpointer:
         params=ocp.args.StandardSave(state.params),
         train=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step,
                                      "rng": state.rng}),
-        extra=ocp.args.JsonSave({"data": _gather_json(data_state)})),
+        extra=ocp.args.JsonSave({"data": distributed.gather_json(data_state)})),
         metrics=keep_metrics, force=True)
 
   def resume(self, state: TrainState, shardings: TrainState) -> tuple[TrainState, dict | None, str]:
@@ -208,16 +206,3 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
 def _abstract(state: TrainState, shardings: TrainState) -> TrainState:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       state, shardings)
-
-
-def _gather_json(obj: Any) -> list:
-  """[state of process 0, state of process 1, ...] on every process."""
-  if jax.process_count() == 1:
-    return [obj]
-  raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
-  lengths = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int32)))
-  padded = np.zeros(int(lengths.max()), np.uint8)
-  padded[:raw.size] = raw
-  gathered = np.asarray(multihost_utils.process_allgather(padded))  # [P, L]
-  return [json.loads(bytes(gathered[i, :int(lengths[i, 0])]).decode())
-          for i in range(jax.process_count())]

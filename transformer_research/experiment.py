@@ -31,6 +31,7 @@ from transformer_research import inference
 from transformer_research import models
 from transformer_research import optim
 from transformer_research import sharding
+from transformer_research import storage
 from transformer_research import training
 from transformer_research.data import tasks
 
@@ -168,6 +169,7 @@ def load_run(workdir: str, step: int | None = None) -> Run:
     ValueError: no config.json or no checkpoint in `workdir`, or `step` was
       not saved, each naming what was found.
   """
+  storage.check_workdir(workdir)
   config_path = epath.Path(workdir) / "config.json"
   steps = checkpointing.checkpoint_steps(workdir)
   if not config_path.exists() or not steps:

@@ -20,6 +20,8 @@ from typing import Any
 from etils import epath
 import jax
 
+from transformer_research import storage
+
 
 class MetricsWriter:
   """Appends records to metrics.jsonl and TensorBoard (process 0 only)."""
@@ -85,16 +87,12 @@ def append_line(path: epath.Path, line: str) -> None:
   written. Object stores (gs://) have no append: the object is rewritten whole.
   """
   path = epath.Path(path)
-  if not _is_remote(path):
+  if not storage.is_remote(path):
     with path.open("a") as f:
       f.write(line + "\n")
     return
   old = path.read_text() if path.exists() else ""
   path.write_text(old + line + "\n")
-
-
-def _is_remote(path: epath.Path) -> bool:
-  return "://" in str(path)
 
 
 class _RemoteEventFile:

@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")  # Files only: no display on servers and CI.
 import matplotlib.pyplot as plt  # noqa: E402  (after use("Agg"))
 
+from transformer_research import storage  # noqa: E402
+
 # Metric groups -> one figure each: (file name, metric names, log-scale y).
 FIGURES = (
     ("loss.png", ("loss",), True),
@@ -120,6 +122,7 @@ def plot_workdir(workdir: str, out_dir: str | None = None) -> list[str]:
   Raises:
     ValueError: the workdir has no metrics.jsonl, or it holds no records.
   """
+  storage.check_workdir(workdir)
   path = epath.Path(workdir) / "metrics.jsonl"
   if not path.exists():
     raise ValueError(f"workdir={workdir!r} has no metrics.jsonl: expected the "
