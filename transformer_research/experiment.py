@@ -87,7 +87,8 @@ class Experiment:
   def model(self) -> models.Model:
     v = self.vocab
     return models.build(self.config.model, self.kind, input_vocab_size=v.input,
-                        target_vocab_size=v.target, num_classes=v.num_classes)
+                        target_vocab_size=v.target, num_classes=v.num_classes,
+                        platform=self.mesh.devices.flat[0].platform)
 
   @functools.cached_property
   def _optimizer_and_schedule(self) -> tuple[Any, Any]:
