@@ -16,6 +16,8 @@ is the one place that knows about more than one process:
   and a dataset prepared into a shared directory (a bucket) is found there.
 * `gather_json` collects one small JSON value per process on every process
   (the data iterator states a checkpoint holds).
+* `fail_fast` makes a process that raises exit at once, so the others stop
+  within the heartbeat timeout instead of waiting for it in a collective.
 
 With one process every function here is a cheap no-op, so callers never
 branch on the process count.
