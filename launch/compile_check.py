@@ -50,7 +50,21 @@ def _line(what: str, memory: aot.Memory, hbm: int) -> bool:
   return fits
 
 
-def _check(config, topo: aot.Topology, decode_batch: int | None) -> tuple[bool, aot.Memory]:
+def _measure(what: str, measure, hbm: int) -> tuple[bool, aot.Memory | None]:
+  """Runs one `aot.*_memory` call and prints its line; (fits, memory or None if refused)."""
+  try:
+    memory = measure()
+  except aot.DoesNotFit as e:
+    print(f"  {what}: params {_gib(e.params)} | optimizer state {_gib(e.opt_state)} | the TPU "
+          f"compiler refused it ({e}): DOES NOT FIT")
+    return False, None
+  if memory is None:
+    return True, None
+  return _line(what, memory, hbm), memory
+
+
+def _check(config, topo: aot.Topology, decode_batch: int | None,
+           decode: bool = True) -> tuple[bool, aot.Memory]:
   """Prints the figures of one config on `topo`; returns (fits, train memory)."""
   from transformer_research import experiment  # pylint: disable=g-import-not-at-top
   exp = experiment.Experiment(config, devices=topo.devices)
@@ -59,12 +73,13 @@ def _check(config, topo: aot.Topology, decode_batch: int | None) -> tuple[bool, 
         f"{aot.parameter_count(exp) / 1e6:.1f}M parameters, compute "
         f"{exp.model.options.compute_dtype.__name__}, optimizer {config.train.optimizer}; mesh "
         f"{dict(mesh.shape)} on {topo.name} ({len(topo.devices)} x {topo.devices[0].device_kind})")
-  train = aot.train_step_memory(exp)
-  fits = _line(f"train step, batch {config.train.batch_size}", train, topo.hbm_bytes)
+  fits, train = _measure(f"train step, batch {config.train.batch_size}",
+                         lambda: aot.train_step_memory(exp), topo.hbm_bytes)
   batch = decode_batch or config.eval.batch_size
-  decode = aot.decode_memory(exp, batch)
-  if decode is not None:
-    fits &= _line(f"decode, batch {batch}, beam {config.eval.beam_size}", decode, topo.hbm_bytes)
+  if decode and exp.kind in ("seq2seq", "lm"):
+    decode_fits, _ = _measure(f"decode, batch {batch}, beam {config.eval.beam_size}",
+                              lambda: aot.decode_memory(exp, batch), topo.hbm_bytes)
+    fits &= decode_fits
   return fits, train
 
 
@@ -86,6 +101,9 @@ def main(argv: list[str]) -> None:
     # This tool never runs a computation: the host's CPU backend is all JAX needs to start
     # (TPU programs compile through the topology description).
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # libtpu takes a machine-wide lock file meant for processes that drive TPU chips; a
+    # compile-only process drives none, so several checks may run at once.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     if not exact:  # One CPU device per chip; must be set before JAX starts its CPU backend.
       os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                  f" --xla_force_host_platform_device_count={chips}")
@@ -100,14 +118,16 @@ def main(argv: list[str]) -> None:
     if _COMPARE.value:
       other = _with(config, **{"mesh.shape": tuple(ast.literal_eval(_COMPARE.value))})
       _, other_train = _check(other, topo, _DECODE_BATCH.value)
+      if train is None or other_train is None:
+        raise ValueError("--compare_mesh: a train step that does not compile has no figures")
       ratio = (train.params + train.opt_state) / max(other_train.params + other_train.opt_state, 1)
       print(f"parameter + optimizer bytes per device: {_gib(train.params + train.opt_state)} "
             f"(mesh {tuple(config.mesh.shape)}) / {_gib(other_train.params + other_train.opt_state)}"
             f" (mesh {tuple(other.mesh.shape)}) = {ratio:.4f} (1/{1 / ratio:.2f})")
     if _FIND_MAX_BATCH.value:
-      batch, largest = config.train.batch_size, None
-      while True:
-        ok, _ = _check(_with(config, **{"train.batch_size": batch}), topo, _DECODE_BATCH.value)
+      batch, largest = config.train.batch_size * 2, config.train.batch_size if fits else None
+      while largest:  # Only the train step depends on train.batch_size.
+        ok, _ = _check(_with(config, **{"train.batch_size": batch}), topo, None, decode=False)
         if not ok:
           break
         largest, batch = batch, batch * 2

@@ -82,8 +82,16 @@ def topology(name: str, cpu_devices: list | None = None) -> Topology:
                        "are available for the estimate")
     return Topology(name, list(cpu_devices), hbm, exact=False)
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  grid = tuple(int(n) for n in name.partition(":")[2].split("x"))
   try:
-    desc = topologies.get_topology_desc(platform="tpu", topology_name=name)
+    try:
+      desc = topologies.get_topology_desc(platform="tpu", topology_name=name)
+    except Exception as e:  # pylint: disable=broad-except
+      if "chips_per_host_bounds" not in str(e):
+        raise
+      # A grid smaller than one host's chips (v5e:1x1, a single chip): one host holds all.
+      desc = topologies.get_topology_desc(platform="tpu", topology_name=name,
+                                          chips_per_host_bounds=(grid + (1,))[:3])
   except Exception as e:  # libtpu reports a bad grid as a runtime error.
     raise ValueError(f"--topology={name!r}: libtpu does not know this topology "
                      f"({str(e).strip().splitlines()[0][:200]}); expected e.g. 'v5e:4x4', "
@@ -139,6 +147,32 @@ def per_device_bytes(tree: Any) -> int:
   return total
 
 
+class DoesNotFit(Exception):
+  """The TPU compiler itself refused the program: it needs more HBM than a chip has.
+
+  Attributes:
+    params, opt_state: per-device bytes of the resident state (known from the
+      shardings without compiling).
+  """
+
+  def __init__(self, message: str, params: int, opt_state: int):
+    super().__init__(message)
+    self.params, self.opt_state = params, opt_state
+
+
+def _compile(lowered: Any, params: Any, opt_state: Any) -> Memory:
+  """Compiles and reads the memory figures; raises DoesNotFit on XLA's out-of-HBM error."""
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # pylint: disable=broad-except  (JaxRuntimeError)
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    line = next((l for l in str(e).splitlines() if "RESOURCE_EXHAUSTED" in l), str(e))
+    raise DoesNotFit(line.split("RESOURCE_EXHAUSTED:", 1)[-1].strip()[:300],
+                     per_device_bytes(params), per_device_bytes(opt_state)) from None
+  return _memory(compiled, params, opt_state)
+
+
 def _memory(compiled: Any, params: Any, opt_state: Any) -> Memory:
   ma = compiled.memory_analysis()
   outputs = max(int(ma.output_size_in_bytes) - int(ma.alias_size_in_bytes), 0)
@@ -148,11 +182,14 @@ def _memory(compiled: Any, params: Any, opt_state: Any) -> Memory:
 
 
 def train_step_memory(exp: experiment.Experiment) -> Memory:
-  """Compiles `exp.train_step` for its mesh and reads its memory use."""
+  """Compiles `exp.train_step` for its mesh and reads its memory use.
+
+  Raises:
+    DoesNotFit: the TPU compiler ran out of HBM (CPU compiles never do).
+  """
   state = exp.abstract_state
   batch = abstract_batch(exp.config, exp.kind, exp.mesh, exp.config.train.batch_size)
-  compiled = exp.train_step.lower(state, batch).compile()
-  return _memory(compiled, state.params, state.opt_state)
+  return _compile(exp.train_step.lower(state, batch), state.params, state.opt_state)
 
 
 def decode_memory(exp: experiment.Experiment, batch_size: int) -> Memory | None:
@@ -168,8 +205,7 @@ def decode_memory(exp: experiment.Experiment, batch_size: int) -> Memory | None:
   inputs = jax.ShapeDtypeStruct((batch_size, length), np.int32,
                                 sharding=sharding.batch_sharding(exp.mesh))
   params = exp.abstract_state.params
-  compiled = generate.lower(params, inputs).compile()
-  return _memory(compiled, params, {})
+  return _compile(generate.lower(params, inputs), params, {})
 
 
 def parameter_count(exp: experiment.Experiment) -> int:
