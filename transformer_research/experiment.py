@@ -20,6 +20,7 @@ their run here, so "the model of this config" is written once.
 import dataclasses
 import functools
 import json
+import logging
 from typing import Any, Callable, Sequence
 
 from etils import epath
@@ -142,6 +143,11 @@ class Experiment:
     return training.jit_eval_step(training.make_eval_step(self.model, self.kind),
                                   self.state_shardings, self.mesh)
 
+  @functools.cached_property
+  def state_is_finite(self) -> Callable[[training.TrainState], jax.Array]:
+    """Jitted: are the parameters and optimizer state all finite?"""
+    return jax.jit(lambda state: training.all_finite((state.params, state.opt_state)))
+
   def generate_fn(self, **settings: Any) -> Callable:
     """`inference.make_generate_fn(self.model, **settings)`, compiled once per settings,
     so every eval of a run reuses one decoder."""
@@ -164,11 +170,13 @@ def load_run(workdir: str, step: int | None = None) -> Run:
 
   Args:
     workdir: a directory written by `train_loop.train_and_evaluate`.
-    step: the checkpoint step; None = the latest.
+    step: the checkpoint step; None = the newest one that can be read (a
+      warning names it when a newer one cannot). Nothing is moved or
+      changed: a run may be training in `workdir`.
 
   Raises:
-    ValueError: no config.json or no checkpoint in `workdir`, or `step` was
-      not saved, each naming what was found.
+    ValueError: no config.json or no (readable) checkpoint in `workdir`, or
+      `step` was not saved, each naming what was found.
   """
   storage.check_workdir(workdir)
   config_path = epath.Path(workdir) / "config.json"
@@ -178,12 +186,24 @@ def load_run(workdir: str, step: int | None = None) -> Run:
         f"workdir={workdir!r} has no {'config.json' if steps else 'checkpoint'}: "
         "expected the workdir of a training run (launch/train.py --workdir=...) "
         "that saved at least one checkpoint.")
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
+  if step is not None and step not in steps:
     raise ValueError(f"step={step}: no checkpoint of that step in {workdir}; "
                      f"expected one of {steps}.")
   exp = Experiment(ml_collections.ConfigDict(json.loads(config_path.read_text())), workdir)
-  params = checkpointing.restore_params(epath.Path(workdir) / "checkpoints" / str(step),
-                                        exp.abstract_state.params)
-  return Run(exp, params, step)
+  for candidate in [step] if step is not None else reversed(steps):
+    try:
+      params = checkpointing.restore_params(
+          epath.Path(workdir) / "checkpoints" / str(candidate), exp.abstract_state.params)
+    except checkpointing.IncompatibleCheckpoint:
+      raise
+    except Exception as e:  # Truncated or missing files.
+      if step is not None:
+        raise ValueError(f"checkpoint step {step} in {workdir} cannot be read ({e})") from e
+      logging.warning("checkpoint step %d in %s cannot be read (%s); trying the previous one",
+                      candidate, workdir, e)
+      continue
+    if candidate != steps[-1]:
+      logging.warning("using step %d, the newest checkpoint of %s that can be read",
+                      candidate, workdir)
+    return Run(exp, params, candidate)
+  raise ValueError(f"no checkpoint in {workdir} can be read (steps {steps}).")

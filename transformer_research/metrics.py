@@ -26,7 +26,17 @@ from transformer_research import storage
 class MetricsWriter:
   """Appends records to metrics.jsonl and TensorBoard (process 0 only)."""
 
-  def __init__(self, workdir: str, enabled: bool | None = None):
+  def __init__(self, workdir: str, enabled: bool | None = None, *,
+               resumed_step: int | None = None):
+    """Args:
+      workdir: the run directory.
+      enabled: whether this process writes; default: process 0 only.
+      resumed_step: the training loop's start step. TensorBoard events of
+        later steps (written by a run that was then killed before its next
+        checkpoint) are purged, as `truncate_after` drops such records, so
+        both logs show what the resumed run computed. None: no purge (a
+        writer that only appends, such as launch/evaluate.py's).
+    """
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     workdir = epath.Path(workdir)
     self.path = workdir / "metrics.jsonl"
@@ -35,64 +45,45 @@ class MetricsWriter:
       workdir.mkdir(parents=True, exist_ok=True)
       from tensorboardX import SummaryWriter  # Imported here: only process 0 needs it.
       _register_remote_event_files()
-      self._tb = SummaryWriter(logdir=str(workdir / "tensorboard"), flush_secs=10)
+      purge = None if resumed_step is None else resumed_step + 1
+      self._tb = SummaryWriter(logdir=str(workdir / "tensorboard"), flush_secs=10,
+                               purge_step=purge)
 
   def write(self, step: int, split: str, scalars: dict[str, Any]) -> dict[str, Any]:
     """Writes one record `{"step", "split", **scalars}` and returns it."""
     record = {"step": int(step), "split": split}
     record.update({k: _plain(v) for k, v in scalars.items()})
     if self.enabled:
-      append_line(self.path, json.dumps(record))
+      storage.append_line(self.path, json.dumps(record))
       for name, value in record.items():
         if name not in ("step", "split") and isinstance(value, float) and math.isfinite(value):
           self._tb.add_scalar(f"{split}/{name}", value, int(step))
     return record
 
   def truncate_after(self, step: int) -> None:
-    """Drops records newer than `step` (written after the checkpoint resumed
-    from), so a resumed run's metrics.jsonl equals an uninterrupted run's."""
+    """Drops the training loop's records newer than `step` (written after the
+    checkpoint resumed from), so a resumed run's metrics.jsonl equals an
+    uninterrupted run's. Records that `launch/evaluate.py` wrote (they carry
+    `"writer"`) are kept: they name the checkpoint step they evaluated."""
     if not self.enabled or not self.path.exists():
       return
     lines = [line + "\n" for line in self.path.read_text().splitlines() if line.strip()]
     kept = []
     for line in lines:
       try:
-        if json.loads(line)["step"] <= step:
-          kept.append(line)
-      except (json.JSONDecodeError, KeyError):  # A line cut by a kill.
+        record = json.loads(line)
+        if record["step"] <= step or "writer" in record:
+          kept.append(line if line.endswith("\n") else line + "\n")
+      except (json.JSONDecodeError, KeyError, TypeError):  # A line cut by a kill.
         continue
-    tmp = self.path.parent / (self.path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(self.path)
+    if kept == lines:
+      return  # Nothing to drop: leave the file as it is.
+    storage.replace_text(self.path, "".join(kept))
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
-
-
-def write_config(config: Any, workdir: str) -> None:
-  """WORKDIR/config.json: the resolved config of the run (process 0)."""
-  if jax.process_index() != 0:
-    return
-  workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-
-
-def append_line(path: epath.Path, line: str) -> None:
-  """Appends `line` + newline to `path` (created if missing).
-
-  Local files are opened for appending, so a kill loses at most the line being
-  written. Object stores (gs://) have no append: the object is rewritten whole.
-  """
-  path = epath.Path(path)
-  if not storage.is_remote(path):
-    with path.open("a") as f:
-      f.write(line + "\n")
-    return
-  old = path.read_text() if path.exists() else ""
-  path.write_text(old + line + "\n")
 
 
 class _RemoteEventFile:

@@ -52,3 +52,52 @@ def check_workdir(workdir: str | os.PathLike) -> None:
     raise ValueError(f"--workdir={path}: bucket gs://{bucket} does not exist or these "
                      "credentials may not read it; create it (gcloud storage buckets create "
                      f"gs://{bucket}) or fix the name")
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+  """Appends `line` + newline to `path` (created if missing).
+
+  Local files are opened for appending, so a kill loses at most the line being
+  written. Object stores (gs://) have no append: the object is rewritten whole.
+  """
+  path = epath.Path(path)
+  if not is_remote(path):
+    with path.open("a") as f:
+      f.write(line + "\n")
+    return
+  old = path.read_text() if path.exists() else ""
+  path.write_text(old + line + "\n")
+
+
+def create_exclusive(path: str | os.PathLike, text: str) -> bool:
+  """Creates `path` holding `text` unless it exists; whether this call created it.
+
+  Atomic on a local disk (O_EXCL). An object store has no such primitive
+  here: the object is written when absent and read back, which tells two
+  starters apart unless they write within the same moment (advisory).
+  """
+  path = epath.Path(path)
+  if not is_remote(path):
+    try:
+      fd = os.open(os.fspath(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    return True
+  if path.exists():
+    return False
+  path.write_text(text)
+  return path.read_text() == text
+
+
+def replace_text(path: str | os.PathLike, text: str) -> None:
+  """Writes `path` so readers see the old or the new text, never half of it
+  (a temporary file renamed over it; an object store's write is whole anyway)."""
+  path = epath.Path(path)
+  if is_remote(path):
+    path.write_text(text)
+    return
+  tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
+  tmp.write_text(text)
+  tmp.replace(path)

@@ -34,8 +34,10 @@ from transformer_research import evaluation
 from transformer_research import experiment
 from transformer_research import flops as flops_lib
 from transformer_research import metrics as metrics_lib
+from transformer_research import rundir
 from transformer_research import sharding
 from transformer_research import training
+from transformer_research.data import tasks
 
 
 def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
@@ -46,36 +48,50 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
     disk and the caller should simply exit 0).
 
   Raises:
-    FloatingPointError: the loss became NaN/Inf (names the step; the last
-      good checkpoint is kept).
-    ValueError: bad config (e.g. batch not divisible by the batch shards) or
-      a workdir written by an incompatible model.
+    FloatingPointError: the loss, the state or an eval became NaN/Inf (names
+      the step; nothing non-finite is saved, the last good checkpoint is kept).
+    ValueError: a bad config (e.g. batch not divisible by the batch shards), or
+      a run directory this config may not continue (another model, checkpoints
+      that do not match or cannot be read); nothing in it is changed.
+    rundir.RunDirectoryInUse: another run holds the run directory.
   """
-  # --------------------------------------------------------------- set-up
+  # ------------------------------------------- set-up (nothing written yet)
   exp = experiment.Experiment(config, workdir)
-  sharding.check_batch_size(config.train.batch_size, exp.mesh)  # Before any compile.
-  sharding.check_batch_size(config.eval.batch_size, exp.mesh, "config.eval.batch_size")
-  metrics_lib.write_config(config, workdir)
-  # The task yields this process's rows of the global batch.
-  train_iter = exp.task.train_iterator(config.train.batch_size)
-  ckpt = checkpointing.Checkpointer(workdir, config.checkpoint)
+  _check_config(config, exp)
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(rundir.locked(workdir))
 
-  # --------------------------------------------------------------- resume
-  state, data_state, origin = ckpt.resume(exp.init_state(), exp.state_shardings)
-  if data_state is not None:
-    train_iter.set_state(data_state)
-  step, num_steps = int(jax.device_get(state.step)), config.train.num_steps
-  logging.info("%s; training from step %d to %d on mesh %s", origin, step, num_steps,
-               dict(exp.mesh.shape))
-  writer = metrics_lib.MetricsWriter(workdir)
-  writer.truncate_after(step)
-  # MFU's denominator, the whole mesh's FLOP/s; 0 = no "mfu" in the records.
-  peak = flops_lib.loop_peak_flops(config.train.peak_flops_per_device, exp.mesh)
-  progress, preemption = _Progress(num_steps), _Preemption()
-  window, last_eval = _Window(step), None
+    # ------------------------------------------------------------- resume
+    changed = rundir.check_continues(rundir.previous_config(workdir), config, workdir)
+    rundir.check_not_orphaned(workdir)
+    ckpt = stack.enter_context(contextlib.closing(
+        checkpointing.Checkpointer(workdir, config.checkpoint)))
+    resumed = ckpt.resume(exp.abstract_state, exp.init_state)
+    # The task yields this process's rows of the global batch.
+    train_iter = exp.task.train_iterator(config.train.batch_size)
+    if resumed.data_state is not None:
+      train_iter.set_state(resumed.data_state)
+    state = resumed.state
+    step, num_steps = int(jax.device_get(state.step)), config.train.num_steps
 
-  # ----------------------------------------------------------------- loop
-  try:
+    # ------------------------------------- accepted: the run's files change
+    if jax.process_index() == 0:
+      rundir.record_start(workdir, config, resumed.origin, changed)
+    if changed:
+      logging.warning("this run continues %s with changed fields: %s", workdir,
+                      "; ".join(changed))
+    logging.info("%s; training from step %d to %d on mesh %s", resumed.origin, step,
+                 num_steps, dict(exp.mesh.shape))
+    writer = stack.enter_context(contextlib.closing(
+        metrics_lib.MetricsWriter(workdir, resumed_step=step)))
+    writer.truncate_after(step)
+    # MFU's denominator, the whole mesh's FLOP/s; 0 = no "mfu" in the records.
+    peak = flops_lib.loop_peak_flops(config.train.peak_flops_per_device, exp.mesh)
+    progress = stack.enter_context(contextlib.closing(_Progress(num_steps)))
+    preemption = stack.enter_context(contextlib.closing(_Preemption()))
+    window = _Window(step, carried=resumed.window)
+
+    # --------------------------------------------------------------- loop
     while step < num_steps:
       batch = next(train_iter)
       window.count_batch(batch, exp)
@@ -96,27 +112,69 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
         window = _Window(step)
       progress.tick(step)
 
-      # ------------------------------------------------------ eval, save
+      # ---------------------------------------------------- eval, save
       # Eval and checkpoint time is not training time: the window is paused.
       with window.paused():
+        if eval_now or save_now:
+          _check_state_finite(exp, state, step, ckpt)
+        eval_metrics = None
         if eval_now:
           split = config.eval.split
-          metrics, _, _ = evaluation.evaluate(exp, state.params, split)
-          last_eval = writer.write(step, split, metrics)
+          eval_metrics, _, _ = evaluation.evaluate(exp, state.params, split)
+          _check_eval_finite(eval_metrics, split, step, ckpt)
+          writer.write(step, split, eval_metrics)
         if save_now:
-          ckpt.save(state, train_iter.get_state(), last_eval)
+          ckpt.save(state, train_iter.get_state(), window.to_state(), eval_metrics)
 
-      # ----------------------------------------------------------- stop
+      # ------------------------------------------------------------- stop
       if preempted:
         logging.warning("SIGTERM: checkpointed step %d, stopping", step)
         break
     ckpt.wait()
-  finally:
-    preemption.close()
-    progress.close()
-    writer.close()
-    ckpt.close()
   return state
+
+
+def _check_config(config: Any, exp: experiment.Experiment) -> None:
+  """Everything about the config that can fail, before anything is written:
+  sizes and options of the model, optimizer and mesh (the abstract state
+  builds all three), batch splits, step counts, the eval split."""
+  for name in ("train.num_steps", "train.log_every_steps", "eval.every_steps",
+               "checkpoint.every_steps"):
+    section, field = name.split(".")
+    if config[section][field] < 1:
+      raise ValueError(f"config.{name}={config[section][field]}: expected a positive number "
+                       "of steps")
+  if config.eval.split not in tasks.EVAL_SPLITS:
+    raise ValueError(f"config.eval.split={config.eval.split!r}: expected one of "
+                     f"{list(tasks.EVAL_SPLITS)}")
+  exp.abstract_state  # pylint: disable=pointless-statement  (validates model, optimizer, mesh)
+  sharding.check_batch_size(config.train.batch_size, exp.mesh)  # Before any compile.
+  sharding.check_batch_size(config.eval.batch_size, exp.mesh, "config.eval.batch_size")
+
+
+def _check_state_finite(exp: experiment.Experiment, state: training.TrainState, step: int,
+                        ckpt: checkpointing.Checkpointer) -> None:
+  """A finite loss and gradient norm can still leave Inf/NaN in the state."""
+  if not bool(exp.state_is_finite(state)):
+    ckpt.wait()
+    raise FloatingPointError(
+        f"the parameters or optimizer state are not finite at step {step}; stopping without "
+        f"saving or evaluating them (last good checkpoint: step {ckpt.latest_step()}). Lower "
+        "train.learning_rate or raise train.warmup_steps.")
+
+
+def _check_eval_finite(metrics: dict[str, Any], split: str, step: int,
+                       ckpt: checkpointing.Checkpointer) -> None:
+  bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+  if bad:
+    ckpt.wait()
+    raise FloatingPointError(
+        f"{split} metrics are not finite at step {step} ({bad}); stopping without recording "
+        f"or saving that step (last good checkpoint: step {ckpt.latest_step()}).")
+
+
+# Train-record sums: added up over a window, divided once (see losses.py).
+_SUMS = ("loss_sum", "correct_sum", "token_count")
 
 
 @dataclasses.dataclass
@@ -124,9 +182,14 @@ class _Window:
   """What the loop accumulates between two train records.
 
   Per-step metrics stay on device (`steps`) until the window is checked or
-  recorded, so dispatch is never blocked by a fetch in between.
+  recorded, so dispatch is never blocked by a fetch in between. A window can
+  span a restart: each checkpoint saves the sums of its open window
+  (`to_state`) and the resumed run's window starts from them (`carried`), so
+  the record averages the same steps as an uninterrupted run's. Timings
+  (steps/s, tokens/s, mfu) cover this process's steps only.
   """
-  start_step: int
+  timed_from: int  # The step this process's part of the window starts after.
+  carried: dict | None = None  # A checkpoint's `to_state()`: {"start_step", *_SUMS}.
   start_time: float = dataclasses.field(default_factory=time.time)
   steps: list = dataclasses.field(default_factory=list)  # (step, on-device metrics)
   checked: int = 0  # steps[:checked] are known finite.
@@ -164,21 +227,35 @@ class _Window:
             "train.learning_rate or raise train.warmup_steps.")
     self.checked = len(self.steps)
 
+  def _sums(self) -> dict[str, float]:
+    """The window's sums, carried part first: the same additions, in the same
+    order, as an uninterrupted run makes."""
+    sums = {k: float((self.carried or {}).get(k, 0.0)) for k in _SUMS}
+    for metrics in jax.device_get([m for _, m in self.steps]):
+      for k in _SUMS:
+        sums[k] += float(metrics[k])
+    return sums
+
+  def to_state(self) -> dict[str, float]:
+    """The open window, for the checkpoint of the current step."""
+    start = self.carried["start_step"] if self.carried else self.timed_from
+    return {"start_step": start, **self._sums()}
+
   def record(self, step: int, peak_flops: float) -> dict[str, float]:
     """Interval averages: sums over the window divided once (see losses.py).
 
     Tokens and FLOPs are this process's; every process feeds an equal share.
     """
     elapsed = max(time.time() - self.start_time, 1e-9)
-    host = jax.device_get([m for _, m in self.steps])
-    total = {k: sum(float(m[k]) for m in host) for k in ("loss_sum", "correct_sum", "token_count")}
+    total = self._sums()
+    last = jax.device_get(self.steps[-1][1])
     count = max(total["token_count"], 1.0)
     record = {
         "loss": total["loss_sum"] / count,
         "accuracy": total["correct_sum"] / count,
-        "learning_rate": float(host[-1]["learning_rate"]),
-        "grad_norm": float(host[-1]["grad_norm"]),
-        "steps_per_sec": (step - self.start_step) / elapsed,
+        "learning_rate": float(last["learning_rate"]),
+        "grad_norm": float(last["grad_norm"]),
+        "steps_per_sec": (step - self.timed_from) / elapsed,
         "tokens_per_sec": self.tokens * jax.process_count() / elapsed,
     }
     if peak_flops:

@@ -9,10 +9,12 @@ splits, and the splits must not overlap (here: by English sentence).
 """
 
 import collections
+import hashlib
 import importlib.util
 import logging
 import os
 import pathlib
+import tempfile
 import zipfile
 from unittest import mock
 
@@ -21,6 +23,7 @@ import tensorflow_datasets as tfds
 
 from transformer_research.data import sources
 from transformer_research.data.builders import spa_eng as spa_eng_lib
+from transformer_research.data.builders.spa_eng import spa_eng as spa_eng_module
 
 FIXTURE = pathlib.Path(spa_eng_lib.__file__).parent / "dummy_data" / "spa.txt"
 SPLITS = {"train": 27, "validation": 5, "test": 10}  # Fixed by the sha256 split of the fixture.
@@ -35,6 +38,13 @@ def _write_archive(directory: pathlib.Path) -> pathlib.Path:
   with zipfile.ZipFile(path, "w") as z:
     z.write(FIXTURE, "spa-eng/spa.txt")
   return path
+
+
+@pytest.fixture
+def fixture_is_recorded(monkeypatch):
+  """Manual archives must match the recorded checksum: record the fixture's."""
+  digest = hashlib.sha256(_write_archive(pathlib.Path(tempfile.mkdtemp())).read_bytes())
+  monkeypatch.setattr(spa_eng_module, "recorded_sha256", lambda: digest.hexdigest())
 
 
 def _prepare(data_dir, *, download, manual_dir=None):
@@ -118,7 +128,7 @@ def test_bad_lines_are_skipped_and_counted_in_one_log_line(tmp_path, caplog):
   assert "42 pairs" in lines[0]
 
 
-def test_manual_dir_archive_is_used_without_downloading(tmp_path, downloaded):
+def test_manual_dir_archive_is_used_without_downloading(tmp_path, downloaded, fixture_is_recorded):
   manual = tmp_path / "manual"
   _write_archive(manual)
 
@@ -129,6 +139,31 @@ def test_manual_dir_archive_is_used_without_downloading(tmp_path, downloaded):
   assert _examples(builder) == _examples(downloaded[0])
 
 
+@pytest.mark.parametrize("archive,message", [
+    ("other", r"spa-eng.zip: sha256 [0-9a-f]{64} differs from the recorded 0c4fd78"),
+    ("not_zip", r"spa-eng.zip is not a readable zip archive"),
+    ("truncated", r"spa-eng.zip is not a readable zip archive"),
+])
+def test_a_wrong_manual_archive_is_named(tmp_path, monkeypatch, archive, message):
+  manual = tmp_path / "manual"
+  path = _write_archive(manual)
+  if archive == "not_zip":
+    path.write_text("<html>404 Not Found</html>")
+  elif archive == "truncated":
+    path.write_bytes(path.read_bytes()[:100])
+  if archive != "other":  # Let the checksum pass, to reach the zip checks.
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(spa_eng_module, "recorded_sha256", lambda: digest)
+  with pytest.raises(ValueError, match=message):
+    _prepare(tmp_path / "data", download=None, manual_dir=manual)
+
+
+def test_an_oversized_pairs_file_is_refused(tmp_path, fixture_is_recorded, monkeypatch):
+  monkeypatch.setattr(spa_eng_module, "MAX_MEMBER_BYTES", 100)
+  with pytest.raises(ValueError, match=r"spa-eng/spa.txt is [\d,]+ bytes, over the 100"):
+    _prepare(tmp_path / "data", download=None, manual_dir=_write_archive(tmp_path / "m").parent)
+
+
 def test_offline_without_archive_says_where_to_put_it(tmp_path):
   def offline(self, url):
     raise ConnectionError(f"cannot reach {url}")
@@ -137,7 +172,7 @@ def test_offline_without_archive_says_where_to_put_it(tmp_path):
     _prepare(tmp_path / "data", download=offline, manual_dir=tmp_path / "empty_manual")
 
 
-def test_source_yields_translation_examples_and_groups_references(tmp_path):
+def test_source_yields_translation_examples_and_groups_references(tmp_path, fixture_is_recorded):
   manual = tmp_path / "manual"
   _write_archive(manual)
   train = sources.spa_eng("train", data_dir=tmp_path / "data", manual_dir=manual)

@@ -139,7 +139,7 @@ def test_tokenizer_models_and_data_globs_in_a_bucket(in_bucket):
   reloaded = tokenizers.load_or_train_sentencepiece(path, lambda: pytest.fail("retrained"), 30)
   assert reloaded.encode("review 3 was good") == trained.encode("review 3 was good")
   for line in ("a", "b"):
-    metrics.append_line(epath.Path("gs://bkt/tok/lines.txt"), line)
+    storage.append_line(epath.Path("gs://bkt/tok/lines.txt"), line)
   assert epath.Path("gs://bkt/tok/lines.txt").read_text() == "a\nb\n"
 
 

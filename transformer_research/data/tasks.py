@@ -263,15 +263,16 @@ def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Seq
       reader = sources.spa_eng if name == "spa_eng" else sources.wmt13_es_en
       cache[split] = reader(split, manual_dir=data.manual_dir or None, **tfds_dirs)
     elif data.train_path:  # Local JSON lines / TSV: the user's own data.
-      with_label = name == "imdb"
+      classes = spec(name).num_classes  # None: text only (language modelling).
+      labels = dict(with_label=classes is not None, num_labels=classes)
       if split == "test":
         if not data.eval_path:
           raise ValueError("config.data.eval_path=''; expected a test file when "
                            f"data.train_path={data.train_path!r} is set")
-        cache[split] = sources.text_files(data.eval_path, with_label=with_label)
+        cache[split] = sources.text_files(data.eval_path, **labels)
       else:
         if "local_train" not in cache:
-          records = sources.text_files(data.train_path, with_label=with_label)
+          records = sources.text_files(data.train_path, **labels)
           # Files are often sorted by label: one fixed shuffle makes both the
           # held-out tenth and a `max_train_examples` prefix representative.
           order = np.random.default_rng(0).permutation(len(records))
