@@ -8,6 +8,7 @@ and can be redrawn while a run is going. Records are one JSON object per
 Every figure has a title (the metric and the runs), labelled axes and
 thousands-separated step ticks; with several runs each line's legend entry
 names its run, so `launch/plot.py --workdir=A --workdir=B` compares them.
+Files go through `etils.epath`, so the workdirs and out_dir may be buckets.
 """
 
 import collections
@@ -16,11 +17,14 @@ import os
 import re
 from typing import Any, Sequence
 
+from etils import epath
 import matplotlib
 
 matplotlib.use("Agg")  # Files only: no display on servers and CI.
 import matplotlib.pyplot as plt  # noqa: E402  (after use("Agg"))
 from matplotlib import ticker  # noqa: E402
+
+from transformer_research import storage  # noqa: E402
 
 # Metric groups -> one figure each: (file name, title, metric names, y label, log-scale y).
 FIGURES = (
@@ -36,8 +40,7 @@ LENGTH_KEY = re.compile(r"^sequence_accuracy_len_(\d+)$")
 def read_metrics(path: str) -> list[dict[str, Any]]:
   """Parses metrics.jsonl; a torn last line (a run killed mid-write) is skipped."""
   records = []
-  with open(path) as f:
-    lines = f.read().splitlines()
+  lines = epath.Path(path).read_text().splitlines()
   for i, line in enumerate(lines):
     if not line.strip():
       continue
@@ -95,7 +98,7 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], out_dir: str) -> list[str
     if log_y and all(v > 0 for *_, points in lines for v in points.values()):
       ax.set_yscale("log")
     _style(ax, f"{title}: {', '.join(runs)}", "step", ylabel)
-    written.append(_save(fig, os.path.join(out_dir, file_name)))
+    written.append(_save(fig, epath.Path(out_dir) / file_name))
   return written
 
 
@@ -132,19 +135,20 @@ def plot_per_length(runs: dict[str, list[dict[str, Any]]], out_dir: str,
   ax.set_ylim(-0.02, 1.02)
   _style(ax, f"Sequence accuracy by length: {', '.join(runs)}", "length", "sequence accuracy")
   ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
-  return _save(fig, os.path.join(out_dir, "per_length_accuracy.png"))
+  return _save(fig, epath.Path(out_dir) / "per_length_accuracy.png")
 
 
-def _save(fig, path: str) -> str:
+def _save(fig, path: epath.Path) -> str:
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with path.open("wb") as f:
+    fig.savefig(f, dpi=100, format="png")
   plt.close(fig)  # Figures otherwise pile up in pyplot's global registry.
-  return path
+  return str(path)
 
 
 def run_names(workdirs: Sequence[str]) -> list[str]:
   """Short, distinct legend names: each run directory's last path parts."""
-  parts = [os.path.normpath(os.path.abspath(w)).split(os.sep) for w in workdirs]
+  parts = [_path_parts(w) for w in workdirs]
   for depth in range(1, max(len(p) for p in parts) + 1):
     names = ["/".join(p[-depth:]) for p in parts]
     if len(set(names)) == len(names):
@@ -152,13 +156,18 @@ def run_names(workdirs: Sequence[str]) -> list[str]:
   raise ValueError(f"workdirs={list(workdirs)}: the same run directory is given twice")
 
 
+def _path_parts(workdir: str) -> list[str]:
+  if workdir.startswith("gs://"):
+    return workdir.rstrip("/").split("/")
+  return os.path.normpath(os.path.abspath(workdir)).split(os.sep)
+
+
 def _train_max_len(workdir: str) -> int | None:
   """The longest training length of a synthetic task (config.json), if any."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
     return None
-  with open(path) as f:
-    data = json.load(f).get("data", {})
+  data = json.loads(path.read_text()).get("data", {})
   return data.get("train_max_len") if data.get("num_train_examples") else None
 
 
@@ -180,16 +189,17 @@ def plot_workdirs(workdirs: Sequence[str], out_dir: str | None = None) -> list[s
                      "plots (they belong to none of the runs)")
   runs, max_lens = {}, {}
   for name, workdir in zip(run_names(workdirs), workdirs):
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    storage.check_workdir(workdir)
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
       raise ValueError(f"workdir={workdir!r} has no metrics.jsonl: expected the workdir of a "
                        "training run.")
     records = read_metrics(path)
     if not records:
       raise ValueError(f"{path} is empty: expected at least one metrics record.")
     runs[name], max_lens[name] = records, _train_max_len(workdir)
-  out_dir = out_dir or os.path.join(workdirs[0], "plots")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = epath.Path(out_dir or epath.Path(workdirs[0]) / "plots")
+  out_dir.mkdir(parents=True, exist_ok=True)
   written = plot_curves(runs, out_dir)
   per_length = plot_per_length(runs, out_dir, max_lens)
   return written + ([per_length] if per_length else [])

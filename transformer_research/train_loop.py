@@ -20,13 +20,13 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import signal
 import sys
 import time
 from typing import Any
 
 from absl import logging as absl_logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -59,10 +59,6 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
     rundir.RunDirectoryInUse: another run holds the run directory.
   """
   # ------------------------------------------- set-up (nothing written yet)
-  workdir = os.path.abspath(workdir)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f"--workdir={workdir} is a file: expected a run directory (a new "
-                             "one, or one a run wrote)")
   exp = experiment.Experiment(config, workdir)
   _check_config(config, exp)
   with contextlib.ExitStack() as stack:
@@ -405,7 +401,7 @@ class _Profiler:
   """
 
   def __init__(self, workdir: str, start_step: int, num_steps: int):
-    self.directory = os.path.join(workdir, "profile")
+    self.directory = str(epath.Path(workdir) / "profile")
     self.first, self.last = start_step + 3, start_step + 2 + num_steps
     self.enabled, self.tracing = num_steps > 0 and jax.process_index() == 0, False
 

@@ -45,7 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.tie_output = True  # Output projection = target embedding^T.
   c.model.pooling = "mean"  # Classifier pooling: "mean" or "cls".
   c.model.classifier_hidden = 0  # Classifier MLP hidden width; 0 = d_model.
-  c.model.compute_dtype = "float32"  # "bfloat16" on TPU/GPU; params stay f32.
+  # Activations: "auto" = bfloat16 on TPU/GPU, float32 on CPU; params stay f32.
+  # float16 is refused (it needs loss scaling, not implemented).
+  c.model.compute_dtype = "auto"
 
   # ----------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()

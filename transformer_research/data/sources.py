@@ -18,6 +18,8 @@ import logging
 import os
 from typing import Any
 
+from etils import epath
+
 from transformer_research.data.text_files import text_files
 
 __all__ = ["Source", "spa_eng", "wmt13_es_en", "imdb", "text_files", "group_references"]
@@ -65,7 +67,7 @@ def _prepared(builder: Any, manual_dir: PathLike | None, *, extracts_with_tf: bo
   prepared array_record files does not: say so before a long download fails.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (heavy; only TFDS sources)
-  if manual_dir and not os.path.isdir(manual_dir):
+  if manual_dir and not epath.Path(manual_dir).is_dir():
     raise FileNotFoundError(f"config.data.manual_dir={os.fspath(manual_dir)!r}: no such directory")
   if extracts_with_tf and not builder.is_prepared() and importlib.util.find_spec("tensorflow") is None:
     raise ModuleNotFoundError(

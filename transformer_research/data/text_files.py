@@ -156,6 +156,19 @@ def read_text_file(path: os.PathLike | str, *, with_label: bool = True, text_fie
   return examples
 
 
+def _glob(pattern: str) -> list[str]:
+  """Sorted matches of a glob pattern on any epath file system (local, gs://).
+
+  The pattern is split at its first component with a wildcard: the part
+  before it is the directory to list, the rest is globbed under it.
+  """
+  path = epath.Path(pattern)
+  parts = path.parts
+  first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+  base = epath.Path(*parts[:first]) if first else epath.Path(".")
+  return sorted(str(m) for m in base.glob("/".join(parts[first:])))
+
+
 def text_files(paths: str | os.PathLike | Sequence[str | os.PathLike], **kwargs: Any) -> list[dict[str, Any]]:
   """Examples of several files (a glob pattern, a path, or a list), in sorted path order.
 
@@ -172,8 +185,8 @@ def text_files(paths: str | os.PathLike | Sequence[str | os.PathLike], **kwargs:
   files = []
   for pattern in patterns:
     pattern = os.fspath(pattern)
-    matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-    if not matches or not os.path.exists(matches[0]):
+    matches = _glob(pattern) if glob.has_magic(pattern) else [pattern]
+    if not matches or not epath.Path(matches[0]).exists():
       raise FileNotFoundError(f"paths={pattern!r}: no such file")
     files.extend(matches)
   examples = []
