@@ -17,6 +17,7 @@ run directory and the two files are read, no dataset.
 from absl import app
 from absl import flags
 
+from transformer_research import cli
 from transformer_research import evaluation
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
@@ -34,12 +35,9 @@ _REFERENCE_FILE = flags.DEFINE_string("reference_file", None, "References of --s
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    record, report = evaluation.evaluate_run(
-        _WORKDIR.value, _SPLIT.value, _STEP.value, _NUM_EXAMPLES.value,
-        source_file=_SOURCE_FILE.value, reference_file=_REFERENCE_FILE.value)
-  except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+  record, report = evaluation.evaluate_run(
+      _WORKDIR.value, _SPLIT.value, _STEP.value, _NUM_EXAMPLES.value,
+      source_file=_SOURCE_FILE.value, reference_file=_REFERENCE_FILE.value)
   for key, value in record.items():
     print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
   if report:
@@ -47,4 +45,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

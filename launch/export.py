@@ -13,6 +13,7 @@ transformer_research/export.py and serve.py.
 from absl import app
 from absl import flags
 
+from transformer_research import cli
 from transformer_research import export
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
@@ -26,13 +27,10 @@ _PLATFORMS = flags.DEFINE_list("platforms", None, "Lower for these platforms (cp
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    manifest = export.export_run(_WORKDIR.value, _OUT.value, step=_STEP.value,
-                                 beam_size=_BEAM.value, platforms=_PLATFORMS.value)
-  except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+  manifest = export.export_run(_WORKDIR.value, _OUT.value, step=_STEP.value,
+                               beam_size=_BEAM.value, platforms=_PLATFORMS.value)
   print(f"manifest: {manifest}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -24,10 +24,10 @@ every process computes the same metrics (process 0 writes them).
 
 import collections
 import math
-import os
 import re
 from typing import Any, Sequence
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -208,10 +208,8 @@ def read_pairs(source_file: str, reference_file: str | None) -> list[dict[str, s
     raise ValueError(f"source_file={source_file!r} without a reference_file: expected the "
                      "references to score against, one line per source, tab-separated "
                      "(launch/translate.py translates without scoring)")
-  with open(source_file, encoding="utf-8") as f:
-    sources = f.read().splitlines()
-  with open(reference_file, encoding="utf-8") as f:
-    references = f.read().splitlines()
+  sources = epath.Path(source_file).read_text(encoding="utf-8").splitlines()
+  references = epath.Path(reference_file).read_text(encoding="utf-8").splitlines()
   if len(sources) != len(references):
     raise ValueError(f"{source_file} has {len(sources)} lines and {reference_file} "
                      f"{len(references)}: expected one line of references per source")
@@ -255,7 +253,7 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
     if task.kind != "seq2seq":
       raise ValueError(f"source_file={source_file!r}: this run's model has kind="
                        f"{task.kind!r}; expected a translation (seq2seq) run")
-    split = "file_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(source_file))[0])
+    split = "file_" + re.sub(r"\W", "_", epath.Path(source_file).stem)
     task.add_split(split, read_pairs(source_file, reference_file))
     num_examples = -1 if num_examples is None else num_examples
   if split not in task.eval_splits:
@@ -269,14 +267,14 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
                                          batch_size=e.batch_size)
     examples = [dict(ex, source=p + " ...") for ex, p in zip(examples, prompts)]
   writer = metrics_lib.MetricsWriter(workdir)
-  record = writer.write(run.step, split, metrics)
+  # "writer" tells a resumed training run to keep this record (metrics.py).
+  record = writer.write(run.step, split, {**metrics, "writer": "evaluate.py"})
   writer.close()
   if jax.process_index() != 0:
     return record, None
-  path = os.path.join(workdir, f"eval_{split}_{run.step}.md")
-  with open(path, "w") as f:
-    f.write(format_report(run, split, record, examples, outputs))
-  return record, path
+  path = epath.Path(workdir) / f"eval_{split}_{run.step}.md"
+  path.write_text(format_report(run, split, record, examples, outputs))
+  return record, str(path)
 
 
 def format_report(run: Any, split: str, record: dict[str, Any],

@@ -28,6 +28,7 @@ import numpy as np
 from transformer_research import batching
 from transformer_research import experiment
 from transformer_research import serve
+from transformer_research import storage
 from transformer_research.data import tokenizers as tok_lib
 
 
@@ -47,7 +48,8 @@ def export_run(workdir: str, out: str, *, step: int | None = None, beam_size: in
 
   Args:
     workdir: the training run's directory.
-    out: the export directory (created; files of an earlier export replaced).
+    out: the export directory, local (serve.py reads it with the standard
+      library alone); created, files of an earlier export replaced.
     step: checkpoint step; None = the latest.
     beam_size: default `config.eval.beam_size`.
     platforms: what the artifact is lowered for, e.g. ("cpu", "cuda"); default
@@ -100,8 +102,8 @@ def export_run(workdir: str, out: str, *, step: int | None = None, beam_size: in
       "length_penalty": settings["alpha"], "max_decode_len": settings["max_len"],
       "max_input_len": c.data.max_input_len, "bucket_widths": list(widths),
       "batch_size": e.batch_size, "platforms": list(exported.platforms),
-      "run": {"workdir": os.path.abspath(workdir), "step": run.step, "task": c.data.task,
-              "variant": c.model.variant},
+      "run": {"workdir": workdir if storage.is_remote(workdir) else os.path.abspath(workdir),
+              "step": run.step, "task": c.data.task, "variant": c.model.variant},
       "files": {name: serve.sha256(os.path.join(out, name)) for name in files},
   }
   path = os.path.join(out, serve.MANIFEST)

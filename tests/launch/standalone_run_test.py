@@ -1,13 +1,15 @@
 """A trained translation run needs nothing but its directory; its export, nothing but itself.
 
 A `wmt_spa:tiny,smoke` run is trained once per module on a tiny fake of the
-spa-eng archive (a real `spa-eng.zip` layout, built here), then the archive
-and the TFDS data dir are deleted. Translating, evaluating local files and
-exporting must still work; the exported translator (`serve.py`) must give
-translate.py's output while importing only jax, numpy and sentencepiece.
-The whole command-line round trip is the slow test at the end.
+spa-eng archive (a real `spa-eng.zip` layout, built here, its sha256 recorded
+for the test), then the archive and the TFDS data dir are deleted.
+Translating, evaluating local files and exporting must still work; the
+exported translator (`serve.py`) must give translate.py's output while
+importing only jax, numpy and sentencepiece. The whole command-line round
+trip (on the shipped corpus) is the slow test at the end.
 """
 
+import hashlib
 import json
 import os
 import pathlib
@@ -29,6 +31,7 @@ from transformer_research import serve
 from transformer_research import train_loop
 from transformer_research.data import sources
 from transformer_research.data import tokenizers
+from transformer_research.data.builders.spa_eng import spa_eng as spa_eng_module
 
 REPO = pathlib.Path(__file__).parents[2]
 SENTENCES = ["the red cat.", "", "where is my house?", "a big dog runs."]
@@ -68,7 +71,10 @@ def run_dir(tmp_path_factory):
   manual, data = fake_spa_eng(tmp / "manual"), tmp / "tfds"
   overrides = {**OVERRIDES, "data.manual_dir": str(manual), "data.tfds_data_dir": str(data)}
   workdir = str(tmp / "run")
-  train_loop.train_and_evaluate(configs.load_config("wmt_spa:tiny,smoke", overrides), workdir)
+  digest = hashlib.sha256((manual / "spa-eng.zip").read_bytes()).hexdigest()
+  with pytest.MonkeyPatch.context() as patch:  # The builder accepts only the recorded archive.
+    patch.setattr(spa_eng_module, "recorded_sha256", lambda: digest)
+    train_loop.train_and_evaluate(configs.load_config("wmt_spa:tiny,smoke", overrides), workdir)
   shutil.rmtree(manual)
   shutil.rmtree(data)
   return workdir
@@ -189,17 +195,15 @@ def cli(*args: str, env=None) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_command_line_round_trip_without_data(tmp_path):
-  """train.py, delete the data, then translate.py, evaluate.py on local files,
-  export.py and serve: each as a user runs it."""
-  manual, data, workdir = fake_spa_eng(tmp_path / "manual"), tmp_path / "tfds", tmp_path / "run"
+  """train.py (on the shipped corpus), delete the data, then translate.py,
+  evaluate.py on local files, export.py and serve: each as a user runs it."""
+  data, workdir = tmp_path / "tfds", tmp_path / "run"
   flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
   # One device, as serve.py uses: translate.py then plans the same batches.
   env = dict(os.environ, XLA_FLAGS="")
   trained = cli("launch/train.py", "--config=configs/wmt_spa.py:tiny,smoke", f"--workdir={workdir}",
-                f"--config.data.manual_dir={manual}", f"--config.data.tfds_data_dir={data}",
-                *flags, env=env)
+                f"--config.data.tfds_data_dir={data}", *flags, env=env)
   assert trained.returncode == 0, trained.stderr[-3000:]
-  shutil.rmtree(manual)
   shutil.rmtree(data)
   translated = cli("launch/translate.py", f"--workdir={workdir}", *SENTENCES, env=env)
   assert translated.returncode == 0, translated.stderr[-3000:]

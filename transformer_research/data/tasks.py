@@ -10,6 +10,16 @@ model can be built without reading data. `build` opens data lazily: a split
 is read when it is first iterated, and the training split for tokenizer
 training only when no trained tokenizer model is found in the workdir.
 
+Multi-process runs assume no disk shared by the hosts. Tokenizer models are
+trained (or loaded) by process 0 alone and their bytes broadcast to the other
+processes. A TFDS dataset is prepared by process 0 first; after a barrier the
+other processes open it too, which finds the prepared copy when
+`data.tfds_data_dir` is shared (a bucket such as `gs://bucket/tfds`: prepared
+once) and prepares a copy of their own when it is host-local (once per host).
+Two processes never prepare into the same directory at once. Local data files
+(`data.train_path`) are read by every process: put them where every host can
+read them (a bucket, or a copy on each host).
+
 Batches follow the contract in `pipeline.py`: targets end with the target
 tokenizer's EOS, inputs carry no EOS (`Task.encode_inputs` is the one way to
 turn a source sentence into model inputs, so decoding uses the same path),
@@ -21,12 +31,13 @@ chunks of `max_target_len` tokens, the last one ending with EOS.
 
 import dataclasses
 import functools
-import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from etils import epath
 import ml_collections
 import numpy as np
 
+from transformer_research import distributed
 from transformer_research.data import pipeline
 from transformer_research.data import synthetic
 from transformer_research.data import tokenizers as tok_lib
@@ -271,15 +282,16 @@ def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Seq
       reader = sources.spa_eng if name == "spa_eng" else sources.wmt13_es_en
       cache[split] = reader(split, manual_dir=data.manual_dir or None, **tfds_dirs)
     elif data.train_path:  # Local JSON lines / TSV: the user's own data.
-      with_label = name == "imdb"
+      classes = spec(name).num_classes  # None: text only (language modelling).
+      labels = dict(with_label=classes is not None, num_labels=classes)
       if split == "test":
         if not data.eval_path:
           raise ValueError("config.data.eval_path=''; expected a test file when "
                            f"data.train_path={data.train_path!r} is set")
-        cache[split] = sources.text_files(data.eval_path, with_label=with_label)
+        cache[split] = sources.text_files(data.eval_path, **labels)
       else:
         if "local_train" not in cache:
-          records = sources.text_files(data.train_path, with_label=with_label)
+          records = sources.text_files(data.train_path, **labels)
           # Files are often sorted by label: one fixed shuffle makes both the
           # held-out tenth and a `max_train_examples` prefix representative.
           order = np.random.default_rng(0).permutation(len(records))
@@ -311,29 +323,31 @@ def _text_tokenizers(name: str, kind: str, data: ml_collections.ConfigDict,
                      ) -> tuple[tok_lib.Tokenizer, tok_lib.Tokenizer]:
   """(inputs, targets) tokenizers, whose model files live in `workdir`.
 
-  SentencePiece models are trained into it; pretrained BPEmb models are
-  copied into it on first use. With `train=False` (a restored run) they are
-  only loaded from it, and a missing file is an error naming it.
+  SentencePiece models are trained into it by process 0 and broadcast to the
+  others (see `tokenizers.load_or_train_sentencepiece`); pretrained BPEmb
+  models are copied into it on first use. With `train=False` (a restored run)
+  they are only loaded from it, and a missing file is an error naming it.
   """
   if data.tokenizer == "sentencepiece":
-    procs = dict(process_index=process_index, process_count=process_count, train=train)
+    procs = dict(process_index=process_index, train=train,
+                 broadcast=distributed.broadcast_bytes if process_count > 1 else None)
     # Trained on the records the model trains on (all, or the first N).
-    train = _Indexed(lambda: raw("train"), data.max_train_examples)
+    records = _Indexed(lambda: raw("train"), data.max_train_examples)
     if kind == "seq2seq":
       pair = tok_lib.translation_sentencepiece(
-          train, workdir, data.vocab_size, joint=data.joint_vocab,
+          records, workdir, data.vocab_size, joint=data.joint_vocab,
           standardize_text=data.standardize, **procs)
     else:
-      texts = lambda: ((tok_lib.standardize(train[i]["text"]) if data.standardize
-                        else train[i]["text"]) for i in range(len(train)))
+      texts = lambda: ((tok_lib.standardize(records[i]["text"]) if data.standardize
+                        else records[i]["text"]) for i in range(len(records)))
       suffix = f"{data.vocab_size}{'_std' if data.standardize else ''}.model"
       tok = tok_lib.load_or_train_sentencepiece(
-          os.path.join(workdir, f"spm_{name}_{suffix}"), texts, data.vocab_size, **procs)
+          epath.Path(workdir) / f"spm_{name}_{suffix}", texts, data.vocab_size, **procs)
       pair = (tok, tok)
   elif data.tokenizer == "bpemb":
     def bpemb(lang: str) -> tok_lib.BPEmbTokenizer:
-      local = os.path.join(workdir, f"bpemb_{lang}_{data.vocab_size}.model")
-      if os.path.exists(local):
+      local = epath.Path(workdir) / f"bpemb_{lang}_{data.vocab_size}.model"
+      if local.exists():
         return tok_lib.BPEmbTokenizer(lang, data.vocab_size, model_file=local)
       if not train:
         raise tok_lib.missing_model(local)
@@ -408,7 +422,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *, train_token
       loaded from `workdir` (a missing one is a FileNotFoundError naming it),
       so no split is opened until one is iterated.
     process_index, process_count: who trains a tokenizer (process 0; the
-      others wait for its file); default from jax.
+      others receive its bytes); default from jax.
   """
   name, data = config.data.task, config.data
   task_spec = spec(name)
@@ -418,6 +432,9 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *, train_token
   else:
     raw = _text_raw(name, data)
     pi, pc = pipeline.default_process(process_index, process_count)
+    if pc > 1 and train_tokenizers:  # TFDS preparation: once by process 0, then found
+      # (or made per host) by the rest. A restored run opens no split here.
+      distributed.process_0_first(lambda: raw("train"), f"prepare {name}")
     in_tok, tgt_tok = _text_tokenizers(name, task_spec.kind, data, raw, workdir, pi, pc,
                                        train_tokenizers)
   if task_spec.kind == "lm":
