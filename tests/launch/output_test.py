@@ -190,6 +190,8 @@ def _cli(script: str, *args: str, stdin: str = "") -> subprocess.CompletedProces
      "config.data.manual_dir='{tmp}/nowhere': no such directory"),
     ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
                   "--config.train.profile_steps=-1"], 1, "config.train.profile_steps=-1"),
+    ("export.py", ["--workdir={tmp}", "--out={tmp}/export"], 1,
+     "workdir='{tmp}' has no checkpoint"),
 ])
 def test_user_errors_are_one_line(tmp_path, script, args, status, message):
   bad_config = tmp_path / "bad_config.py"
