@@ -261,18 +261,32 @@ def translation_sentencepiece(train_source: Sequence[dict[str, str]], model_dir:
     max_examples: train on at most this many examples (the first ones).
     **kwargs: `load_or_train_sentencepiece` arguments (process_index, ...).
   """
-  suffix = f"{vocab_size}{'_std' if standardize_text else ''}.model"
   model_dir = epath.Path(model_dir)
+  names = translation_model_names(vocab_size, joint=joint, standardize_text=standardize_text)
   if joint:
     tok = load_or_train_sentencepiece(
-        model_dir / f"spm_joint_{suffix}",
+        model_dir / names[0],
         lambda: _side_texts(train_source, ("inputs", "targets"), standardize_text, max_examples),
         vocab_size, **kwargs)
     return tok, tok
   return tuple(load_or_train_sentencepiece(
-      model_dir / f"spm_{side}_{suffix}",
+      model_dir / name,
       lambda side=side: _side_texts(train_source, (side,), standardize_text, max_examples),
-      vocab_size, **kwargs) for side in ("inputs", "targets"))
+      vocab_size, **kwargs) for side, name in zip(("inputs", "targets"), names))
+
+
+def model_suffix(vocab_size: int, standardize_text: bool) -> str:
+  """The end of a SentencePiece model's file name: what it was trained with."""
+  return f"{vocab_size}{'_std' if standardize_text else ''}.model"
+
+
+def translation_model_names(vocab_size: int, *, joint: bool, standardize_text: bool
+                            ) -> tuple[str, str]:
+  """File names of the (inputs, targets) models `translation_sentencepiece` writes."""
+  suffix = model_suffix(vocab_size, standardize_text)
+  if joint:
+    return f"spm_joint_{suffix}", f"spm_joint_{suffix}"
+  return f"spm_inputs_{suffix}", f"spm_targets_{suffix}"
 
 
 class BPEmbTokenizer(Tokenizer):
