@@ -13,7 +13,8 @@ a run with no extra flag:
 2. only when the run directory holds no checkpoint at all:
    `config.checkpoint.init_from` (a workdir, its `checkpoints/` directory or
    one step directory): parameters only, so optimizer, step, rng and data
-   position start fresh;
+   position start fresh; all of them, or with `checkpoint.init_rules` those
+   the rules map, from a model of another kind (`warm_start.py`);
 3. otherwise from scratch.
 
 A restore targets the abstract state (`Experiment.abstract_state`: shapes,
@@ -42,6 +43,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from transformer_research import warm_start
 from transformer_research.training import TrainState
 
 
@@ -170,6 +172,10 @@ class Checkpointer:
           f"no checkpoint in {self.directory} could be read (moved aside: {', '.join(moved)}); "
           "nothing else was changed. To start this run over, use a new --workdir.")
     state = init_state()
+    if self.config.init_from and self.config.get("init_rules", ()):
+      params, origin = warm_start.load(self.config.init_from, self.config.init_rules,
+                                       abstract.params, state.params)
+      return Resumed(state._replace(params=params), None, None, origin)
     if self.config.init_from:
       params = restore_params(self.config.init_from, abstract.params)
       return Resumed(state._replace(params=params), None, None,
@@ -212,17 +218,9 @@ def restore_params(path: str, abstract: Any) -> Any:
     abstract: the parameters as `jax.ShapeDtypeStruct`s with the shardings
       to restore onto (`Experiment.abstract_state.params`).
   """
-  path = os.path.abspath(path)
-  step = None
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  elif os.path.isdir(os.path.join(path, "params")) and os.path.basename(path).isdigit():
-    path, step = os.path.dirname(path), int(os.path.basename(path))
+  path, step = warm_start.locate(path)
   manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True),
                                   item_handlers=_handlers())
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise ValueError(f"config.checkpoint.init_from={path!r}: no checkpoint found there")
   check_compatible(manager.item_metadata(step)["params"], abstract,
                    f"checkpoint step {step} in {path}", "params")
   restored = manager.restore(step, args=ocp.args.Composite(
