@@ -139,6 +139,10 @@ def test_a_kill_at_any_moment_loses_only_the_work_since_the_last_checkpoint(
                                   "has 'rope'"),
     ({"model.d_model": 64}, "holds a run with model.d_model=-1; this config has 64"),
     ({"data.vocab_size": 100}, "holds a run with data.vocab_size=500"),
+    # Freezing part of a trained model: its parameters' optimizer state would go.
+    ({"train.frozen": '("^encoder/",)'},
+     "checkpoint step 4 in {run}/checkpoints does not match this config: train leaf "
+     "opt_state/"),
 ])
 def test_a_resume_that_does_not_fit_is_refused_and_changes_nothing(run_copy, flag, message):
   before = fingerprint(run_copy)

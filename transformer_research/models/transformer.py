@@ -138,16 +138,24 @@ class Transformer(_OutputMixin, hk.Module):
     return self._logits(y, target, self.target_vocab_size)[:, 0], cache
 
 
-class TransformerLM(_OutputMixin, hk.Module):
-  """Decoder-only language model; reads `targets` (+ packing keys)."""
+class _OneStack(_OutputMixin, hk.Module):
+  """A model of one stack over one vocabulary (TransformerLM, EncoderMLM).
+
+  The default module name is the class's in snake case (`transformer_lm`);
+  the methods are transparent, so parameter paths start at the parts.
+  """
 
   def __init__(self, options: layers.Options, *, num_layers: int,
-               vocab_size: int, tie_output: bool, name: str = "transformer_lm"):
+               vocab_size: int, tie_output: bool, name: str | None = None):
     super().__init__(name=name)
     self.options = options
     self.num_layers = num_layers
     self.vocab_size = vocab_size
     self.tie_output = tie_output
+
+
+class TransformerLM(_OneStack):
+  """Decoder-only language model; reads `targets` (+ packing keys)."""
 
   @hk.transparent
   def _parts(self):
@@ -216,19 +224,11 @@ class EncoderClassifier(hk.Module):
     return head(pooled, jnp.float32)  # [B, C]
 
 
-class EncoderMLM(_OutputMixin, hk.Module):
+class EncoderMLM(_OneStack):
   """Encoder whose positions predict their original tokens; reads `inputs`
   (+ packing keys) and `mlm_positions` (where to predict; every position
   when absent). Which predictions count is the loss's business (`targets > 0`,
   see data/masking.py)."""
-
-  def __init__(self, options: layers.Options, *, num_layers: int, vocab_size: int,
-               tie_output: bool, name: str = "encoder_mlm"):
-    super().__init__(name=name)
-    self.options = options
-    self.num_layers = num_layers
-    self.vocab_size = vocab_size
-    self.tie_output = tie_output
 
   @hk.transparent
   def __call__(self, batch: Batch, is_training: bool) -> jnp.ndarray:
