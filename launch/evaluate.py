@@ -12,6 +12,7 @@ sentences unless `--num_examples` says otherwise (-1 = the whole split).
 from absl import app
 from absl import flags
 
+from transformer_research import cli
 from transformer_research import evaluation
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
@@ -24,11 +25,8 @@ _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None, "Examples to decode; 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    record, report = evaluation.evaluate_run(_WORKDIR.value, _SPLIT.value, _STEP.value,
-                                             _NUM_EXAMPLES.value)
-  except ValueError as e:
-    raise SystemExit(f"error: {e}") from None
+  record, report = evaluation.evaluate_run(_WORKDIR.value, _SPLIT.value, _STEP.value,
+                                           _NUM_EXAMPLES.value)
   for key, value in record.items():
     print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
   if report:
@@ -36,4 +34,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

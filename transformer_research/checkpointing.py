@@ -28,21 +28,23 @@ Each step directory holds `params` (so warm starts read only them), `train`
 same on every process, and the train-record window still open at that step)
 and, when `checkpoint.best_metric` is set and the step was an eval step,
 Orbax's `metrics` item, which is what keeps best-N checkpoints across restarts.
+Paths go through `etils.epath`, so the workdir may be a bucket (`gs://...`).
 """
 
 import contextlib
 import dataclasses
-import json
 import logging
-import os
 from typing import Any, Callable
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from transformer_research import distributed
+from transformer_research import storage
 from transformer_research import warm_start
 from transformer_research.training import TrainState
 
@@ -90,7 +92,7 @@ class Checkpointer:
         # best_fn is what makes Orbax write each checkpoint's metrics to
         # disk; without it BestN only sees the metrics of this process's saves.
         best_fn=best_fn, best_mode=checkpoint_config.best_mode)
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = storage.absolute(workdir) / "checkpoints"
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_handlers())
 
@@ -184,19 +186,19 @@ class Checkpointer:
 
   def _move_aside(self, step: int, error: Exception) -> str:
     """Renames an unreadable step directory so the step can be saved again."""
-    source = os.path.join(self.directory, str(step))
-    target = os.path.join(self.directory, f"corrupt-{step}")
+    source = self.directory / str(step)
+    target = self.directory / f"corrupt-{step}"
     suffix = 1
-    while os.path.exists(target):  # The same step may go bad again after a retrain.
-      target, suffix = os.path.join(self.directory, f"corrupt-{step}.{suffix}"), suffix + 1
+    while target.exists():  # The same step may go bad again after a retrain.
+      target, suffix = self.directory / f"corrupt-{step}.{suffix}", suffix + 1
     if jax.process_index() == 0:
-      os.rename(source, target)
+      source.rename(target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"checkpoint_moved_aside_{step}")
     logging.warning("checkpoint step %d in %s cannot be read (%s); moved it to %s and trying "
                     "the previous one", step, self.directory, _short(error), target)
     self.manager.reload()
-    return target
+    return str(target)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -231,8 +233,8 @@ def restore_params(path: str, abstract: Any) -> Any:
 
 def checkpoint_steps(workdir: str) -> list[int]:
   """Saved steps under WORKDIR/checkpoints, oldest first ([] if none)."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
+  directory = storage.absolute(workdir) / "checkpoints"
+  if not directory.is_dir():
     return []
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       read_only=True))
@@ -283,10 +285,10 @@ def _path_name(path: tuple) -> str:
   return "/".join(parts)
 
 
-def _corrupt_dirs(directory: str) -> list[str]:
-  if not os.path.isdir(directory):
+def _corrupt_dirs(directory: epath.Path) -> list[epath.Path]:
+  if not directory.is_dir():
     return []
-  return [os.path.join(directory, d) for d in os.listdir(directory) if d.startswith("corrupt-")]
+  return [d for d in directory.iterdir() if d.name.startswith("corrupt-")]
 
 
 def _train_item(state: TrainState) -> dict[str, Any]:
@@ -305,14 +307,9 @@ def _same_on_every_process(data_state: dict) -> dict:
   The pipeline plans the global batch identically everywhere (see
   data/pipeline.py), so one state serves any number of processes on resume.
   """
-  if jax.process_count() > 1:
-    raw = np.frombuffer(json.dumps(data_state, sort_keys=True).encode(), np.uint8)
-    lengths = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int32)))
-    padded = np.zeros(int(lengths.max()), np.uint8)
-    padded[:raw.size] = raw
-    gathered = np.asarray(multihost_utils.process_allgather(padded))  # [P, L]
-    if any(not np.array_equal(row, gathered[0]) for row in gathered):
-      raise AssertionError(f"data iterator states differ across processes: {data_state}")
+  states = distributed.gather_json(data_state)
+  if any(state != states[0] for state in states):
+    raise AssertionError(f"data iterator states differ across processes: {states}")
   return data_state
 
 

@@ -24,9 +24,9 @@ every process computes the same metrics (process 0 writes them).
 
 import collections
 import math
-import os
 from typing import Any, Sequence
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -215,10 +215,9 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
   writer.close()
   if jax.process_index() != 0:
     return record, None
-  path = os.path.join(workdir, f"eval_{split}_{run.step}.md")
-  with open(path, "w") as f:
-    f.write(format_report(run, split, record, examples, outputs))
-  return record, path
+  path = epath.Path(workdir) / f"eval_{split}_{run.step}.md"
+  path.write_text(format_report(run, split, record, examples, outputs))
+  return record, str(path)
 
 
 def format_report(run: Any, split: str, record: dict[str, Any],

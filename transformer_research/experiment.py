@@ -21,9 +21,10 @@ import dataclasses
 import functools
 import json
 import logging
-import os
+import math
 from typing import Any, Callable, Sequence
 
+from etils import epath
 import jax
 import ml_collections
 
@@ -32,6 +33,7 @@ from transformer_research import inference
 from transformer_research import models
 from transformer_research import optim
 from transformer_research import sharding
+from transformer_research import storage
 from transformer_research import training
 from transformer_research.data import tasks
 
@@ -87,7 +89,8 @@ class Experiment:
   def model(self) -> models.Model:
     v = self.vocab
     return models.build(self.config.model, self.kind, input_vocab_size=v.input,
-                        target_vocab_size=v.target, num_classes=v.num_classes)
+                        target_vocab_size=v.target, num_classes=v.num_classes,
+                        platform=self.mesh.devices.flat[0].platform)
 
   @functools.cached_property
   def _optimizer_and_schedule(self) -> tuple[Any, Any]:
@@ -117,6 +120,11 @@ class Experiment:
     what a restore targets and what a compile check lowers against."""
     return training.abstract_train_state(self.model, self.optimizer, models.dummy_batch(self.kind),
                                          self.mesh, self.param_rules, self.config.seed)
+
+  @functools.cached_property
+  def param_count(self) -> int:
+    """Parameters of the model (from the abstract state: nothing is allocated)."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_state.params))
 
   @property
   def state_shardings(self) -> training.TrainState:
@@ -176,10 +184,10 @@ def load_run(workdir: str, step: int | None = None) -> Run:
     ValueError: no config.json or no (readable) checkpoint in `workdir`, or
       `step` was not saved, each naming what was found.
   """
-  workdir = os.path.abspath(workdir)
-  config_path = os.path.join(workdir, "config.json")
+  storage.check_workdir(workdir)
+  config_path = epath.Path(workdir) / "config.json"
   steps = checkpointing.checkpoint_steps(workdir)
-  if not os.path.exists(config_path) or not steps:
+  if not config_path.exists() or not steps:
     raise ValueError(
         f"workdir={workdir!r} has no {'config.json' if steps else 'checkpoint'}: "
         "expected the workdir of a training run (launch/train.py --workdir=...) "
@@ -187,12 +195,11 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   if step is not None and step not in steps:
     raise ValueError(f"step={step}: no checkpoint of that step in {workdir}; "
                      f"expected one of {steps}.")
-  with open(config_path) as f:
-    exp = Experiment(ml_collections.ConfigDict(json.load(f)), workdir)
+  exp = Experiment(ml_collections.ConfigDict(json.loads(config_path.read_text())), workdir)
   for candidate in [step] if step is not None else reversed(steps):
     try:
       params = checkpointing.restore_params(
-          os.path.join(workdir, "checkpoints", str(candidate)), exp.abstract_state.params)
+          epath.Path(workdir) / "checkpoints" / str(candidate), exp.abstract_state.params)
     except checkpointing.IncompatibleCheckpoint:
       raise
     except Exception as e:  # Truncated or missing files.

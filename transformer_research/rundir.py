@@ -33,9 +33,14 @@ import threading
 import time
 from typing import Any, Iterator
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+
+from transformer_research import configs
+from transformer_research import storage
+from transformer_research.configs import base
 
 # Fields a resumed run may not change: they define the model and the data it
 # learns from. Paths to the same data may move, and eval-only data may change;
@@ -68,7 +73,7 @@ class RunLock:
   """`WORKDIR/lock`, held for the life of a training run (a context manager)."""
 
   def __init__(self, workdir: str, *, stale_after_s: float = 120.0, heartbeat_s: float = 15.0):
-    self.path = os.path.join(workdir, "lock")
+    self.path = epath.Path(workdir) / "lock"
     self._stale_after_s, self._heartbeat_s = stale_after_s, heartbeat_s
     self._me: _Holder | None = None
     self._stop = threading.Event()
@@ -83,7 +88,7 @@ class RunLock:
 
   def acquire(self) -> None:
     """Takes the lock, or raises RunDirectoryInUse naming the live holder."""
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    self.path.parent.mkdir(parents=True, exist_ok=True)
     now = time.time()
     self._me = _Holder(socket.gethostname(), os.getpid(), now, _process_start(os.getpid()), now)
     for _ in range(3):  # Another starter may race us for a stale lock.
@@ -92,14 +97,15 @@ class RunLock:
       holder = self._read()
       if holder is not None and not self._is_stale(holder):
         raise RunDirectoryInUse(
-            f"{os.path.dirname(self.path)} is in use by {holder.describe()} (lock file "
+            f"{self.path.parent} is in use by {holder.describe()} (lock file "
             f"{self.path}); one run per run directory. If that run is gone, its lock turns "
             f"stale within {self._stale_after_s:.0f} s of its last heartbeat.")
       logging.warning("taking over the stale lock %s of %s", self.path,
                       holder.describe() if holder else "an unreadable holder")
       try:  # Atomic: of two starters, one renames it and the other finds it gone.
-        os.rename(self.path, f"{self.path}.stale-{os.getpid()}")
-        os.remove(f"{self.path}.stale-{os.getpid()}")
+        stale = self.path.parent / f"lock.stale-{os.getpid()}"
+        self.path.rename(stale)
+        stale.unlink()
       except FileNotFoundError:
         pass
     else:
@@ -114,21 +120,14 @@ class RunLock:
     holder = self._read()
     if holder is not None and self._me is not None and (holder.host, holder.pid) == (
         self._me.host, self._me.pid):
-      os.remove(self.path)
+      self.path.unlink()
 
   def _create(self) -> bool:
-    try:
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, "w") as f:
-      json.dump(dataclasses.asdict(self._me), f)
-    return True
+    return storage.create_exclusive(self.path, json.dumps(dataclasses.asdict(self._me)))
 
   def _read(self) -> _Holder | None:
     try:
-      with open(self.path) as f:
-        return _Holder(**json.load(f))
+      return _Holder(**json.loads(self.path.read_text()))
     except (OSError, ValueError, TypeError):  # Gone, or torn by a kill mid-write.
       return None
 
@@ -145,10 +144,7 @@ class RunLock:
                       holder.describe() if holder else "gone")
         return
       self._me = dataclasses.replace(self._me, heartbeat=time.time())
-      tmp = f"{self.path}.tmp-{os.getpid()}"
-      with open(tmp, "w") as f:
-        json.dump(dataclasses.asdict(self._me), f)
-      os.replace(tmp, self.path)
+      storage.replace_text(self.path, json.dumps(dataclasses.asdict(self._me)))
 
 
 @contextlib.contextmanager
@@ -192,11 +188,10 @@ def _process_start(pid: int) -> str:
 
 def previous_config(workdir: str) -> dict | None:
   """WORKDIR/config.json as a dict, or None for a new run directory."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
     return None
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def check_continues(previous: dict | None, config: Any, workdir: str) -> list[str]:
@@ -210,11 +205,10 @@ def check_continues(previous: dict | None, config: Any, workdir: str) -> list[st
   """
   if previous is None:
     return []
-  old, new = _flatten(previous), _flatten(json.loads(config.to_json_best_effort()))
+  old, new = configs.flatten(previous), configs.flatten(config)
   # A field added to the configs since the run started did not exist then: at
   # its default it changes nothing (new fields default to the old behaviour).
-  from transformer_research.configs import base  # pylint: disable=g-import-not-at-top
-  defaults = _flatten(json.loads(base.get_config().to_json_best_effort()))
+  defaults = configs.flatten(base.get_config())
   changed = []
   for name in sorted(set(old) | set(new)):
     if old.get(name) == new.get(name):
@@ -241,10 +235,10 @@ def check_not_orphaned(workdir: str) -> None:
   a run history without that directory mean someone deleted it: starting over
   would silently replace the run's results.
   """
-  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+  workdir = epath.Path(workdir)
+  if (workdir / "checkpoints").is_dir():
     return
-  found = [name for name in ("metrics.jsonl", "runs.jsonl")
-           if os.path.exists(os.path.join(workdir, name))]
+  found = [name for name in ("metrics.jsonl", "runs.jsonl") if (workdir / name).exists()]
   if found:
     raise ValueError(
         f"{workdir} holds {' and '.join(found)} of an earlier run but no checkpoints/ "
@@ -260,23 +254,10 @@ def record_start(workdir: str, config: Any, origin: str, changed: list[str]) -> 
       "changed": changed, "git_commit": _git_commit(), "versions": _versions(),
       "config": json.loads(config.to_json_best_effort()),
   }
-  with open(os.path.join(workdir, "runs.jsonl"), "a") as f:
-    f.write(json.dumps(entry, sort_keys=True) + "\n")
-  tmp = os.path.join(workdir, f"config.json.tmp-{os.getpid()}")
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, os.path.join(workdir, "config.json"))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(_flatten(value, name + "."))
-    else:
-      out[name] = json.loads(json.dumps(value))  # Tuples and lists compare equal.
-  return out
+  workdir = epath.Path(workdir)
+  storage.append_line(workdir / "runs.jsonl", json.dumps(entry, sort_keys=True))
+  storage.replace_text(workdir / "config.json",
+                       config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
 def _git_commit() -> str | None:

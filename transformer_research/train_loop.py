@@ -20,15 +20,17 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import signal
 import sys
 import time
 from typing import Any
 
+from absl import logging as absl_logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+import tqdm
 
 from transformer_research import checkpointing
 from transformer_research import evaluation
@@ -58,7 +60,6 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
     rundir.RunDirectoryInUse: another run holds the run directory.
   """
   # ------------------------------------------- set-up (nothing written yet)
-  workdir = os.path.abspath(workdir)
   exp = experiment.Experiment(config, workdir)
   _check_config(config, exp)
   with contextlib.ExitStack() as stack:
@@ -95,18 +96,29 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
     writer.truncate_after(step)
     # MFU's denominator, the whole mesh's FLOP/s; 0 = no "mfu" in the records.
     peak = flops_lib.loop_peak_flops(config.train.peak_flops_per_device, exp.mesh)
-    progress = stack.enter_context(contextlib.closing(_Progress(num_steps)))
+    progress = stack.enter_context(contextlib.closing(_Progress(step, num_steps)))
     preemption = stack.enter_context(contextlib.closing(_Preemption()))
+    profiler = stack.enter_context(contextlib.closing(
+        _Profiler(workdir, step, config.train.profile_steps)))
     window = _Window(step, carried=resumed.window)
+    start_step = step
+    summary = _run_summary(exp, config)
+    logging.info("%s", summary)
+    writer.write_run_info(config, exp.param_count, summary)
 
     # --------------------------------------------------------------- loop
     while step < num_steps:
       batch = next(train_iter)
       window.count_batch(batch, exp)
-      state, step_metrics = exp.train_step(state, sharding.global_batch(batch, exp.mesh))
+      with profiler.step(step + 1):
+        state, step_metrics = exp.train_step(state, sharding.global_batch(batch, exp.mesh))
       window.wait_for_previous_step()
       step += 1
       window.steps.append((step, step_metrics))
+      profiler.after(step, step_metrics)
+      if step == start_step + 1:  # Compilation is not training: time from here on.
+        progress.first_step(exp, batch, train_iter.get_state()["num_examples"], step_metrics)
+        window.restart_clock(step)
       final = step == num_steps
       preempted = preemption.reached(step)
       log_now = final or preempted or step % config.train.log_every_steps == 0
@@ -127,12 +139,16 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
           _check_state_finite(exp, state, step, ckpt)
         eval_metrics = None
         if eval_now:
-          split = config.eval.split
-          eval_metrics, _, _ = evaluation.evaluate(exp, state.params, split)
+          split, started = config.eval.split, time.time()
+          eval_metrics, examples, outputs = evaluation.evaluate(exp, state.params, split)
           _check_eval_finite(eval_metrics, split, step, ckpt)
           writer.write(step, split, eval_metrics)
+          writer.write_samples(step, split, examples, outputs, config.eval.num_samples)
+          progress.eval_done(split, step, eval_metrics, time.time() - started)
         if save_now:
+          started = time.time()
           ckpt.save(state, train_iter.get_state(), window.to_state(), eval_metrics)
+          progress.saved(step, time.time() - started, config.checkpoint.async_save)
 
       # ------------------------------------------------------------- stop
       if preempted:
@@ -146,6 +162,9 @@ def _check_config(config: Any, exp: experiment.Experiment) -> None:
   """Everything about the config that can fail, before anything is written:
   sizes and options of the model, optimizer and mesh (the abstract state
   builds all three), batch splits, step counts, the eval split."""
+  if config.train.profile_steps < 0:
+    raise ValueError(f"config.train.profile_steps={config.train.profile_steps}: expected 0 (no "
+                     "trace) or a number of steps")
   for name in ("train.num_steps", "train.log_every_steps", "eval.every_steps",
                "checkpoint.every_steps"):
     section, field = name.split(".")
@@ -211,6 +230,11 @@ class _Window:
     self.tokens += sum(int(np.count_nonzero(batch[k])) for k in keys if k in batch)
     self.flops += flops_lib.batch_train_flops(exp.kind, exp.model.sizes, batch,
                                               exp.vocab.target or 0)
+
+  def restart_clock(self, step: int) -> None:
+    """Times this window from `step` on: the steps before (the first, which
+    compiles) count in the record's averages but not in its rates."""
+    self.timed_from, self.start_time, self.tokens, self.flops = step, time.time(), 0, 0.0
 
   def wait_for_previous_step(self) -> None:
     """At most two steps in flight: the host still prepares the next batch
@@ -314,27 +338,118 @@ class _Preemption:
 
 
 class _Progress:
-  """Log line per interval; a one-line bar when stderr is a terminal."""
+  """What a run prints (process 0): one line per train record, eval and
+  checkpoint, and on a terminal a tqdm bar (rate, ETA, latest loss).
 
-  def __init__(self, total: int):
+  Log lines are written above the bar (tqdm's external_write_mode), so
+  neither breaks the other.
+  """
+
+  def __init__(self, start: int, total: int):
     self.total = total
-    self.tty = sys.stderr.isatty() and jax.process_index() == 0
+    self.bar = None
+    self._handler = absl_logging.get_absl_handler().python_handler
+    self._emit = self._handler.emit
+    if sys.stderr.isatty() and jax.process_index() == 0:
+      self.bar = tqdm.tqdm(total=total, initial=start, unit="step", desc="train", file=sys.stderr,
+                           dynamic_ncols=True, smoothing=0.3)
+
+      def emit_above_the_bar(record):
+        with tqdm.tqdm.external_write_mode(file=sys.stderr):
+          self._emit(record)
+
+      self._handler.emit = emit_above_the_bar
+
+  def first_step(self, exp: experiment.Experiment, batch: dict[str, np.ndarray],
+                 num_examples: int, step_metrics: Any) -> None:
+    """After the first step (compilation): how long an epoch is, in steps."""
+    jax.block_until_ready(step_metrics)
+    segments = [k for k in batch if k.endswith("_segmentation")]
+    rows = len(next(iter(batch.values())))
+    examples = int(batch[segments[0]].max(axis=1).sum()) if segments else rows
+    examples *= jax.process_count()  # Every process feeds an equal share.
+    logging.info("first step done (it compiled the step); %d examples a step, so an epoch of "
+                 "%s examples is ~%s steps", examples, f"{num_examples:,}",
+                 f"{max(num_examples // max(examples, 1), 1):,}")
 
   def log(self, step: int, record: dict[str, float]) -> None:
     eta = (self.total - step) / max(record["steps_per_sec"], 1e-9)
     logging.info("step %d/%d | loss %.4f | acc %.3f | %.2f steps/s | %.0f tokens/s | ETA %s",
                  step, self.total, record["loss"], record["accuracy"], record["steps_per_sec"],
                  record["tokens_per_sec"], _duration(eta))
+    if self.bar is not None:
+      self.bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+
+  def eval_done(self, split: str, step: int, metrics: dict[str, Any], seconds: float) -> None:
+    shown = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                       if isinstance(v, float) and "_len_" not in k)
+    logging.info("eval %s step %d | %s | %.1f s", split, step, shown, seconds)
+
+  def saved(self, step: int, seconds: float, in_background: bool) -> None:
+    logging.info("checkpoint step %d %s in %.1f s", step,
+                 "handed to the background writer" if in_background else "written", seconds)
 
   def tick(self, step: int) -> None:
-    if self.tty:
-      done = int(30 * step / max(self.total, 1))
-      sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {step}/{self.total}")
-      sys.stderr.flush()
+    if self.bar is not None:
+      self.bar.update(step - self.bar.n)
 
   def close(self) -> None:
-    if self.tty:
-      sys.stderr.write("\n")
+    if self.bar is not None:
+      self.bar.close()
+      self._handler.emit = self._emit
+
+
+class _Profiler:
+  """`train.profile_steps` steps traced with jax.profiler into WORKDIR/profile/.
+
+  Tracing starts at the third step of a start, so compilation and first-run
+  allocations stay out of it, and each step is annotated (StepTraceAnnotation)
+  so TensorBoard's profile tab and Perfetto show step boundaries.
+  """
+
+  def __init__(self, workdir: str, start_step: int, num_steps: int):
+    self.directory = str(epath.Path(workdir) / "profile")
+    self.first, self.last = start_step + 3, start_step + 2 + num_steps
+    self.enabled, self.tracing = num_steps > 0 and jax.process_index() == 0, False
+
+  @contextlib.contextmanager
+  def step(self, step: int):
+    """Around the dispatch of `step`."""
+    if not self.enabled or not self.first <= step <= self.last:
+      yield
+      return
+    if step == self.first:
+      jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+      self.tracing = True
+      logging.info("profiling steps %d-%d into %s", self.first, self.last, self.directory)
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      yield
+
+  def after(self, step: int, step_metrics: Any) -> None:
+    """Stops once the last traced step has run on the device."""
+    if self.tracing and step == self.last:
+      jax.block_until_ready(step_metrics)
+      self.close()
+
+  def close(self) -> None:
+    if self.tracing:
+      jax.profiler.stop_trace()
+      self.tracing = False
+      logging.info("profile written to %s (tensorboard --logdir %s, or the .trace.json.gz in "
+                   "https://ui.perfetto.dev)", self.directory, self.directory)
+
+
+def _run_summary(exp: experiment.Experiment, config: Any) -> str:
+  """One line on what trains: the model, its size, what a step holds."""
+  lengths = {"seq2seq": (config.data.max_input_len, config.data.max_target_len),
+             "lm": (0, config.data.max_target_len),
+             "classify": (config.data.max_input_len, 0),
+             "mlm": (config.data.max_input_len, 0)}[exp.kind]
+  slots = config.train.batch_size * sum(lengths)
+  return (f"{config.data.task} {exp.kind}, model {config.model.variant} {exp.model.sizes}: "
+          f"{exp.param_count:,} parameters; a step is {config.train.batch_size} rows of "
+          f"{'+'.join(str(n) for n in lengths if n)} tokens ({slots:,} token slots); "
+          f"{config.train.num_steps:,} steps on mesh {dict(exp.mesh.shape)}")
 
 
 def _duration(seconds: float) -> str:

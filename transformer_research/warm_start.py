@@ -40,16 +40,16 @@ things come from that source run:
 
 import json
 import logging
-import os
 import re
-import shutil
 from typing import Any, Sequence
 
+from etils import epath
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 from transformer_research import sharding
+from transformer_research import storage
 from transformer_research.data import tasks
 
 
@@ -63,38 +63,37 @@ def locate(path: str) -> tuple[str, int]:
   Raises:
     ValueError: no checkpoint there, naming the path.
   """
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  elif os.path.isdir(os.path.join(path, "params")) and os.path.basename(path).isdigit():
-    return os.path.dirname(path), int(os.path.basename(path))
+  path = storage.absolute(path)
+  if (path / "checkpoints").is_dir():
+    path = path / "checkpoints"
+  elif (path / "params").is_dir() and path.name.isdigit():
+    return str(path.parent), int(path.name)
   step = None
-  if os.path.isdir(path):
+  if path.is_dir():
     manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True))
     step = manager.latest_step()
     manager.close()
   if step is None:
-    raise ValueError(f"config.checkpoint.init_from={path!r}: no checkpoint found there")
-  return path, step
+    raise ValueError(f"config.checkpoint.init_from='{path}': no checkpoint found there")
+  return str(path), step
 
 
 def run_directory(path: str) -> str:
   """The run directory a warm-start source path lies in (where its config.json is)."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    return path
-  if os.path.basename(path) == "checkpoints":
-    return os.path.dirname(path)
-  return os.path.dirname(os.path.dirname(path))  # RUN/checkpoints/<step>
+  path = storage.absolute(path)
+  if (path / "checkpoints").is_dir():
+    return str(path)
+  if path.name == "checkpoints":
+    return str(path.parent)
+  return str(path.parent.parent)  # RUN/checkpoints/<step>
 
 
 def source_config(path: str) -> ml_collections.ConfigDict | None:
   """The config the source run trained with (its config.json), None if it has none."""
-  config_path = os.path.join(run_directory(path), "config.json")
-  if not os.path.exists(config_path):
+  config_path = epath.Path(run_directory(path)) / "config.json"
+  if not config_path.exists():
     return None
-  with open(config_path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(config_path.read_text()))
 
 
 # --------------------------------------------------------------- parameters
@@ -279,21 +278,21 @@ def tokenizers_to_adopt(config: ml_collections.ConfigDict, workdir: str
                      "(the target side then trains its own)")
   files = []
   for theirs_name, ours_name in pairs:
-    src = os.path.join(run_directory(source), theirs_name)
-    dst = os.path.join(workdir, ours_name)
-    if not os.path.exists(src):
+    src = epath.Path(run_directory(source)) / theirs_name
+    dst = epath.Path(workdir) / ours_name
+    if not src.exists():
       raise ValueError(f"config.{field}={source!r}: its tokenizer model {src} is missing")
-    if os.path.exists(dst):
-      with open(src, "rb") as a, open(dst, "rb") as b:
-        if a.read() != b.read():
+    if dst.exists():
+      if src.read_bytes() != dst.read_bytes():
           raise ValueError(f"{dst} differs from {src}, the tokenizer of config.{field}: this "
                            "run directory has a tokenizer of its own; use a new --workdir")
-    files.append((src, dst))
+    files.append((str(src), str(dst)))
   return files
 
 
 def copy_tokenizers(files: Sequence[tuple[str, str]]) -> str | None:
-  """Copies `tokenizers_to_adopt`'s files (process 0; the others poll for them).
+  """Copies `tokenizers_to_adopt`'s files (process 0; the others receive the
+  model's bytes from it when the task loads it, see tokenizers.py).
 
   Returns:
     One line saying what was adopted (for the origin line), None for nothing.
@@ -301,10 +300,8 @@ def copy_tokenizers(files: Sequence[tuple[str, str]]) -> str | None:
   if not files:
     return None
   for src, dst in files:
-    if jax.process_index() == 0 and not os.path.exists(dst):
-      tmp = f"{dst}.tmp-{os.getpid()}"
-      shutil.copyfile(src, tmp)
-      os.replace(tmp, dst)  # Atomic: other processes poll for the file.
-  adopted = ", ".join(f"{os.path.basename(dst)} from {src}" for src, dst in files)
+    if jax.process_index() == 0 and not epath.Path(dst).exists():
+      storage.replace_bytes(dst, epath.Path(src).read_bytes())
+  adopted = ", ".join(f"{epath.Path(dst).name} from {src}" for src, dst in files)
   logging.info("tokenizer: %s", adopted)
   return f"tokenizer {adopted}"

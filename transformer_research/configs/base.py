@@ -45,7 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.tie_output = True  # Output projection = target embedding^T.
   c.model.pooling = "mean"  # Classifier pooling: "mean" or "cls".
   c.model.classifier_hidden = 0  # Classifier MLP hidden width; 0 = d_model.
-  c.model.compute_dtype = "float32"  # "bfloat16" on TPU/GPU; params stay f32.
+  # Activations: "auto" = bfloat16 on TPU/GPU, float32 on CPU; params stay f32.
+  # float16 is refused (it needs loss scaling, not implemented).
+  c.model.compute_dtype = "auto"
 
   # ----------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
@@ -117,6 +119,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Ordered (regex over parameter paths, factor) pairs, first match wins:
   # those parameters train at factor x the learning rate; the rest at 1x.
   c.train.lr_multipliers = ()
+  # Steps traced with jax.profiler into WORKDIR/profile/, from the third step
+  # of a start (compilation and warm-up excluded); 0 = no trace.
+  c.train.profile_steps = 0
   c.train.peak_flops_per_device = -1.0  # For "mfu" in train records: FLOP/s of one device; -1 = measure a float32 matmul at start, 0 = don't report.
 
   # ----------------------------------------------------------------- eval

@@ -10,6 +10,16 @@ model can be built without reading data. `build` opens data lazily: a split
 is read when it is first iterated, and the training split for tokenizer
 training only when no trained tokenizer model is found in the workdir.
 
+Multi-process runs assume no disk shared by the hosts. Tokenizer models are
+trained (or loaded) by process 0 alone and their bytes broadcast to the other
+processes. A TFDS dataset is prepared by process 0 first; after a barrier the
+other processes open it too, which finds the prepared copy when
+`data.tfds_data_dir` is shared (a bucket such as `gs://bucket/tfds`: prepared
+once) and prepares a copy of their own when it is host-local (once per host).
+Two processes never prepare into the same directory at once. Local data files
+(`data.train_path`) are read by every process: put them where every host can
+read them (a bucket, or a copy on each host).
+
 Batches follow the contract in `pipeline.py`: targets end with the target
 tokenizer's EOS, inputs carry no EOS (`Task.encode_inputs` is the one way to
 turn a source sentence into model inputs, so decoding uses the same path),
@@ -23,12 +33,13 @@ inputs), whose batches are masked as they are made (`masking.py`).
 
 import dataclasses
 import functools
-import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from etils import epath
 import ml_collections
 import numpy as np
 
+from transformer_research import distributed
 from transformer_research.data import masking
 from transformer_research.data import pipeline
 from transformer_research.data import synthetic
@@ -334,9 +345,11 @@ def _text_tokenizers(name: str, kind: str, data: ml_collections.ConfigDict,
                      raw: Callable[[str], Sequence[Mapping[str, Any]]], workdir: str,
                      process_index: int, process_count: int
                      ) -> tuple[tok_lib.Tokenizer, tok_lib.Tokenizer]:
-  """(inputs, targets) tokenizers; SentencePiece models are trained into `workdir`."""
+  """(inputs, targets) tokenizers; SentencePiece models are trained into `workdir`
+  by process 0 and broadcast to the others (see `tokenizers.load_or_train_sentencepiece`)."""
   if data.tokenizer == "sentencepiece":
-    procs = dict(process_index=process_index, process_count=process_count)
+    procs = dict(process_index=process_index,
+                 broadcast=distributed.broadcast_bytes if process_count > 1 else None)
     # Trained on the records the model trains on (all, or the first N).
     train = _Indexed(lambda: raw("train"), data.max_train_examples)
     if kind == "seq2seq":
@@ -347,7 +360,7 @@ def _text_tokenizers(name: str, kind: str, data: ml_collections.ConfigDict,
       texts = lambda: ((tok_lib.standardize(train[i]["text"]) if data.standardize
                         else train[i]["text"]) for i in range(len(train)))
       tok = tok_lib.load_or_train_sentencepiece(
-          os.path.join(workdir, sentencepiece_files(data)[0]), texts, data.vocab_size, **procs)
+          epath.Path(workdir) / sentencepiece_files(data)[0], texts, data.vocab_size, **procs)
       pair = (tok, tok)
   elif data.tokenizer == "bpemb":
     cache = dict(cache_dir=data.bpemb_cache_dir or None)
@@ -430,7 +443,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *,
     workdir: where trained tokenizer models are written and found again
       (unused by the synthetic tasks' fixed alphabets).
     process_index, process_count: who trains a tokenizer (process 0; the
-      others wait for its file); default from jax.
+      others receive its bytes); default from jax.
   """
   name, data = config.data.task, config.data
   task_spec = spec(name)
@@ -440,6 +453,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *,
   else:
     raw = _text_raw(name, data)
     pi, pc = pipeline.default_process(process_index, process_count)
+    if pc > 1:  # TFDS preparation: once by process 0, then found (or made per host) by the rest.
+      distributed.process_0_first(lambda: raw("train"), f"prepare {name}")
     in_tok, tgt_tok = _text_tokenizers(name, task_spec.kind, data, raw, workdir, pi, pc)
   if task_spec.kind == "lm":
     in_tok = None

@@ -217,6 +217,19 @@ def read_text_file(path: os.PathLike | str, *, with_label: bool = True, text_fie
   return examples
 
 
+def _glob(pattern: str) -> list[str]:
+  """Sorted matches of a glob pattern on any epath file system (local, gs://).
+
+  The pattern is split at its first component with a wildcard: the part
+  before it is the directory to list, the rest is globbed under it.
+  """
+  path = epath.Path(pattern)
+  parts = path.parts
+  first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+  base = epath.Path(*parts[:first]) if first else epath.Path(".")
+  return sorted(str(m) for m in base.glob("/".join(parts[first:])))
+
+
 def _folder_files(directory: str) -> list[str]:
   """The .txt files under `directory` (any depth), sorted."""
   return sorted(str(epath.Path(root) / name) for root, _, names in epath.Path(directory).walk()
@@ -250,7 +263,7 @@ def _class_folders(directory: str) -> list[str]:
 
 
 def _class_of_file(path: str) -> str:
-  name = os.path.basename(path)
+  name = epath.Path(path).name
   return name[:-len(".txt.gz")] if name.endswith(".txt.gz") else name[:-len(".txt")]
 
 
@@ -263,8 +276,8 @@ def _expand(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]
   files = []
   for pattern in patterns:
     pattern = os.fspath(pattern)
-    matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-    if not matches or not os.path.exists(matches[0]):
+    matches = _glob(pattern) if glob.has_magic(pattern) else [pattern]
+    if not matches or not epath.Path(matches[0]).exists():
       raise FileNotFoundError(f"paths={pattern!r}: no such file")
     files.extend(matches)
   return sorted(files)
@@ -272,7 +285,7 @@ def _expand(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]
 
 def _layout(files: Sequence[str]) -> str:
   """"folders", "class_files" (.txt, one per class) or "records" (JSON / TSV)."""
-  kinds = {"folders" if os.path.isdir(f) else "class_files" if _format(f) == "txt"
+  kinds = {"folders" if epath.Path(f).is_dir() else "class_files" if _format(f) == "txt"
            else "records" for f in files}
   if len(kinds) > 1:
     raise ValueError(f"paths {list(files)} mix directories, .txt files and JSON / TSV files; "
@@ -316,7 +329,7 @@ def text_files(paths: str | os.PathLike | Sequence[str | os.PathLike], *, with_l
   if layout == "records" or not with_label:
     examples = []
     for path in files:
-      if os.path.isdir(path):
+      if epath.Path(path).is_dir():
         examples.extend(_read_folder(path, None))
       else:
         examples.extend(read_text_file(path, with_label=with_label, label_names=label_names,
@@ -343,6 +356,6 @@ def text_files(paths: str | os.PathLike | Sequence[str | os.PathLike], *, with_l
                         for e in read_text_file(path, with_label=False, text_field="text"))
       continue
     for name in names:
-      if os.path.isdir(os.path.join(path, name)):
-        examples.extend(_read_folder(os.path.join(path, name), names.index(name)))
+      if (epath.Path(path) / name).is_dir():
+        examples.extend(_read_folder(str(epath.Path(path) / name), names.index(name)))
   return examples

@@ -7,11 +7,13 @@ than the line, keeps every translation of one English sentence in one split,
 so no test source sentence is seen in training, and the assignment does not
 depend on line order or on the other lines of the file.
 
-Offline machines put `spa-eng.zip` into the TFDS manual directory
-(`<data_dir>/downloads/manual/` or `DownloadConfig(manual_dir=...)`); it is
-used in preference to downloading, after the same check TFDS makes of a
-download: its sha256 must be the one recorded in checksums.tsv, so a run never
-trains on other data than it says. A file that is not a zip archive, lacks
+The archive ships with the package (`spa-eng.zip` next to this file, 2.6 MB,
+CC BY 2.0: see SPA_ENG_LICENSE.md), so the main job runs on a fresh machine
+with no network, and it is never downloaded. A copy in the TFDS manual
+directory (`<data_dir>/downloads/manual/` or `DownloadConfig(manual_dir=...)`)
+is used instead when present. Either way its sha256 must be the one recorded
+in checksums.tsv (the check TFDS makes of a download), so a run never trains
+on other data than it says. A file that is not a zip archive, lacks
 the pairs file or holds a pairs file larger than `MAX_MEMBER_BYTES` is an
 error naming it. Examples are stored as array_record so the dataset is
 readable without TensorFlow (`builder.as_data_source()`).
@@ -29,6 +31,7 @@ URL = "http://storage.googleapis.com/download.tensorflow.org/data/spa-eng.zip"
 ARCHIVE_NAME = "spa-eng.zip"
 _MEMBER = "spa-eng/spa.txt"  # Path of the pairs inside the archive.
 SPLIT_PERCENT = (("train", 70), ("validation", 15), ("test", 15))
+SHIPPED_ARCHIVE = epath.Path(__file__).parent / ARCHIVE_NAME
 # The pairs file is read whole into memory: bound it (the real one is ~8 MB).
 MAX_MEMBER_BYTES = 256 * 2**20
 
@@ -103,10 +106,10 @@ class SpaEng(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "70/15/15 split by hash of the English sentence."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
-  Offline: copy {ARCHIVE_NAME} ({URL}) into the TFDS manual directory,
-  `<data_dir>/downloads/manual/{ARCHIVE_NAME}`, or pass
-  `download_config=tfds.download.DownloadConfig(manual_dir=DIR)`. With
-  internet access and no manual copy it is downloaded.
+  Nothing to do: {ARCHIVE_NAME} ({URL}) ships with the package. A copy in the
+  TFDS manual directory, `<data_dir>/downloads/manual/{ARCHIVE_NAME}` (or
+  `download_config=tfds.download.DownloadConfig(manual_dir=DIR)`), is used
+  instead; it must be the same file (sha256 in checksums.tsv).
   """
 
   def __init__(self, *, file_format: str | None = None, **kwargs):
@@ -125,23 +128,15 @@ class SpaEng(tfds.core.GeneratorBasedBuilder):
     )
 
   def _archive(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
-    """The archive: the manual copy if present, else downloaded."""
+    """The manual copy if there is one, else the shipped one: never downloaded."""
     try:
       manual = dl_manager.manual_dir / ARCHIVE_NAME
     except AssertionError:  # TFDS raises this for a missing or empty manual dir.
       manual = None
-    if manual is not None and manual.exists():
-      check_archive(manual)
-      return manual
-    where = epath.Path(getattr(dl_manager, "_manual_dir", None) or "<data_dir>/downloads/manual") / ARCHIVE_NAME
-    # Said before downloading: offline, TFDS retries for ~3 minutes before it fails.
-    logging.warning("spa_eng: %s not found, downloading %s (offline: put the archive there)", where, URL)
-    try:
-      return dl_manager.download(URL)
-    except Exception as e:  # Offline: connection errors from the downloader.
-      raise FileNotFoundError(
-          f"Could not download {URL} ({e!r}). Offline, put {ARCHIVE_NAME} at {where} "
-          "(the TFDS manual directory).") from e
+    archive = manual if manual is not None and manual.exists() else SHIPPED_ARCHIVE
+    check_archive(archive)
+    logging.info("spa_eng: preparing from %s", archive)
+    return archive
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     # Read straight from the zip: TFDS's extractor needs TensorFlow.
@@ -160,7 +155,7 @@ class SpaEng(tfds.core.GeneratorBasedBuilder):
 
 
 def check_archive(path: epath.Path) -> None:
-  """A manual archive must be the recorded one (TFDS checks downloads itself).
+  """The archive must be the recorded one (as TFDS checks a download).
 
   Raises:
     ValueError naming the file and both checksums.
