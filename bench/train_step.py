@@ -28,6 +28,7 @@ import numpy as np
 from transformer_research import experiment
 from transformer_research import flops as flops_lib
 from transformer_research import sharding
+from transformer_research.data import masking
 from transformer_research.data import tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -40,10 +41,13 @@ def synthetic_batch(kind: str, batch: int, s: int, t: int,
   """Random full rows (no padding) of the config's shapes."""
   rng = np.random.default_rng(0)
   out = {}
-  if kind in ("seq2seq", "classify"):
+  if kind in ("seq2seq", "classify", "mlm"):
     out["inputs"] = rng.integers(1, vocab.input, (batch, s), dtype=np.int32)
   if kind in ("seq2seq", "lm"):
     out["targets"] = rng.integers(1, vocab.target, (batch, t), dtype=np.int32)
+  if kind == "mlm":  # T tokens predicted per row (data/masking.py: P).
+    out["mlm_positions"] = np.sort(rng.permutation(s)[:t])[None].repeat(batch, 0).astype(np.int32)
+    out["targets"] = np.take_along_axis(out["inputs"], out["mlm_positions"], 1)
   if kind == "classify":
     out["label"] = rng.integers(0, vocab.num_classes, (batch,), dtype=np.int32)
   return out
@@ -55,6 +59,8 @@ def main(argv: list[str]) -> None:
   exp = experiment.Experiment(c)  # Model and state from the config: no data is read.
   kind, sizes, vocab = exp.kind, exp.model.sizes, exp.vocab
   b, s, t = c.train.batch_size, c.data.max_input_len, c.data.max_target_len
+  if kind == "mlm":
+    t = masking.predictions(c.data.mask_rate, s)
   mesh = exp.mesh
   sharding.check_batch_size(b, mesh)
   host_batch = synthetic_batch(kind, b, s, t, vocab)

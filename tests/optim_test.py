@@ -91,3 +91,70 @@ def test_label_smoothed_cross_entropy_matches_dense_formula():
   assert float(out["token_count"]) == 5.0
   nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], -1)[..., 0]
   np.testing.assert_allclose(out["nll_sum"], jnp.sum(nll * weights), rtol=1e-5)
+
+
+def _params_and_grads():
+  c = tiny_setup.config()
+  params = tiny_setup.model(c).init(jax.random.PRNGKey(0), tiny_setup.batches(1)[0])
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
+  return params, grads
+
+
+def _bytes(tree):
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def test_frozen_parameters_get_no_optimizer_state_and_no_update():
+  params, grads = _params_and_grads()
+  plain, _ = optim.make_optimizer(_train(weight_decay=0.1))
+  frozen, _ = optim.make_optimizer(_train(weight_decay=0.1, frozen=("^encoder/", "embed/")))
+  encoder = sum(x.size * 4 for k, v in params.items() if k.startswith(("encoder/", "source_embed",
+                                                                        "target_embed"))
+                for x in jax.tree.leaves(v))
+  # Adam keeps two moments per parameter: freezing drops both for the frozen ones.
+  assert _bytes(plain.init(params)) - _bytes(frozen.init(params)) == 2 * encoder
+  updates, _ = frozen.update(grads, frozen.init(params), params)
+  for name, module in updates.items():
+    moved = any(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(module))
+    assert moved == name.startswith("decoder/"), name
+
+
+def test_frozen_gradients_do_not_count_towards_clipping():
+  params, grads = _params_and_grads()
+  grads = jax.tree_util.tree_map_with_path(  # Huge gradients on the frozen part only.
+      lambda path, g: g * (1e6 if path[0].key.startswith("encoder/") else 1.0), grads)
+  train = dict(optimizer="sgd", momentum=0.0, schedule="constant", warmup_steps=0,
+               learning_rate=1.0, grad_clip_norm=1e3)
+  frozen, _ = optim.make_optimizer(_train(frozen=("^encoder/",), **train))
+  updates, _ = frozen.update(grads, frozen.init(params), params)
+  # Unclipped: the trainable gradients' own norm is far below 1e3.
+  np.testing.assert_allclose(updates["decoder/layer_00/mlp/linear_0"]["w"], -0.1, rtol=1e-6)
+
+
+def test_lr_multipliers_scale_each_group_first_match_wins():
+  params, grads = _params_and_grads()
+  train = dict(schedule="constant", warmup_steps=0, learning_rate=1e-3, grad_clip_norm=0.0)
+  plain, _ = optim.make_optimizer(_train(**train))
+  grouped, _ = optim.make_optimizer(_train(
+      lr_multipliers=(("^encoder/layer_00/attn", 0.5), ("^encoder/", 0.1)), **train))
+  base, _ = plain.update(grads, plain.init(params), params)
+  scaled, _ = grouped.update(grads, grouped.init(params), params)
+  for name in params:
+    factor = (0.5 if name.startswith("encoder/layer_00/attn") else
+              0.1 if name.startswith("encoder/") else 1.0)
+    for a, b in zip(jax.tree.leaves(base[name]), jax.tree.leaves(scaled[name])):
+      np.testing.assert_allclose(b, factor * a, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("train,message", [
+    (dict(frozen=(".*",)), r"config.train.frozen=\('.\*',\) freezes every parameter \(\d+\): "
+                           "nothing to train"),
+    (dict(frozen=("^encodr/",)), r"config.train.frozen pattern '\^encodr/' matches no parameter"),
+    (dict(frozen=("(",)), r"config.train.frozen pattern '\(' is not a regex"),
+    (dict(lr_multipliers=(("^decoder/", 0.0),)), r"lr_multipliers entry \('\^decoder/', 0.0\)"),
+    (dict(lr_multipliers=(("^nope/", 2.0),)), r"lr_multipliers pattern '\^nope/' matches no"),
+])
+def test_bad_parameter_groups_are_errors_naming_them(train, message):
+  params, _ = _params_and_grads()
+  with pytest.raises(ValueError, match=message):
+    optim.make_optimizer(_train(**train))[0].init(params)

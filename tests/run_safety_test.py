@@ -139,6 +139,10 @@ def test_a_kill_at_any_moment_loses_only_the_work_since_the_last_checkpoint(
                                   "has 'rope'"),
     ({"model.d_model": 64}, "holds a run with model.d_model=-1; this config has 64"),
     ({"data.vocab_size": 100}, "holds a run with data.vocab_size=500"),
+    # Freezing part of a trained model: its parameters' optimizer state would go.
+    ({"train.frozen": '("^encoder/",)'},
+     "checkpoint step 4 in {run}/checkpoints does not match this config: train leaf "
+     "opt_state/"),
 ])
 def test_a_resume_that_does_not_fit_is_refused_and_changes_nothing(run_copy, flag, message):
   before = fingerprint(run_copy)
@@ -295,13 +299,13 @@ def test_a_bad_manual_archive_is_one_line_naming_it(tmp_path):
 
 
 def test_local_data_without_a_usable_example_stops_before_tokenizer_training(tmp_path):
-  data = tmp_path / "sentiment.tsv"
-  data.write_text("label\tsentence\n1\tGreat.\n0\tBad.\n")
+  data = tmp_path / "sentiment.tsv"  # Its text column is found, and empty.
+  data.write_text("label\tsentence\n1\t \n0\t\n")
   command = tiny_setup.train_command(tmp_path / "run", **{"data.train_path": data,
                                                           "data.eval_path": data})
   command[2] = f"--config={tiny_setup.ROOT / 'configs' / 'imdb.py'}:tiny,smoke"
   run = subprocess.run(command, env=tiny_setup.subprocess_env(), capture_output=True, text=True,
                        timeout=300)
-  refused(run, f"{data}: no usable example (text field 'text', label field 'label'; columns "
-               "found: ['label', 'sentence']; skipped lines: no_text=2 (first at line 2))")
+  refused(run, f"{data}: no usable example (text field 'sentence', label field 'label'; "
+               "columns found: ['label', 'sentence']; skipped lines: no_text=2 (first at line 2))")
   assert not list((tmp_path / "run").glob("spm_*"))

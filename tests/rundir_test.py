@@ -91,3 +91,19 @@ def test_a_field_added_since_the_run_started_is_fine_at_its_default():
   with pytest.raises(ValueError, match="model.pooling=None; this config has 'cls'"):
     rundir.check_continues(older, configs.load_config("reverse:tiny,smoke",
                                                       {"model.pooling": "cls"}), "/run")
+
+
+def test_the_transfer_fields_a_resume_may_and_may_not_change():
+  """Which columns, classes and masking a run learns from are fixed; the run directory the
+  tokenizer was copied from at the first start is free (the copy is in this run's directory);
+  train.frozen / lr_multipliers are refused by the checkpoint's optimizer state instead
+  (run_safety_test), and only when the state's layout changes."""
+  old = configs.load_config("imdb_finetune:tiny,smoke")
+  moved = configs.load_config("imdb_finetune:tiny,smoke", {"data.tokenizer_from": "/new/mlm"})
+  assert rundir.check_continues(_saved(old), moved, "/run") == [
+      "data.tokenizer_from: '' -> '/new/mlm'"]
+  for field, value in [("data.text_field", "sentence"), ("data.label_field", "sentiment"),
+                       ("data.class_names", ("neg", "pos")), ("data.mask_rate", 0.3)]:
+    with pytest.raises(ValueError, match=f"holds a run with {field}="):
+      rundir.check_continues(_saved(old), configs.load_config("imdb_finetune:tiny,smoke",
+                                                              {field: value}), "/run")

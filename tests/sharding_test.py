@@ -116,3 +116,23 @@ def test_global_batch_is_split_over_batch_axes():
   batch = sharding.global_batch({"targets": np.arange(32, dtype=np.int32).reshape(8, 4)}, mesh)
   assert batch["targets"].shape == (8, 4)
   assert batch["targets"].addressable_shards[0].data.shape == (2, 4)
+
+
+def test_optimizer_state_of_parameter_groups_follows_the_parameters():
+  """multi_transform nests moments under its group labels (`lr_x1.0/...`)."""
+  c = tiny_setup.config(frozen=("^encoder/",), lr_multipliers=(("^decoder/", 0.5),))
+  c.mesh.shape = (1, 8, 1)
+  mesh = sharding.make_mesh(c.mesh, jax.devices())
+  optimizer, _ = optim.make_optimizer(c.train)
+  state, shardings = training.init_train_state(
+      tiny_setup.model(c), optimizer, {k: v[:1] for k, v in tiny_setup.batches(1)[0].items()},
+      mesh, sharding.PARAM_RULES, 0)
+  by_param = {sharding.path_str(p): s.spec for p, s in
+              jax.tree_util.tree_leaves_with_path(shardings.params)}
+  followed = 0
+  for path, s in jax.tree_util.tree_leaves_with_path(shardings.opt_state):
+    name = sharding.path_str(path).split("/", 1)[-1]
+    if name in by_param and by_param[name] != jax.sharding.PartitionSpec():
+      assert s.spec == by_param[name], name
+      followed += 1
+  assert followed > 0

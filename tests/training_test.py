@@ -96,3 +96,23 @@ def test_eval_step_ignores_padding_rows():
   (a, _), (b, _) = eval_step(params, half), eval_step(params, masked)
   for k in a:
     np.testing.assert_allclose(a[k], b[k], rtol=1e-6)
+
+
+def test_frozen_parameters_stay_bit_identical_over_training():
+  c = tiny_setup.config(frozen=("^encoder/", "^source_embed/"), weight_decay=0.1)
+  c.mesh.shape = (1, 1, 1)
+  model, mesh = tiny_setup.model(c), sharding.make_mesh(c.mesh, jax.devices()[:1])
+  optimizer, schedule = optim.make_optimizer(c.train)
+  batches = tiny_setup.batches(3, c.train.batch_size)
+  state, shardings = training.init_train_state(
+      model, optimizer, {k: v[:1] for k, v in batches[0].items()}, mesh, sharding.PARAM_RULES, 0)
+  before = jax.device_get(state.params)
+  step = training.jit_train_step(
+      training.make_train_step(c, model, optimizer, schedule, "seq2seq", mesh), shardings, mesh)
+  for batch in batches:
+    state, _ = step(state, sharding.global_batch(batch, mesh))
+  after = jax.device_get(state.params)
+  for name in before:
+    same = all(np.array_equal(a.view(np.uint32), b.view(np.uint32))
+               for a, b in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name])))
+    assert same == f"{name}/".startswith(("encoder/", "source_embed/")), name

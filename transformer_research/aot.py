@@ -24,6 +24,7 @@ import numpy as np
 
 from transformer_research import experiment
 from transformer_research import sharding
+from transformer_research.data import masking
 
 GiB = 1024**3
 # HBM per chip, by the generation name a topology starts with.
@@ -105,12 +106,14 @@ def abstract_batch(config: Any, kind: str, mesh: jax.sharding.Mesh, batch_size: 
 
   Fields per kind as in `data/pipeline.py`: token fields [B, max_len] int32,
   plus `<field>_segmentation` and `<field>_position` when packed, plus the
-  class `label` [B] for classifiers.
+  class `label` [B] for classifiers and, for the masked LM, `mlm_positions`
+  and `targets` [B, P] (data/masking.py).
   """
   d = config.data
   fields = {"seq2seq": {"inputs": d.max_input_len, "targets": d.max_target_len},
             "lm": {"targets": d.max_target_len},
-            "classify": {"inputs": d.max_input_len}}[kind]
+            "classify": {"inputs": d.max_input_len},
+            "mlm": {"inputs": d.max_input_len}}[kind]
   packed = d.packing and kind != "classify"
   spec = sharding.batch_sharding(mesh)
   batch = {}
@@ -120,6 +123,10 @@ def abstract_batch(config: Any, kind: str, mesh: jax.sharding.Mesh, batch_size: 
       batch[key] = jax.ShapeDtypeStruct((batch_size, length), np.int32, sharding=spec)
   if kind == "classify":
     batch["label"] = jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=spec)
+  if kind == "mlm":
+    predicted = (batch_size, masking.predictions(d.mask_rate, d.max_input_len))
+    for key in ("mlm_positions", "targets"):
+      batch[key] = jax.ShapeDtypeStruct(predicted, np.int32, sharding=spec)
   return batch
 
 

@@ -13,7 +13,8 @@ a run with no extra flag:
 2. only when the run directory holds no checkpoint at all:
    `config.checkpoint.init_from` (a workdir, its `checkpoints/` directory or
    one step directory): parameters only, so optimizer, step, rng and data
-   position start fresh;
+   position start fresh; all of them, or with `checkpoint.init_rules` those
+   the rules map, from a model of another kind (`warm_start.py`);
 3. otherwise from scratch.
 
 A restore targets the abstract state (`Experiment.abstract_state`: shapes,
@@ -43,6 +44,8 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from transformer_research import distributed
+from transformer_research import storage
+from transformer_research import warm_start
 from transformer_research.training import TrainState
 
 
@@ -89,7 +92,7 @@ class Checkpointer:
         # best_fn is what makes Orbax write each checkpoint's metrics to
         # disk; without it BestN only sees the metrics of this process's saves.
         best_fn=best_fn, best_mode=checkpoint_config.best_mode)
-    self.directory = _absolute(workdir) / "checkpoints"
+    self.directory = storage.absolute(workdir) / "checkpoints"
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_handlers())
 
@@ -171,6 +174,10 @@ class Checkpointer:
           f"no checkpoint in {self.directory} could be read (moved aside: {', '.join(moved)}); "
           "nothing else was changed. To start this run over, use a new --workdir.")
     state = init_state()
+    if self.config.init_from and self.config.get("init_rules", ()):
+      params, origin = warm_start.load(self.config.init_from, self.config.init_rules,
+                                       abstract.params, state.params)
+      return Resumed(state._replace(params=params), None, None, origin)
     if self.config.init_from:
       params = restore_params(self.config.init_from, abstract.params)
       return Resumed(state._replace(params=params), None, None,
@@ -213,17 +220,9 @@ def restore_params(path: str, abstract: Any) -> Any:
     abstract: the parameters as `jax.ShapeDtypeStruct`s with the shardings
       to restore onto (`Experiment.abstract_state.params`).
   """
-  path = _absolute(path)
-  step = None
-  if (path / "checkpoints").is_dir():
-    path = path / "checkpoints"
-  elif (path / "params").is_dir() and path.name.isdigit():
-    path, step = path.parent, int(path.name)
+  path, step = warm_start.locate(path)
   manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True),
                                   item_handlers=_handlers())
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise ValueError(f"config.checkpoint.init_from='{path}': no checkpoint found there")
   check_compatible(manager.item_metadata(step)["params"], abstract,
                    f"checkpoint step {step} in {path}", "params")
   restored = manager.restore(step, args=ocp.args.Composite(
@@ -234,7 +233,7 @@ def restore_params(path: str, abstract: Any) -> Any:
 
 def checkpoint_steps(workdir: str) -> list[int]:
   """Saved steps under WORKDIR/checkpoints, oldest first ([] if none)."""
-  directory = _absolute(workdir) / "checkpoints"
+  directory = storage.absolute(workdir) / "checkpoints"
   if not directory.is_dir():
     return []
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
@@ -294,13 +293,6 @@ def _corrupt_dirs(directory: epath.Path) -> list[epath.Path]:
 
 def _train_item(state: TrainState) -> dict[str, Any]:
   return {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
-
-
-def _absolute(path: str | epath.Path) -> epath.Path:
-  """Orbax wants absolute paths; `gs://...` already is one (`epath`'s
-  `absolute()` would prefix it with the current directory)."""
-  path = epath.Path(path)
-  return path if path.is_absolute() else path.absolute()
 
 
 def _handlers() -> dict[str, ocp.CheckpointHandler]:

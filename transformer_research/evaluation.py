@@ -157,7 +157,7 @@ def teacher_forced(exp: experiment.Experiment, params: Any, split: str) -> dict[
   count = max(totals.get("token_count", 0.0), 1.0)
   metrics = {"loss": totals.get("nll_sum", 0.0) / count,
              "accuracy": totals.get("correct_sum", 0.0) / count}
-  if task.kind == "lm":
+  if task.kind in ("lm", "mlm"):  # mlm: of the masked tokens.
     metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))  # No overflow.
   if task.kind == "classify" and "accuracy_by_length" in task.metric_names and correct:
     metrics.update(by_length(np.concatenate(correct), np.concatenate(lengths), "accuracy"))

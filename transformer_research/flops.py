@@ -36,7 +36,8 @@ def train_flops_per_step(kind: str, sizes: variants.Sizes, batch_size: int, inpu
     total:                3 * (sum of the above)
 
   seq2seq counts all of it; lm the decoder without cross-attention plus the
-  logits; classify the encoder only (its small head is left out). Attention
+  logits; classify the encoder only (its small head is left out); mlm the
+  encoder plus logits at its T = P predicted positions. Attention
   is counted over all positions: masks do not skip work. Softmax, norms and
   the optimizer update are left out, which is why XLA's own count
   (`compiled.cost_analysis()["flops"]`) comes out a little higher.
@@ -52,7 +53,7 @@ def train_flops_per_step(kind: str, sizes: variants.Sizes, batch_size: int, inpu
   decoder = b * t * (8 * d * d + 4 * d * f) + b * t * t * 4 * d
   cross = b * t * 4 * d * d + b * s * 4 * d * d + b * t * s * 4 * d
   forward = 0.0
-  if kind in ("seq2seq", "classify"):
+  if kind in ("seq2seq", "classify", "mlm"):
     forward += sizes.num_encoder_layers * encoder
   if kind == "seq2seq":
     forward += sizes.num_decoder_layers * (decoder + cross)

@@ -2,13 +2,25 @@
 
 Kept apart from the train step so a new optimizer is one branch here, and the
 schedule can be evaluated by the loop for logging without touching the state.
+
+Parameter groups (`train.frozen`, `train.lr_multipliers`, regexes over the
+parameter paths `sharding.path_str` gives, e.g. `encoder/layer_00/attn/query/w`)
+go through `optax.multi_transform`: a frozen parameter's update is zero and it
+gets no optimizer state at all (no Adam moments), and each learning-rate group
+runs the optimizer with its multiple of the schedule. Gradients of frozen
+parameters are zeroed before clipping, so the clipping norm is that of the
+parameters that train. With neither field set the optimizer is the plain chain
+(the same state layout as before these fields existed).
 """
 
+import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from transformer_research import sharding
 
 # Haiku names biases "b" and LayerNorm/RMSNorm parameters "scale"/"offset".
 _NO_DECAY_NAMES = ("b", "scale", "offset")
@@ -56,18 +68,88 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(one, params)
 
 
+def _compiled(name: str, patterns: Any) -> list[re.Pattern]:
+  out = []
+  for pattern in patterns:
+    try:
+      out.append(re.compile(pattern))
+    except (re.error, TypeError) as e:
+      raise ValueError(f"config.{name} pattern {pattern!r} is not a regex ({e})") from None
+  return out
+
+
+def param_labels(train: Any) -> Any:
+  """`params -> labels`: "frozen" or "lr_x<factor>" per parameter, for multi_transform.
+
+  Raises (when called, i.e. at `optimizer.init`, before anything trains):
+    ValueError: a pattern that matches no parameter (naming it), a factor
+      that is not positive, or `train.frozen` matching every parameter.
+  """
+  frozen = _compiled("train.frozen", train.get("frozen", ()))
+  groups = list(train.get("lr_multipliers", ()))
+  for group in groups:
+    if len(group) != 2 or not isinstance(group[1], (int, float)) or group[1] <= 0:
+      raise ValueError(f"config.train.lr_multipliers entry {tuple(group)!r}: expected a "
+                       "(regex, factor > 0) pair (freeze with train.frozen instead)")
+  group_patterns = _compiled("train.lr_multipliers", [g[0] for g in groups])
+
+  def labels(params):
+    names = [sharding.path_str(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    for field, patterns in (("frozen", frozen), ("lr_multipliers", group_patterns)):
+      for pattern in patterns:
+        if not any(pattern.search(n) for n in names):
+          raise ValueError(f"config.train.{field} pattern {pattern.pattern!r} matches no "
+                           f"parameter (they are named like {names[0]!r})")
+    def one(name):
+      if any(p.search(name) for p in frozen):
+        return "frozen"
+      factor = next((f for p, (_, f) in zip(group_patterns, groups) if p.search(name)), 1.0)
+      return f"lr_x{float(factor)}"
+    out = [one(n) for n in names]
+    if all(label == "frozen" for label in out):
+      raise ValueError(f"config.train.frozen={tuple(train.frozen)!r} freezes every parameter "
+                       f"({len(names)}): nothing to train")
+    return jax.tree.unflatten(jax.tree.structure(params), out)
+  return labels
+
+
+def _factors(train: Any) -> list[float]:
+  return sorted({1.0, *(float(f) for _, f in train.get("lr_multipliers", ()))})
+
+
 def make_optimizer(train: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer named by `train.optimizer`, with clipping, and its schedule.
 
   Args:
     train: `config.train` with `optimizer` ("adamw", "adafactor", "sgd"),
       `learning_rate`, `schedule`, `warmup_steps`, `weight_decay`, `b1`, `b2`,
-      `eps`, `momentum` (sgd) and `grad_clip_norm` (0 disables clipping).
+      `eps`, `momentum` (sgd), `grad_clip_norm` (0 disables clipping), and the
+      parameter groups `frozen` and `lr_multipliers` (module docstring).
 
   Returns:
-    (optimizer, schedule); the schedule is also used for logging.
+    (optimizer, schedule); the schedule is also used for logging (the 1x group's).
   """
   schedule = make_schedule(train)
+  if not train.get("frozen", ()) and not train.get("lr_multipliers", ()):
+    return _clipped(train, _base_optimizer(train, schedule)), schedule
+  labels = param_labels(train)
+  groups = {f"lr_x{f}": _base_optimizer(train, lambda step, f=f: f * schedule(step))
+            for f in _factors(train)}
+  opt = optax.multi_transform({"frozen": optax.set_to_zero(), **groups}, labels)
+  opt = _clipped(train, opt)
+  zero_frozen = optax.masked(optax.set_to_zero(),
+                             lambda params: jax.tree.map(lambda l: l == "frozen", labels(params)))
+  return optax.chain(zero_frozen, opt), schedule
+
+
+def _clipped(train: Any, opt: optax.GradientTransformation) -> optax.GradientTransformation:
+  if train.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(train.grad_clip_norm), opt)
+  return opt
+
+
+def _base_optimizer(train: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """`train.optimizer` with weight decay, driven by `schedule`."""
   wd = float(train.weight_decay)
   if train.optimizer == "adamw":
     opt = optax.adamw(schedule, b1=train.b1, b2=train.b2, eps=train.eps, weight_decay=wd,
@@ -80,6 +162,4 @@ def make_optimizer(train: Any) -> tuple[optax.GradientTransformation, optax.Sche
   else:
     raise ValueError(f"config.train.optimizer={train.optimizer!r}: expected 'adamw', "
                      "'adafactor' or 'sgd'")
-  if train.grad_clip_norm > 0:
-    opt = optax.chain(optax.clip_by_global_norm(train.grad_clip_norm), opt)
-  return opt, schedule
+  return opt

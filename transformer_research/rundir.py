@@ -43,11 +43,13 @@ from transformer_research import storage
 from transformer_research.configs import base
 
 # Fields a resumed run may not change: they define the model and the data it
-# learns from. Paths to the same data may move, and eval-only data may change.
+# learns from. Paths to the same data may move, and eval-only data may change;
+# `tokenizer_from` was read once, into the run directory, at the first start.
 _FIXED_SECTIONS = ("model",)
 _FIXED_FIELDS = ("seed",)
 _FREE_DATA_FIELDS = ("manual_dir", "tfds_data_dir", "bpemb_cache_dir", "train_path",
-                     "eval_path", "num_eval_per_length", "eval_min_len", "eval_max_len")
+                     "eval_path", "num_eval_per_length", "eval_min_len", "eval_max_len",
+                     "tokenizer_from")
 
 
 class RunDirectoryInUse(RuntimeError):

@@ -172,7 +172,10 @@ def follow_params(tree: Any, params: Any, shardings: Any, mesh: Mesh) -> Any:
 
   A leaf whose dict-key path and shape equal a parameter's (Adam moments,
   momentum) gets that parameter's sharding; everything else (step counts,
-  Adafactor's factored row/column statistics) is small and replicated.
+  Adafactor's factored row/column statistics) is small and replicated. A path
+  may start with dict keys of the optimizer's own (`optax.multi_transform`'s
+  group labels, `lr_x1.0/encoder/...`): those are dropped until a parameter's
+  name is left.
   """
   by_name = {}
   for (path, p), s in zip(jax.tree_util.tree_leaves_with_path(params),
@@ -180,7 +183,10 @@ def follow_params(tree: Any, params: Any, shardings: Any, mesh: Mesh) -> Any:
     by_name[path_str(path)] = (tuple(p.shape), s)
 
   def one(path, x):
-    shape, sharding = by_name.get(path_str(path), (None, None))
+    name = path_str(path)
+    while name and name not in by_name:
+      name = name.partition("/")[2]
+    shape, sharding = by_name.get(name, (None, None))
     return sharding if shape == tuple(x.shape) else NamedSharding(mesh, P())
 
   return jax.tree_util.tree_map_with_path(one, tree)

@@ -18,6 +18,13 @@ def is_remote(path: str | os.PathLike) -> bool:
   return "://" in os.fspath(path)
 
 
+def absolute(path: str | os.PathLike) -> epath.Path:
+  """`path` made absolute (Orbax wants that); `gs://...` already is one
+  (`epath`'s `absolute()` would prefix it with the current directory)."""
+  path = epath.Path(path)
+  return path if path.is_absolute() else path.absolute()
+
+
 def check_workdir(workdir: str | os.PathLike) -> None:
   """Fails early when a run directory cannot be used.
 
@@ -97,12 +104,17 @@ def create_exclusive(path: str | os.PathLike, text: str) -> bool:
 
 
 def replace_text(path: str | os.PathLike, text: str) -> None:
-  """Writes `path` so readers see the old or the new text, never half of it
+  """Writes `path` so readers see the old or the new text, never half of it."""
+  replace_bytes(path, text.encode())
+
+
+def replace_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Writes `path` so readers see the old or the new bytes, never half of them
   (a temporary file renamed over it; an object store's write is whole anyway)."""
   path = epath.Path(path)
   if is_remote(path):
-    path.write_text(text)
+    path.write_bytes(data)
     return
   tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
-  tmp.write_text(text)
+  tmp.write_bytes(data)
   tmp.replace(path)

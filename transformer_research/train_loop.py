@@ -40,6 +40,7 @@ from transformer_research import metrics as metrics_lib
 from transformer_research import rundir
 from transformer_research import sharding
 from transformer_research import training
+from transformer_research import warm_start
 from transformer_research.data import tasks
 
 
@@ -69,7 +70,12 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
     rundir.check_not_orphaned(workdir)
     ckpt = stack.enter_context(contextlib.closing(
         checkpointing.Checkpointer(workdir, config.checkpoint)))
+    # A fresh run directory reads text with its warm-start source's tokenizer:
+    # checked before any restore, copied after it, before the task would train one.
+    tokenizers = (warm_start.tokenizers_to_adopt(config, workdir)
+                  if ckpt.latest_step() is None else [])
     resumed = ckpt.resume(exp.abstract_state, exp.init_state)
+    origin = "; ".join(filter(None, (resumed.origin, warm_start.copy_tokenizers(tokenizers))))
     # The task yields this process's rows of the global batch.
     train_iter = exp.task.train_iterator(config.train.batch_size)
     if resumed.data_state is not None:
@@ -79,11 +85,11 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
 
     # ------------------------------------- accepted: the run's files change
     if jax.process_index() == 0:
-      rundir.record_start(workdir, config, resumed.origin, changed)
+      rundir.record_start(workdir, config, origin, changed)
     if changed:
       logging.warning("this run continues %s with changed fields: %s", workdir,
                       "; ".join(changed))
-    logging.info("%s; training from step %d to %d on mesh %s", resumed.origin, step,
+    logging.info("%s; training from step %d to %d on mesh %s", origin, step,
                  num_steps, dict(exp.mesh.shape))
     writer = stack.enter_context(contextlib.closing(
         metrics_lib.MetricsWriter(workdir, resumed_step=step)))
@@ -219,8 +225,9 @@ class _Window:
 
   def count_batch(self, batch: dict[str, np.ndarray], exp: experiment.Experiment) -> None:
     """Tokens and FLOPs of a host batch, from its shapes (no device sync)."""
-    self.tokens += sum(int(np.count_nonzero(batch[k])) for k in ("inputs", "targets")
-                       if k in batch)
+    # A masked LM's targets are a subset of its inputs: count the inputs once.
+    keys = ("inputs",) if exp.kind == "mlm" else ("inputs", "targets")
+    self.tokens += sum(int(np.count_nonzero(batch[k])) for k in keys if k in batch)
     self.flops += flops_lib.batch_train_flops(exp.kind, exp.model.sizes, batch,
                                               exp.vocab.target or 0)
 
@@ -436,7 +443,8 @@ def _run_summary(exp: experiment.Experiment, config: Any) -> str:
   """One line on what trains: the model, its size, what a step holds."""
   lengths = {"seq2seq": (config.data.max_input_len, config.data.max_target_len),
              "lm": (0, config.data.max_target_len),
-             "classify": (config.data.max_input_len, 0)}[exp.kind]
+             "classify": (config.data.max_input_len, 0),
+             "mlm": (config.data.max_input_len, 0)}[exp.kind]
   slots = config.train.batch_size * sum(lengths)
   return (f"{config.data.task} {exp.kind}, model {config.model.variant} {exp.model.sizes}: "
           f"{exp.param_count:,} parameters; a step is {config.train.batch_size} rows of "

@@ -143,3 +143,27 @@ def test_text_tasks_read_local_files(tmp_path, name):
   assert len(validation) == 6  # A fixed random tenth of train.
   if name == "imdb":
     assert {e["label"] for e in validation} == {0, 1}
+
+
+def test_a_classifier_of_class_folders_takes_its_classes_from_the_config(tmp_path):
+  words = {"neg": "bad awful dull", "neutral": "fine okay plain", "pos": "good great fun"}
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 20), ("test", 3)):
+    for name, vocab in words.items():
+      (tmp_path / split / name).mkdir(parents=True)
+      for i in range(n):
+        (tmp_path / split / name / f"{i}.txt").write_text(" ".join(rng.choice(vocab.split(), 8)))
+  overrides = {"data.train_path": str(tmp_path / "train"), "data.eval_path": str(tmp_path / "test"),
+               "data.vocab_size": 30}
+  config = configs.load_config("imdb:tiny,smoke", overrides)
+  with pytest.raises(ValueError, match=r"3 classes \['neg', 'neutral', 'pos'\], but the task has 2"):
+    _build(config, tmp_path)._tokenize("train")
+  config = configs.load_config("imdb:tiny,smoke", {
+      **overrides, "data.class_names": ("neg", "neutral", "pos")})
+  assert tasks.vocab_sizes(config).num_classes == 3  # From the config alone: no data read.
+  task = _build(config, tmp_path)
+  assert task.num_classes == 3
+  test = task.eval_examples("test")
+  assert sorted(e["label"] for e in test) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+  assert all(set(e["source"].split()) <= set(words[["neg", "neutral", "pos"][e["label"]]].split())
+             for e in test)

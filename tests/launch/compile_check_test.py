@@ -66,6 +66,15 @@ def test_cpu_fallback_says_the_figures_are_estimates():
   assert "compute float32" in result.stdout
 
 
+def test_the_masked_lm_compiles_with_its_predicted_positions():
+  """Its batch holds [B, P] mlm_positions / targets beside the packed inputs (data/masking.py)."""
+  result = check(f"--config={ROOT / 'configs' / 'imdb_mlm.py'}:tiny,smoke", "--topology=v5e:2x2",
+                 "--cpu")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "mlm_imdb tiny: mlm" in result.stdout and "train step, batch" in result.stdout
+  assert "decode" not in result.stdout  # Nothing to decode.
+
+
 @pytest.mark.parametrize("args,message", [
     (["--topology=v9:2x2"], "unknown TPU generation 'v9'; expected one of ['v4', 'v5e', 'v5p', "
                             "'v6e']"),

@@ -272,3 +272,33 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(make_config):
   lm = _build("lm", make_config())
   with pytest.raises(ValueError, match=r"encode\(\) needs kind in \['seq2seq'\]"):
     lm.encode(params, batch)
+
+
+def test_masked_lm_shares_the_classifier_encoder_paths_and_predicts_at_positions(make_config):
+  config = make_config()
+  classify = _build("classify", config).init(jax.random.key(0), _batch("classify"))
+  model = _build("mlm", config)
+  inputs = _batch("classify")["inputs"]  # [2, 6]
+  positions = np.array([[0, 3], [5, 1]], np.int32)
+  mlm = model.init(jax.random.key(0), {"inputs": inputs, "mlm_positions": positions})
+  # The classifier is the masked LM's parameters plus its head: a one-to-one warm start.
+  assert set(mlm) == {k for k in classify if not k.startswith("head/")}
+  assert all(mlm[k][n].shape == classify[k][n].shape for k in mlm for n in mlm[k])
+  everywhere = model.apply(mlm, None, {"inputs": inputs}, False)  # [2, 6, V]
+  picked = model.apply(mlm, None, {"inputs": inputs, "mlm_positions": positions}, False)
+  assert everywhere.shape == (2, 6, V_IN) and picked.shape == (2, 2, V_IN)
+  np.testing.assert_allclose(picked, np.take_along_axis(everywhere, positions[..., None], 1),
+                             atol=1e-5)
+
+
+def test_masked_lm_packed_row_equals_each_sequence_alone(make_config):
+  rng = np.random.default_rng(3)
+  model = _build("mlm", make_config())
+  src = [random_tokens(rng, 1, n, V_IN)[0] for n in (3, 4)]
+  alone = {"inputs": np.stack([np.pad(s, (0, 8 - len(s))) for s in src])}
+  packed = dict(zip(["inputs", "inputs_segmentation", "inputs_position"], _pack(*src, 8)))
+  params = model.init(jax.random.key(0), alone)
+  want = model.apply(params, None, alone, False)  # [2, 8, V]
+  got = model.apply(params, None, packed, False)[0]  # [8, V]
+  np.testing.assert_allclose(got[:3], want[0, :3], atol=1e-5)
+  np.testing.assert_allclose(got[3:7], want[1, :4], atol=1e-5)

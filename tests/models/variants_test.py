@@ -7,6 +7,7 @@ from transformer_research.models import variants
 
 @pytest.mark.parametrize("name,expected", [
     ("tiny", (32, 4, 64, 2, 2)),
+    ("mini", (128, 4, 512, 2, 2)),
     ("small", (256, 4, 1024, 3, 3)),
     ("base", (512, 8, 2048, 6, 6)),
     ("big", (1024, 16, 4096, 6, 6)),
@@ -23,7 +24,7 @@ def test_override_replaces_only_non_negative_fields(make_config):
 
 
 def test_unknown_variant_lists_valid_names(make_config):
-  with pytest.raises(ValueError, match=r"model.variant='huge'.*'base', 'big', 'small', 'tiny'"):
+  with pytest.raises(ValueError, match=r"model.variant='huge'.*'base', 'big', 'mini', 'small', 'tiny'"):
     variants.resolve(make_config(variant="huge"))
 
 

@@ -69,10 +69,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.tfds_data_dir = ""  # TFDS data_dir; "" = TFDS default.
   c.data.manual_dir = ""  # Holds spa-eng.zip offline; "" = TFDS default.
   c.data.bpemb_cache_dir = ""  # BPEmb models dir; "" = ~/.cache/bpemb.
-  # Local JSON lines / TSV files (imdb, lm_imdb) instead of TFDS; a fixed
-  # random tenth of train_path is held out as validation, eval_path is test.
+  # Local files (imdb, lm_imdb, mlm_imdb) instead of TFDS: JSON lines, TSV,
+  # .txt (one example a line; with labels one file per class) or a directory
+  # (one example a .txt file; with labels one sub-folder per class, as aclImdb).
+  # A fixed random tenth of train_path is held out as validation, eval_path is test.
   c.data.train_path = ""
   c.data.eval_path = ""
+  c.data.text_field = ""  # JSON key / TSV column of the text; "" = detect (text, sentence, ...).
+  c.data.label_field = ""  # ... of the label; "" = detect (label, sentiment, ...).
+  # Class names in label order: string labels of JSON / TSV files, and which
+  # folders / files of a class layout to read; () = ints, or the sorted names found.
+  c.data.class_names = ()
+  # A run directory whose tokenizer models this run uses instead of training its
+  # own; "" = checkpoint.init_from's run directory when that is set (warm_start.py).
+  c.data.tokenizer_from = ""
+  c.data.mask_rate = 0.15  # Masked LM (mlm_imdb): fraction of tokens selected (BERT).
   # Synthetic tasks (reverse, sort, addition, difference); "length" is the
   # sequence length or the digits of the longer number.
   c.data.num_train_examples = 100_000  # Generated once from `seed`.
@@ -102,6 +113,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.grad_accum_steps = 1  # Micro-batches per step; batch_size is split.
   c.train.partitioning = "jit"  # "jit" (GSPMD) or "shard_map" (explicit pmean).
   c.train.log_every_steps = 50
+  # Ordered regexes over parameter paths ("encoder/layer_00/attn/query/w"):
+  # matching parameters are not trained and get no optimizer state.
+  c.train.frozen = ()
+  # Ordered (regex over parameter paths, factor) pairs, first match wins:
+  # those parameters train at factor x the learning rate; the rest at 1x.
+  c.train.lr_multipliers = ()
   # Steps traced with jax.profiler into WORKDIR/profile/, from the third step
   # of a start (compilation and warm-up excluded); 0 = no trace.
   c.train.profile_steps = 0
@@ -133,7 +150,11 @@ def get_config() -> ml_collections.ConfigDict:
   # ----------------------------------------------------------- checkpoint
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500
-  c.checkpoint.init_from = ""  # Warm-start params from this checkpoint dir.
+  c.checkpoint.init_from = ""  # Warm-start params from this run / checkpoint dir.
+  # Ordered (regex over this model's parameter paths, source path) pairs for
+  # warm starts across model kinds; the first match wins, the source path may
+  # use the regex's groups (\1), "" = start fresh. () = the identical tree.
+  c.checkpoint.init_rules = ()
   c.checkpoint.max_to_keep = 3
   c.checkpoint.async_save = True  # Write in the background while training goes on.
   # Keep the best checkpoints by this eval metric ("" = keep the latest).

@@ -1,8 +1,11 @@
 """IMDB sentiment classification (TFDS `imdb_reviews`, or local files).
 
 Local data: `--config.data.train_path=/path/train.jsonl.gz
---config.data.eval_path=/path/test.jsonl.gz` (JSON lines or TSV with `text`
-and `label` fields).
+--config.data.eval_path=/path/test.jsonl.gz`: JSON lines or TSV (the text and
+label fields detected from the keys / header, or `data.text_field`,
+`data.label_field`), one .txt file per class (`neg.txt`, `pos.txt`), or a
+directory with one folder per class (aclImdb's `train/` with
+`--config.data.class_names="('neg', 'pos')"` to leave out its `unsup/`).
 
 Launch:
   python launch/train.py --config=configs/imdb.py --workdir=/tmp/imdb

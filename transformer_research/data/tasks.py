@@ -26,7 +26,9 @@ turn a source sentence into model inputs, so decoding uses the same path),
 pad is 0. Long examples are handled per kind: a seq2seq pair longer than the
 limit is skipped (counted); a classification text is cut to its first
 `max_input_len` tokens (the usual IMDB practice); an LM document is cut into
-chunks of `max_target_len` tokens, the last one ending with EOS.
+chunks of `max_target_len` tokens, the last one ending with EOS; a masked-LM
+document into chunks of `max_input_len` tokens (no EOS: they are encoder
+inputs), whose batches are masked as they are made (`masking.py`).
 """
 
 import dataclasses
@@ -38,8 +40,10 @@ import ml_collections
 import numpy as np
 
 from transformer_research import distributed
+from transformer_research.data import masking
 from transformer_research.data import pipeline
 from transformer_research.data import synthetic
+from transformer_research.data import text_files
 from transformer_research.data import tokenizers as tok_lib
 
 EVAL_SPLITS = ("validation", "test")
@@ -70,6 +74,8 @@ REGISTRY: dict[str, TaskSpec] = {
     # TFDS imdb_reviews, or local files (data.train_path).
     "imdb": TaskSpec("classify", "config", ("loss", "accuracy"), num_classes=2),
     "lm_imdb": TaskSpec("lm", "config", ("loss", "accuracy", "perplexity")),
+    # Masked-LM pre-training of an encoder on IMDB's unlabelled reviews.
+    "mlm_imdb": TaskSpec("mlm", "config", ("loss", "accuracy", "perplexity")),
     "reverse": TaskSpec("seq2seq", "char", _SEQ_METRICS),
     "sort": TaskSpec("seq2seq", "char", _SEQ_METRICS),
     "addition": TaskSpec("seq2seq", "char", _SEQ_METRICS),
@@ -83,6 +89,15 @@ def spec(name: str) -> TaskSpec:
   if name not in REGISTRY:
     raise ValueError(f"config.data.task={name!r}; expected one of {sorted(REGISTRY)}")
   return REGISTRY[name]
+
+
+def num_classes(data: ml_collections.ConfigDict) -> int | None:
+  """Classes of a classification task: `data.class_names` when given (a user's
+  own classes), else the registry's; None for the other kinds."""
+  task_spec = spec(data.task)
+  if task_spec.num_classes is None or not data.get("class_names", ()):
+    return task_spec.num_classes
+  return len(data.class_names)
 
 
 class _Indexed(Sequence):
@@ -130,13 +145,14 @@ class Task:
     self.input_tokenizer, self.target_tokenizer = input_tokenizer, target_tokenizer
     self.input_vocab_size = input_tokenizer.vocab_size if input_tokenizer else None
     self.target_vocab_size = target_tokenizer.vocab_size if target_tokenizer else None
-    self.num_classes = task_spec.num_classes
+    self.num_classes = num_classes(data)
     self.data = data  # config.data
     self._seed, self._source_raw = seed, raw
     self._added: dict[str, Sequence[Mapping[str, Any]]] = {}
     self._max_lengths = {"seq2seq": {"inputs": data.max_input_len, "targets": data.max_target_len},
                          "classify": {"inputs": data.max_input_len},
-                         "lm": {"targets": data.max_target_len}}[self.kind]
+                         "lm": {"targets": data.max_target_len},
+                         "mlm": {"inputs": data.max_input_len}}[self.kind]
     self._tokenized: dict[str, pipeline.TokenizedData] = {}
 
   @property
@@ -158,7 +174,8 @@ class Task:
     return self._added[split] if split in self._added else self._source_raw(split)
 
   def encode_inputs(self, text: str) -> list[int]:
-    """Source text (an LM: the prompt) -> ids without EOS, as in the batches."""
+    """Source text (an LM: the prompt) -> ids without EOS, as in the batches
+    (a masked LM's before masking)."""
     return (self.target_tokenizer if self.kind == "lm" else self.input_tokenizer).encode(text)
 
   def _with_eos(self, text: str) -> list[int]:
@@ -178,6 +195,10 @@ class Task:
         raise ValueError(f"label={label}; expected 0..{self.num_classes - 1}")
       inputs = self.encode_inputs(record["text"])[:self.data.max_input_len]
       return {"inputs": inputs, "label": label, "length": len(inputs), **extra}
+    if self.kind == "mlm":  # Every chunk of a document: pre-training uses all the text.
+      ids, n = self.encode_inputs(record["text"]), self.data.max_input_len
+      return [{"inputs": ids[i:i + n], "length": len(ids), **extra}
+              for i in range(0, max(len(ids), 1), n)]
     ids, n = self._with_eos(record["text"]), self.data.max_target_len
     return [{"targets": ids[i:i + n], "length": len(ids), **extra}
             for i in range(0, max(len(ids), 1), n)]
@@ -203,11 +224,20 @@ class Task:
     # Training batches carry only model keys; length / index are for eval tables.
     data = dataclasses.replace(data, scalars={k: v for k, v in data.scalars.items()
                                               if k == "label"})
-    return pipeline.BatchIterator(
+    batches = pipeline.BatchIterator(
         data, batch_size=batch_size, max_lengths=self._max_lengths,
         packing=self.data.packing and self.kind != "classify",
         num_buckets=self.data.num_buckets, seed=self._seed,
         process_index=process_index, process_count=process_count)
+    if self.kind == "mlm":
+      return masking.MaskedBatches(batches, self._masker(), seed=self._seed,
+                                   process_index=process_index, process_count=process_count)
+    return batches
+
+  def _masker(self) -> masking.Masker:
+    tok = self.input_tokenizer
+    return masking.Masker(rate=self.data.mask_rate, mask_id=tok.bos_id, vocab_size=tok.vocab_size,
+                          special_ids=(tok.pad_id, tok.eos_id, tok.bos_id))
 
   def eval_batches(self, split: str, batch_size: int, process_index: int | None = None,
                    process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -219,9 +249,14 @@ class Task:
     `example_mask` [B] (0 for padding rows of the last batch).
     """
     self._check_split(split)
-    return pipeline.eval_batches(self._tokenize(split), batch_size=batch_size,
-                                 max_lengths=self._max_lengths,
-                                 process_index=process_index, process_count=process_count)
+    batches = pipeline.eval_batches(self._tokenize(split), batch_size=batch_size,
+                                    max_lengths=self._max_lengths,
+                                    process_index=process_index, process_count=process_count)
+    if self.kind == "mlm":
+      return masking.masked_eval_batches(batches, self._masker(), seed=self._seed,
+                                         process_index=process_index,
+                                         process_count=process_count)
+    return batches
 
   def eval_examples(self, split: str) -> list[dict[str, Any]]:
     """Raw examples of `split` for decoding, grouped by source text.
@@ -281,9 +316,14 @@ def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Seq
     if name in ("spa_eng", "wmt13_es_en"):
       reader = sources.spa_eng if name == "spa_eng" else sources.wmt13_es_en
       cache[split] = reader(split, manual_dir=data.manual_dir or None, **tfds_dirs)
-    elif data.train_path:  # Local JSON lines / TSV: the user's own data.
-      classes = spec(name).num_classes  # None: text only (language modelling).
-      labels = dict(with_label=classes is not None, num_labels=classes)
+    elif data.train_path:  # Local files or folders: the user's own data (text_files.py).
+      classes = num_classes(data)  # None: text only (language modelling).
+      # .get: a run directory's config.json from before these fields existed.
+      labels = dict(with_label=classes is not None, num_labels=classes,
+                    text_field=data.get("text_field", ""), label_field=data.get("label_field", ""))
+      if classes is not None:  # One class order for train and test: from train's layout.
+        labels["label_names"] = (list(data.get("class_names", ())) or
+                                 text_files.class_names(data.train_path))
       if split == "test":
         if not data.eval_path:
           raise ValueError("config.data.eval_path=''; expected a test file when "
@@ -300,7 +340,10 @@ def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Seq
         cut = len(records) - len(records) // 10  # Last tenth held out for validation.
         cache[split] = records[:cut] if split == "train" else records[cut:]
     else:
-      tfds_split = {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"}[split]
+      # The masked LM pre-trains on the 50,000 unlabelled reviews only.
+      train = "unsupervised" if spec(name).kind == "mlm" else "train"
+      tfds_split = {"train": f"{train}[:90%]", "validation": f"{train}[90%:]",
+                    "test": "test"}[split]
       cache[split] = sources.imdb(tfds_split, with_label=name == "imdb", **tfds_dirs)
     return cache[split]
   return raw
@@ -340,9 +383,8 @@ def _text_tokenizers(name: str, kind: str, data: ml_collections.ConfigDict,
     else:
       texts = lambda: ((tok_lib.standardize(records[i]["text"]) if data.standardize
                         else records[i]["text"]) for i in range(len(records)))
-      suffix = f"{data.vocab_size}{'_std' if data.standardize else ''}.model"
       tok = tok_lib.load_or_train_sentencepiece(
-          epath.Path(workdir) / f"spm_{name}_{suffix}", texts, data.vocab_size, **procs)
+          epath.Path(workdir) / sentencepiece_files(data)[0], texts, data.vocab_size, **procs)
       pair = (tok, tok)
   elif data.tokenizer == "bpemb":
     def bpemb(lang: str) -> tok_lib.BPEmbTokenizer:
@@ -364,6 +406,18 @@ def _text_tokenizers(name: str, kind: str, data: ml_collections.ConfigDict,
   if data.standardize:
     pair = tuple(tok_lib.Standardized(t) for t in pair)
   return pair
+
+
+def sentencepiece_files(data: ml_collections.ConfigDict) -> tuple[str, str] | None:
+  """File names of the (inputs, targets) SentencePiece models a task trains into
+  its run directory (the same name twice for one model); None when it trains none."""
+  if spec(data.task).tokenizer == "char" or data.tokenizer != "sentencepiece":
+    return None
+  if spec(data.task).kind == "seq2seq":
+    return tok_lib.translation_model_names(data.vocab_size, joint=data.joint_vocab,
+                                           standardize_text=data.standardize)
+  name = f"spm_{data.task}_{tok_lib.model_suffix(data.vocab_size, data.standardize)}"
+  return name, name
 
 
 def _text_vocab_size(data: ml_collections.ConfigDict) -> int:
@@ -391,9 +445,11 @@ def vocab_sizes(config: ml_collections.ConfigDict) -> VocabSizes:
     sizes = (in_tok.vocab_size, tgt_tok.vocab_size if tgt_tok else None)
   else:
     sizes = (_text_vocab_size(data),) * 2
+  # A masked LM predicts input tokens: its "target" vocabulary is the input one.
   return VocabSizes(input=None if task_spec.kind == "lm" else sizes[0],
-                    target=None if task_spec.kind == "classify" else sizes[1],
-                    num_classes=task_spec.num_classes)
+                    target=None if task_spec.kind == "classify" else
+                    sizes[0] if task_spec.kind == "mlm" else sizes[1],
+                    num_classes=num_classes(data))
 
 
 def check_vocab_sizes(task: Task, expected: VocabSizes) -> None:

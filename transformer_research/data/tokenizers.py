@@ -30,6 +30,8 @@ from typing import Any
 from etils import epath
 import sentencepiece as spm
 
+from transformer_research import storage
+
 PAD_ID = 0
 # Ids of our own SentencePiece models (the flax WMT layout, plus a BOS).
 _SPM_EOS, _SPM_UNK, _SPM_BOS = 1, 2, 3
@@ -208,12 +210,11 @@ def train_sentencepiece(texts: Iterable[str], path: os.PathLike | str, vocab_siz
 
 
 def write_atomically(path: os.PathLike | str, data: bytes) -> None:
-  """Writes to a temporary name, then renames: a reader never sees half a file."""
+  """`storage.replace_bytes` into a directory created if missing: a reader
+  never sees half a file."""
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
-  tmp.write_bytes(data)
-  tmp.replace(path)
+  storage.replace_bytes(path, data)
 
 
 def missing_model(path: os.PathLike | str) -> FileNotFoundError:
@@ -284,18 +285,32 @@ def translation_sentencepiece(train_source: Sequence[dict[str, str]], model_dir:
     max_examples: train on at most this many examples (the first ones).
     **kwargs: `load_or_train_sentencepiece` arguments (process_index, ...).
   """
-  suffix = f"{vocab_size}{'_std' if standardize_text else ''}.model"
   model_dir = epath.Path(model_dir)
+  names = translation_model_names(vocab_size, joint=joint, standardize_text=standardize_text)
   if joint:
     tok = load_or_train_sentencepiece(
-        model_dir / f"spm_joint_{suffix}",
+        model_dir / names[0],
         lambda: _side_texts(train_source, ("inputs", "targets"), standardize_text, max_examples),
         vocab_size, **kwargs)
     return tok, tok
   return tuple(load_or_train_sentencepiece(
-      model_dir / f"spm_{side}_{suffix}",
+      model_dir / name,
       lambda side=side: _side_texts(train_source, (side,), standardize_text, max_examples),
-      vocab_size, **kwargs) for side in ("inputs", "targets"))
+      vocab_size, **kwargs) for side, name in zip(("inputs", "targets"), names))
+
+
+def model_suffix(vocab_size: int, standardize_text: bool) -> str:
+  """The end of a SentencePiece model's file name: what it was trained with."""
+  return f"{vocab_size}{'_std' if standardize_text else ''}.model"
+
+
+def translation_model_names(vocab_size: int, *, joint: bool, standardize_text: bool
+                            ) -> tuple[str, str]:
+  """File names of the (inputs, targets) models `translation_sentencepiece` writes."""
+  suffix = model_suffix(vocab_size, standardize_text)
+  if joint:
+    return f"spm_joint_{suffix}", f"spm_joint_{suffix}"
+  return f"spm_inputs_{suffix}", f"spm_targets_{suffix}"
 
 
 class BPEmbTokenizer(Tokenizer):

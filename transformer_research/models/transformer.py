@@ -5,6 +5,12 @@ Models:
   Transformer        encoder-decoder (kind "seq2seq"), "Attention is all you need".
   EncoderClassifier  encoder + mean/CLS pooling + MLP head (kind "classify").
   TransformerLM      decoder-only language model (kind "lm").
+  EncoderMLM         encoder + logits over the vocabulary at every position
+                     (kind "mlm": BERT's masked-LM pre-training).
+
+The encoder-only models share their parameter paths (`embed/embeddings`,
+`encoder/...`), so a masked LM's encoder loads into a classifier one to one,
+and into a translator's encoder by renaming `embed` (checkpoint.init_rules).
 
 Parameter paths are explicit and stable: the models' methods are
 `hk.transparent`, so paths start at the parts, e.g. `embed/embeddings`,
@@ -144,16 +150,24 @@ class Transformer(_OutputMixin, hk.Module):
     return self._logits(y, target, self.target_vocab_size)[:, 0], cache
 
 
-class TransformerLM(_OutputMixin, hk.Module):
-  """Decoder-only language model; reads `targets` (+ packing keys)."""
+class _OneStack(_OutputMixin, hk.Module):
+  """A model of one stack over one vocabulary (TransformerLM, EncoderMLM).
+
+  The default module name is the class's in snake case (`transformer_lm`);
+  the methods are transparent, so parameter paths start at the parts.
+  """
 
   def __init__(self, options: layers.Options, *, num_layers: int,
-               vocab_size: int, tie_output: bool, name: str = "transformer_lm"):
+               vocab_size: int, tie_output: bool, name: str | None = None):
     super().__init__(name=name)
     self.options = options
     self.num_layers = num_layers
     self.vocab_size = vocab_size
     self.tie_output = tie_output
+
+
+class TransformerLM(_OneStack):
+  """Decoder-only language model; reads `targets` (+ packing keys)."""
 
   @hk.transparent
   def _parts(self):
@@ -222,7 +236,29 @@ class EncoderClassifier(hk.Module):
     return head(pooled, jnp.float32)  # [B, C]
 
 
-KINDS = ("seq2seq", "classify", "lm")
+class EncoderMLM(_OneStack):
+  """Encoder whose positions predict their original tokens; reads `inputs`
+  (+ packing keys) and `mlm_positions` (where to predict; every position
+  when absent). Which predictions count is the loss's business (`targets > 0`,
+  see data/masking.py)."""
+
+  @hk.transparent
+  def __call__(self, batch: Batch, is_training: bool) -> jnp.ndarray:
+    """Token logits [B, P, V] float32 at `batch["mlm_positions"]` [B, P]
+    ([B, S, V] without it) for `batch["inputs"]` [B, S]."""
+    o = self.options
+    embed = layers.TokenEmbedding(self.vocab_size, o.d_model, compute_dtype=o.compute_dtype,
+                                  name="embed")
+    inputs = batch["inputs"]
+    mask = masks.encoder_mask(inputs, batch.get("inputs_segmentation"))  # [B, 1, S, S]
+    x = layers.Encoder(o, self.num_layers)(embed(inputs), mask, _positions(batch, "inputs"),
+                                           is_training=is_training)  # [B, S, D]
+    if "mlm_positions" in batch:
+      x = jnp.take_along_axis(x, batch["mlm_positions"][..., None], axis=1)  # [B, P, D]
+    return self._logits(x, embed, self.vocab_size)
+
+
+KINDS = ("seq2seq", "classify", "lm", "mlm")
 _PACKED = ("_segmentation", "_position")
 # What each entry point reads: (required keys, optional packing keys).
 _BATCH_KEYS = {
@@ -230,6 +266,7 @@ _BATCH_KEYS = {
                 tuple(k + p for k in ("inputs", "targets") for p in _PACKED)),
     "lm": (("targets",), tuple("targets" + p for p in _PACKED)),
     "classify": (("inputs",), ()),
+    "mlm": (("inputs",), tuple("inputs" + p for p in _PACKED) + ("mlm_positions",)),
     "encode": (("inputs",), tuple("inputs" + p for p in _PACKED)),
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -267,7 +304,8 @@ def dummy_batch(kind: str) -> dict[str, np.ndarray]:
   sequence lengths, so this builds the same parameters as any real batch."""
   row = np.ones((1, 4), np.int32)  # [B=1, 4]
   return {"seq2seq": {"inputs": row, "targets": row}, "lm": {"targets": row},
-          "classify": {"inputs": row, "label": np.zeros((1,), np.int32)}}[kind]
+          "classify": {"inputs": row, "label": np.zeros((1,), np.int32)},
+          "mlm": {"inputs": row, "mlm_positions": row[:, :1], "targets": row[:, :1]}}[kind]
 
 
 def _model_batch(entry: str, batch: Batch) -> Batch:
@@ -304,7 +342,8 @@ class Model:
 
   def apply(self, params: hk.Params, rng, batch: Batch,
             is_training: bool = False) -> jnp.ndarray:
-    """Logits, float32: seq2seq [B, T, V_tgt]; lm [B, T, V]; classify [B, C].
+    """Logits, float32: seq2seq [B, T, V_tgt]; lm [B, T, V]; classify [B, C];
+    mlm [B, P, V] at `mlm_positions` (or [B, S, V]).
 
     `rng` drives dropout and may be None when not training.
     """
@@ -412,8 +451,8 @@ def build(model_config, kind: str, *, input_vocab_size: int | None = None,
 
   Args:
     model_config: the `config.model` section.
-    kind: "seq2seq" (needs both vocab sizes), "lm" (target_vocab_size) or
-      "classify" (input_vocab_size, num_classes).
+    kind: "seq2seq" (needs both vocab sizes), "lm" (target_vocab_size),
+      "classify" (input_vocab_size, num_classes) or "mlm" (input_vocab_size).
     input_vocab_size: source vocabulary size.
     target_vocab_size: target vocabulary size.
     num_classes: number of classes.
@@ -441,6 +480,10 @@ def build(model_config, kind: str, *, input_vocab_size: int | None = None,
     v_out = _positive("target_vocab_size", target_vocab_size)
     make = lambda: TransformerLM(options, num_layers=sizes.num_decoder_layers,
                                  vocab_size=v_out, tie_output=model_config.tie_output)
+  elif kind == "mlm":
+    v_in = _positive("input_vocab_size", input_vocab_size)
+    make = lambda: EncoderMLM(options, num_layers=sizes.num_encoder_layers, vocab_size=v_in,
+                              tie_output=model_config.tie_output)
   else:
     v_in = _positive("input_vocab_size", input_vocab_size)
     n = _positive("num_classes", num_classes)

@@ -31,6 +31,8 @@ class Sizes:
 VARIANTS: dict[str, Sizes] = {
     # Seconds on CPU; what the tests and the CI use.
     "tiny": Sizes(32, 4, 64, 2, 2),
+    # Minutes on CPU: the transfer recipe's size (imdb_mlm.py, imdb_finetune.py).
+    "mini": Sizes(128, 4, 512, 2, 2),
     "small": Sizes(256, 4, 1024, 3, 3),
     # "Attention is all you need", Table 3, base and big.
     "base": Sizes(512, 8, 2048, 6, 6),
