@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 
 from transformer_research import evaluation
+from transformer_research import runtime
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate: validation or test.")
@@ -24,6 +25,7 @@ _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None, "Examples to decode; 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runtime.keep_freed_memory()  # Before the jax backend starts (see runtime.py).
   try:
     record, report = evaluation.evaluate_run(_WORKDIR.value, _SPLIT.value, _STEP.value,
                                              _NUM_EXAMPLES.value)

@@ -19,6 +19,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from transformer_research import runtime
 from transformer_research import train_loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<task>.py[:variant]).",
@@ -47,6 +48,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_quiet_orbax)
+  runtime.keep_freed_memory()  # Before anything starts the jax backend (see runtime.py).
   if _COORDINATOR.value or _DISTRIBUTED.value:
     kwargs = {}
     if _COORDINATOR.value:

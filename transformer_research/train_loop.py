@@ -72,7 +72,8 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
   writer = metrics_lib.MetricsWriter(workdir)
   writer.truncate_after(step)
   # MFU's denominator, the whole mesh's FLOP/s; 0 = no "mfu" in the records.
-  peak = flops_lib.loop_peak_flops(config.train.peak_flops_per_device, exp.mesh)
+  peak = flops_lib.loop_peak_flops(config.train.peak_flops_per_device, exp.mesh,
+                                  config.model.compute_dtype)
   progress, preemption = _Progress(num_steps), _Preemption()
   window, last_eval = _Window(step), None
 

@@ -157,3 +157,18 @@ def test_bad_mask_shape_and_dtype_and_heads_raise():
   with pytest.raises(ValueError, match=r"num_heads=3 does not divide d_model=16"):
     hk.transform(lambda x: attention.MultiHeadAttention(3, D)(x, masks.causal_mask(T))).init(
         jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_rate_and_scale(rate):
+  """The packed 16-bit draw drops `rate` of the units (to within sampling
+  noise, 2^-16 rounding included) and keeps the mean."""
+  x = jnp.ones((64, 64, 64))  # 262,144 units.
+  f = hk.transform(lambda x: attention.dropout(x, rate, is_training=True))
+  y = np.asarray(f.apply({}, jax.random.key(3), x))
+  dropped = float(np.mean(y == 0))
+  assert abs(dropped - rate) < 5 * np.sqrt(rate * (1 - rate) / y.size), dropped
+  assert abs(float(y.mean()) - 1.0) < 0.01
+  np.testing.assert_allclose(np.unique(y), [0.0, 65536 / (65536 - round(rate * 65536))], rtol=1e-6)
+  with pytest.raises(ValueError, match="rate=1.0"):
+    hk.transform(lambda x: attention.dropout(x, 1.0, is_training=True)).apply({}, jax.random.key(0), x)

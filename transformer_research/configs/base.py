@@ -100,7 +100,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.grad_accum_steps = 1  # Micro-batches per step; batch_size is split.
   c.train.partitioning = "jit"  # "jit" (GSPMD) or "shard_map" (explicit pmean).
   c.train.log_every_steps = 50
-  c.train.peak_flops_per_device = -1.0  # For "mfu" in train records: FLOP/s of one device; -1 = measure a float32 matmul at start, 0 = don't report.
+  # For "mfu" in train records: FLOP/s of one device; -1 = the datasheet peak of
+  # the device and compute dtype (flops.PEAK_FLOPS; on CPU a float32 matmul
+  # measured at start), 0 = don't report.
+  c.train.peak_flops_per_device = -1.0
 
   # ----------------------------------------------------------------- eval
   c.eval = ml_collections.ConfigDict()

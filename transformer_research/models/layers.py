@@ -83,9 +83,35 @@ class TokenEmbedding(hk.Module):
 
   def attend(self, x: jnp.ndarray) -> jnp.ndarray:
     """Args: x [B, T, D]. Returns logits [B, T, V] float32."""
-    table = self._table().astype(self.compute_dtype)
-    return jnp.einsum("btd,vd->btv", x.astype(self.compute_dtype), table,
-                      preferred_element_type=jnp.float32)
+    return tied_logits(x.astype(self.compute_dtype), self._table().astype(self.compute_dtype))
+
+
+@jax.custom_vjp
+def tied_logits(x: jnp.ndarray, table: jnp.ndarray) -> jnp.ndarray:
+  """x [B, T, D] @ table [V, D]^T -> [B, T, V] float32 (f32 accumulation).
+
+  Autodiff would compute the table's gradient as g^T @ x, for which XLA:CPU
+  first writes the [B*T, V] logits gradient g a second time, transposed; the
+  backward pass below computes (x^T @ g)^T instead, transposing only the
+  [D, V] result. On the wmt_spa steps that transposed copy of g was the
+  largest single non-matmul op.
+  """
+  return jnp.einsum("btd,vd->btv", x, table, preferred_element_type=jnp.float32)
+
+
+def _tied_logits_forward(x, table):
+  return tied_logits(x, table), (x, table)
+
+
+def _tied_logits_backward(residuals, g):
+  x, table = residuals
+  g = g.astype(x.dtype)  # [B, T, V]
+  dx = jnp.einsum("btv,vd->btd", g, table, preferred_element_type=jnp.float32)
+  dtable = jnp.einsum("btd,btv->dv", x, g, preferred_element_type=jnp.float32).T  # [V, D]
+  return dx.astype(x.dtype), dtable.astype(table.dtype)
+
+
+tied_logits.defvjp(_tied_logits_forward, _tied_logits_backward)
 
 
 def sinusoidal(positions: jnp.ndarray, d_model: int) -> jnp.ndarray:
@@ -141,13 +167,6 @@ def layer_norm(x: jnp.ndarray, name: str) -> jnp.ndarray:
   return y.astype(x.dtype)
 
 
-def dropout(x: jnp.ndarray, rate: float, is_training: bool) -> jnp.ndarray:
-  """Inverted dropout, only while training (no rng needed otherwise)."""
-  if is_training and rate > 0:
-    return hk.dropout(hk.next_rng_key(), rate, x)
-  return x
-
-
 class FeedForward(hk.Module):
   """Position-wise MLP: `linear_0` (D -> F), activation, `linear_1` (F -> out)."""
 
@@ -188,9 +207,9 @@ class _Block(hk.Module):
     rate = self.options.dropout_rate
     if self.options.norm == "pre":
       y, aux = sublayer(layer_norm(x, ln_name))
-      return x + dropout(y, rate, is_training), aux
+      return x + attention.dropout(y, rate, is_training), aux
     y, aux = sublayer(x)
-    return layer_norm(x + dropout(y, rate, is_training), ln_name), aux
+    return layer_norm(x + attention.dropout(y, rate, is_training), ln_name), aux
 
   @hk.transparent
   def _mlp(self, x, is_training: bool) -> jnp.ndarray:
@@ -272,7 +291,7 @@ class Encoder(hk.Module):
     Returns [B, S, D] in the compute dtype."""
     o = self.options
     x = PositionEmbedding(o, name="pos_embed")(x, positions)
-    x = dropout(x, o.dropout_rate, is_training)
+    x = attention.dropout(x, o.dropout_rate, is_training)
     for i in range(self.num_layers):
       x = EncoderBlock(o, name=layer_name(i))(
           x, mask, positions, is_training=is_training)
@@ -305,7 +324,7 @@ class Decoder(hk.Module):
     Returns ([B, T, D], the updated cache or None)."""
     o = self.options
     x = PositionEmbedding(o, name="pos_embed")(x, positions)
-    x = dropout(x, o.dropout_rate, is_training)
+    x = attention.dropout(x, o.dropout_rate, is_training)
     new_cache = None if cache is None else {"index": cache["index"] + 1}
     for i in range(self.num_layers):
       name = layer_name(i)

@@ -204,7 +204,7 @@ class EncoderClassifier(hk.Module):
     else:
       keep = (inputs > 0)[..., None].astype(jnp.float32)  # [B, S, 1]
       pooled = jnp.sum(x.astype(jnp.float32) * keep, 1) / jnp.maximum(keep.sum(1), 1.0)
-    pooled = layers.dropout(pooled, o.dropout_rate, is_training)  # [B, D]
+    pooled = attention.dropout(pooled, o.dropout_rate, is_training)  # [B, D]
     head = layers.FeedForward(self.hidden_size, self.num_classes, activation=o.activation,
                               compute_dtype=o.compute_dtype, name="head")
     return head(pooled, jnp.float32)  # [B, C]
