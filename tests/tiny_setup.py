@@ -79,7 +79,7 @@ def flags(**overrides) -> list[str]:
 
 
 # Train-record fields that depend on wall-clock time, so two runs never agree on them.
-TIMING = ("steps_per_sec", "tokens_per_sec", "mfu")
+TIMING = ("steps_per_sec", "tokens_per_sec", "mfu", "data_wait_ms")
 
 
 def records(workdir: str) -> list[dict]:

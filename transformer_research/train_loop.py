@@ -12,10 +12,17 @@ step, log, eval, save, stop.
 Metric values are fetched only at interval boundaries: per-step metrics stay
 on device until the next log/eval/checkpoint, where they are fetched together
 and checked for NaN/Inf before anything is saved, so a diverged state is never
-checkpointed and the error still names the first bad step. Dispatch may run
-one step ahead of the device, no more, so a SIGTERM is acted on promptly.
+checkpointed and the error still names the first bad step.
+
+Feeding: batches are packed and put on the devices in a background thread
+(`pipeline.Prefetch`, `config.data.prefetch` batches ahead), and dispatch runs
+`config.train.dispatch_ahead` steps ahead of the device, no more, so the
+device never waits for the host and a SIGTERM is still acted on within a few
+steps. Train records carry `data_wait_ms`, the time per step the loop waited
+for a batch (bench/input_pipeline.py compares it with the step time).
 """
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -37,6 +44,7 @@ from transformer_research import flops as flops_lib
 from transformer_research import metrics as metrics_lib
 from transformer_research import sharding
 from transformer_research import training
+from transformer_research.data import pipeline
 
 
 def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
@@ -58,8 +66,12 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
   sharding.check_batch_size(config.train.batch_size, exp.mesh)  # Before any compile.
   sharding.check_batch_size(config.eval.batch_size, exp.mesh, "config.eval.batch_size")
   metrics_lib.write_config(config, workdir)
-  # The task yields this process's rows of the global batch.
-  train_iter = exp.task.train_iterator(config.train.batch_size)
+  # The task yields this process's rows of the global batch; the thread also
+  # puts them on the devices.
+  train_iter = pipeline.Prefetch(exp.task.train_iterator(config.train.batch_size),
+                                 config.data.prefetch,
+                                 lambda batch: (batch, sharding.global_batch(batch, exp.mesh)))
+  in_flight = _InFlight(config.train.dispatch_ahead)
   ckpt = checkpointing.Checkpointer(workdir, config.checkpoint)
 
   # --------------------------------------------------------------- resume
@@ -80,10 +92,11 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
   # ----------------------------------------------------------------- loop
   try:
     while step < num_steps:
-      batch = next(train_iter)
+      with window.waiting_for_data():
+        batch, device_batch = next(train_iter)
       window.count_batch(batch, exp)
-      state, step_metrics = exp.train_step(state, sharding.global_batch(batch, exp.mesh))
-      window.wait_for_previous_step()
+      state, step_metrics = exp.train_step(state, device_batch)
+      in_flight.push(step_metrics)
       step += 1
       window.steps.append((step, step_metrics))
       final = step == num_steps
@@ -115,6 +128,7 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
         break
     ckpt.wait()
   finally:
+    train_iter.close()
     preemption.close()
     progress.close()
     writer.close()
@@ -135,6 +149,7 @@ class _Window:
   checked: int = 0  # steps[:checked] are known finite.
   tokens: int = 0  # Non-pad tokens of this process's rows.
   flops: float = 0.0  # Model FLOPs of this process's rows.
+  data_wait: float = 0.0  # Seconds the loop waited for batches.
 
   def count_batch(self, batch: dict[str, np.ndarray], exp: experiment.Experiment) -> None:
     """Tokens and FLOPs of a host batch, from its shapes (no device sync)."""
@@ -143,12 +158,13 @@ class _Window:
     self.flops += flops_lib.batch_train_flops(exp.kind, exp.model.sizes, batch,
                                               exp.vocab.target or 0)
 
-  def wait_for_previous_step(self) -> None:
-    """At most two steps in flight: the host still prepares the next batch
-    while the device computes, but a SIGTERM is acted on within a step or
-    two, not after a whole log interval of queued steps."""
-    if self.steps:
-      jax.block_until_ready(self.steps[-1][1])
+  @contextlib.contextmanager
+  def waiting_for_data(self):
+    start = time.time()
+    try:
+      yield
+    finally:
+      self.data_wait += time.time() - start
 
   def check_finite(self, ckpt: checkpointing.Checkpointer) -> None:
     """Raises on the first NaN/Inf loss or gradient norm not yet checked.
@@ -183,6 +199,7 @@ class _Window:
         "grad_norm": float(host[-1]["grad_norm"]),
         "steps_per_sec": (step - self.start_step) / elapsed,
         "tokens_per_sec": self.tokens * jax.process_count() / elapsed,
+        "data_wait_ms": 1e3 * self.data_wait / max(step - self.start_step, 1),
     }
     if peak_flops:
       record["mfu"] = self.flops * jax.process_count() / elapsed / peak_flops
@@ -196,6 +213,27 @@ class _Window:
       yield
     finally:
       self.start_time += time.time() - start
+
+
+class _InFlight:
+  """Lets dispatch run `depth` steps ahead of the device, no more.
+
+  The host dispatches step n while the device still computes up to `depth`
+  earlier ones, so a slow batch or a Python hiccup never idles the device;
+  the bound keeps a SIGTERM from waiting behind a whole log interval of
+  queued steps.
+  """
+
+  def __init__(self, depth: int):
+    if not isinstance(depth, int) or depth < 1:
+      raise ValueError(f"config.train.dispatch_ahead={depth!r}; expected an int >= 1")
+    self.depth, self.steps = depth, collections.deque()
+
+  def push(self, metrics: Any) -> None:
+    """Records a dispatched step; blocks while more than `depth` are unfinished."""
+    self.steps.append(metrics)
+    while len(self.steps) > self.depth:
+      jax.block_until_ready(self.steps.popleft())
 
 
 class _Preemption:

@@ -58,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.packing = False  # Several examples per row (seq2seq, lm; never classify).
   c.data.num_buckets = 3  # Unpacked: pad to max_len, max_len/2, ... (few compiles).
   c.data.max_train_examples = -1  # Use only the first N training records; -1 = all.
+  c.data.prefetch = 2  # Training batches made ahead in a background thread (>= 1).
   # Text tasks: "sentencepiece" (trained on train into the workdir), "bpemb"
   # or "tiktoken" (cl100k_base). Synthetic tasks use a fixed character vocab.
   c.data.tokenizer = "sentencepiece"
@@ -100,6 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.grad_accum_steps = 1  # Micro-batches per step; batch_size is split.
   c.train.partitioning = "jit"  # "jit" (GSPMD) or "shard_map" (explicit pmean).
   c.train.log_every_steps = 50
+  # Steps dispatched ahead of the device (>= 1): hides host latency; SIGTERM
+  # is acted on within this many steps.
+  c.train.dispatch_ahead = 2
   # For "mfu" in train records: FLOP/s of one device; -1 = the datasheet peak of
   # the device and compute dtype (flops.PEAK_FLOPS; on CPU a float32 matmul
   # measured at start), 0 = don't report.
