@@ -49,6 +49,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_quiet_orbax)
   runtime.keep_freed_memory()  # Before anything starts the jax backend (see runtime.py).
+  runtime.cache_compilations(os.path.join(os.path.abspath(_WORKDIR.value), "compilation_cache"))
   if _COORDINATOR.value or _DISTRIBUTED.value:
     kwargs = {}
     if _COORDINATOR.value:

@@ -19,6 +19,7 @@ whole new one.
 import json
 import logging
 import os
+import zipfile
 from typing import Any, Callable
 
 import numpy as np
@@ -50,7 +51,7 @@ def load_or_tokenize(path: str, key: dict[str, Any],
           logging.info("tokenized cache %s: %d examples, made with the same tokenizers and "
                        "data", path, len(data))
           return data
-    except (OSError, ValueError, KeyError) as e:  # Truncated, corrupt or foreign file.
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # Torn or foreign.
       reason = f"unreadable ({type(e).__name__}: {e})"
     logging.warning("tokenized cache %s: %s; rebuilding it", path, reason)
   data = tokenize()
