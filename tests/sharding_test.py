@@ -116,3 +116,44 @@ def test_global_batch_is_split_over_batch_axes():
   batch = sharding.global_batch({"targets": np.arange(32, dtype=np.int32).reshape(8, 4)}, mesh)
   assert batch["targets"].shape == (8, 4)
   assert batch["targets"].addressable_shards[0].data.shape == (2, 4)
+
+
+def _collectives(fused_qkv: bool) -> dict[str, int]:
+  """Collective ops in the compiled train step on a (data 4, tensor 2) mesh."""
+  c = tiny_setup.config()
+  c.model.fused_qkv = fused_qkv
+  c.mesh.shape = (4, 1, 2)
+  model = tiny_setup.model(c)
+  mesh = sharding.make_mesh(c.mesh)
+  optimizer, schedule = optim.make_optimizer(c.train)
+  batch = tiny_setup.batches(1)[0]
+  abstract = training.abstract_train_state(model, optimizer, {k: v[:1] for k, v in batch.items()},
+                                           mesh, sharding.PARAM_RULES, 0)
+  step = training.jit_train_step(training.make_train_step(c, model, optimizer, schedule, "seq2seq"),
+                                 jax.tree.map(lambda x: x.sharding, abstract), mesh)
+  hlo = step.lower(abstract, sharding.global_batch(batch, mesh)).compile().as_text()
+  kinds = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
+  return {k: len(re.findall(rf"= \S+ {k}(-start)?\(", hlo)) for k in kinds}
+
+
+def test_head_major_fused_qkv_needs_no_extra_collective():
+  """Splitting the fused [D, 3D] projection over `tensor` gives each device
+  whole heads, so the compiled step has no more collectives than with three
+  separate projections."""
+  fused, separate = _collectives(True), _collectives(False)
+  assert sum(separate.values()) > 0  # The count sees the Megatron all-reduces.
+  for kind in fused:
+    assert fused[kind] <= separate[kind], (fused, separate)
+
+
+def test_scanned_parameters_keep_the_layer_dimension_whole():
+  c = tiny_setup.config()
+  c.model.scan_layers = True
+  c.mesh.shape = (1, 4, 2)
+  params = jax.eval_shape(lambda: tiny_setup.model(c).init(
+      jax.random.key(0), {k: v[:1] for k, v in tiny_setup.batches(1)[0].items()}))
+  mesh = sharding.make_mesh(c.mesh)
+  specs = {sharding.path_str(p): s.spec for p, s in jax.tree_util.tree_leaves_with_path(
+      sharding.param_shardings(params, mesh))}
+  assert specs["encoder/layers/layer/attn/query/w"] == P(None, "fsdp", "tensor")
+  assert specs["decoder/layers/layer/mlp/linear_1/w"] == P(None, "tensor", "fsdp")

@@ -96,3 +96,23 @@ def test_eval_step_ignores_padding_rows():
   (a, _), (b, _) = eval_step(params, half), eval_step(params, masked)
   for k in a:
     np.testing.assert_allclose(a[k], b[k], rtol=1e-6)
+
+
+def test_shard_map_keeps_parameters_and_gradients_sharded_over_fsdp():
+  """The shard_map step takes fsdp-sharded parameters (all-gathered inside)
+  and reduce-scatters the gradients, rather than replicating both."""
+  c = tiny_setup.config(partitioning="shard_map")
+  c.mesh.shape = (1, 8, 1)
+  model = tiny_setup.model(c)
+  mesh = sharding.make_mesh(c.mesh)
+  optimizer, schedule = optim.make_optimizer(c.train)
+  batch = tiny_setup.batches(1)[0]
+  abstract = training.abstract_train_state(model, optimizer, {k: v[:1] for k, v in batch.items()},
+                                           mesh, sharding.PARAM_RULES, 0)
+  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  step = training.jit_train_step(
+      training.make_train_step(c, model, optimizer, schedule, "seq2seq", mesh), shardings, mesh)
+  hlo = step.lower(abstract, sharding.global_batch(batch, mesh)).compile().as_text()
+  assert "reduce-scatter" in hlo and "all-gather" in hlo
+  sharded = [s for s in jax.tree.leaves(shardings.params) if "fsdp" in str(s.spec)]
+  assert len(sharded) > len(jax.tree.leaves(shardings.params)) // 2

@@ -46,6 +46,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.pooling = "mean"  # Classifier pooling: "mean" or "cls".
   c.model.classifier_hidden = 0  # Classifier MLP hidden width; 0 = d_model.
   c.model.compute_dtype = "float32"  # "bfloat16" on TPU/GPU; params stay f32.
+  # One hk.layer_stack per stack instead of Python-unrolled blocks: compile
+  # time stays flat with depth; parameters get a leading [layers] dimension
+  # under encoder/layers/layer/... (so checkpoints of the two layouts differ).
+  c.model.scan_layers = False
+  # Rematerialise each block in the backward pass: "none", "full" (keep only
+  # block inputs) or "dots" (keep weight-matmul outputs): memory for compute.
+  c.model.remat = "none"
 
   # ----------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()

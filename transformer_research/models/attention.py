@@ -129,7 +129,8 @@ class MultiHeadAttention(hk.Module):
   """Scaled dot-product attention over H heads, with an optional KV cache.
 
   Parameters: `query/w`, `key/w`, `value/w` (or one fused `qkv/w` [D, 3D] for
-  self-attention when `fused_qkv`), output `linear/w`, each with a bias `b`.
+  self-attention when `fused_qkv`, columns head-major: (H, 3, Dh)), output
+  `linear/w`, each with a bias `b`.
   """
 
   def __init__(self, num_heads: int, d_model: int, *, fused_qkv: bool = False,
@@ -155,9 +156,12 @@ class MultiHeadAttention(hk.Module):
   @hk.transparent
   def _qkv(self, query: jnp.ndarray, memory: jnp.ndarray | None):
     if memory is None and self.fused_qkv:
+      # Head-major columns (H, 3, Dh): a `tensor`-axis split of the 3D columns
+      # (sharding.PARAM_RULES) gives each device whole heads with their q, k
+      # and v, so attention needs no collective; a (3, H, Dh) order would not.
       qkv = Dense(3 * self.d_model, compute_dtype=self.compute_dtype, name="qkv")(query)
-      qkv = qkv.reshape(*qkv.shape[:-1], 3, self.num_heads, self.head_dim)  # [B, T, 3, H, Dh]
-      return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+      qkv = qkv.reshape(*qkv.shape[:-1], self.num_heads, 3, self.head_dim)  # [B, T, H, 3, Dh]
+      return qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
     source = query if memory is None else memory
     return (self._project(query, "query"), self._project(source, "key"),
             self._project(source, "value"))

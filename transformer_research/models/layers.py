@@ -40,6 +40,21 @@ class Options:
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   compute_dtype: Any = jnp.float32
+  scan_layers: bool = False
+  remat: str = "none"
+
+
+# Rematerialisation policies (`model.remat`): what the backward pass may keep
+# from the forward pass of a block instead of recomputing it.
+REMAT_POLICIES = {
+    "none": None,  # Keep everything (no jax.checkpoint).
+    "full": jax.checkpoint_policies.nothing_saveable,  # Keep only the block's input.
+    # Keep the weight matmuls' outputs, recompute attention and elementwise ops.
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+# Scanned stacks keep their blocks under ENCODER_OR_DECODER/layers/layer/...,
+# with a leading [num_layers] dimension on every parameter.
+SCANNED = "layers"
 
 
 def layer_name(index: int) -> str:
@@ -278,7 +293,8 @@ class DecoderBlock(_Block):
 
 
 class Encoder(hk.Module):
-  """Positions, dropout, `layer_XX` EncoderBlocks, final LayerNorm (pre-LN)."""
+  """Positions, dropout, `layer_XX` EncoderBlocks (or, with
+  `options.scan_layers`, one `hk.layer_stack` of them), final LayerNorm (pre-LN)."""
 
   def __init__(self, options: Options, num_layers: int, name: str = "encoder"):
     super().__init__(name=name)
@@ -292,19 +308,37 @@ class Encoder(hk.Module):
     o = self.options
     x = PositionEmbedding(o, name="pos_embed")(x, positions)
     x = attention.dropout(x, o.dropout_rate, is_training)
-    for i in range(self.num_layers):
-      x = EncoderBlock(o, name=layer_name(i))(
-          x, mask, positions, is_training=is_training)
+    block = lambda name: _remat(o, lambda x: EncoderBlock(o, name=name)(
+        x, mask, positions, is_training=is_training))
+    if o.scan_layers:
+      x = hk.layer_stack(self.num_layers, name=SCANNED)(block("layer"))(x)
+    else:
+      for i in range(self.num_layers):
+        x = block(layer_name(i))(x)
     if o.norm == "pre":  # Pre-LN leaves the residual stream unnormalised.
       x = layer_norm(x, "ln_final")
     return x
+
+
+def _remat(o: Options, fn):
+  """`fn` under `jax.checkpoint` with the policy of `o.remat` ("none": as is).
+
+  CSE prevention is only needed outside a scan (inside one XLA cannot merge
+  the recomputation into the forward pass anyway).
+  """
+  if o.remat == "none":
+    return fn
+  return hk.remat(fn, policy=REMAT_POLICIES[o.remat], prevent_cse=not o.scan_layers)
 
 
 class Decoder(hk.Module):
   """Positions, dropout, `layer_XX` DecoderBlocks, final LayerNorm (pre-LN).
 
   Runs a whole sequence (training, teacher forcing) or one step against a
-  cache {"index": [B] int32, "layer_XX": {"key", "value": [B, L, H, Dh]}}.
+  cache {"index": [B] int32, "layer_XX": {"key", "value": [B, L, H, Dh]}}
+  (scanned: {"index", "layers": {"key", "value": [B, num_layers, L, H, Dh]}}).
+  With `options.scan_layers` the blocks are one `hk.layer_stack` (compiled
+  once, whatever the depth) named `layers/layer`.
   """
 
   def __init__(self, options: Options, num_layers: int, *,
@@ -325,15 +359,30 @@ class Decoder(hk.Module):
     o = self.options
     x = PositionEmbedding(o, name="pos_embed")(x, positions)
     x = attention.dropout(x, o.dropout_rate, is_training)
+    index = None if cache is None else cache["index"]
+
+    def block(name):
+      def apply(x, layer_cache=None):
+        return DecoderBlock(o, cross_attention=self.cross_attention, name=name)(
+            x, mask, positions, is_training=is_training, memory=memory,
+            memory_mask=memory_mask, cache=layer_cache, cache_index=index)
+      return _remat(o, apply)
+
     new_cache = None if cache is None else {"index": cache["index"] + 1}
-    for i in range(self.num_layers):
-      name = layer_name(i)
-      x, layer_cache = DecoderBlock(o, cross_attention=self.cross_attention, name=name)(
-          x, mask, positions, is_training=is_training, memory=memory,
-          memory_mask=memory_mask, cache=None if cache is None else cache[name],
-          cache_index=None if cache is None else cache["index"])
-      if cache is not None:
-        new_cache[name] = layer_cache
+    if o.scan_layers and cache is None:
+      x = hk.layer_stack(self.num_layers, name=SCANNED)(lambda x: block("layer")(x)[0])(x)
+    elif o.scan_layers:  # Each layer reads and returns its slice of the stacked cache.
+      # The cache keeps batch leading (as the searches expect); the stack scans axis 0.
+      swap = lambda tree: jax.tree.map(lambda c: jnp.swapaxes(c, 0, 1), tree)
+      x, stacked = hk.layer_stack(self.num_layers, with_per_layer_inputs=True, name=SCANNED)(
+          block("layer"))(x, swap(cache[SCANNED]))
+      new_cache[SCANNED] = swap(stacked)
+    else:
+      for i in range(self.num_layers):
+        name = layer_name(i)
+        x, layer_cache = block(name)(x, None if cache is None else cache[name])
+        if cache is not None:
+          new_cache[name] = layer_cache
     if o.norm == "pre":
       x = layer_norm(x, "ln_final")
     return x, new_cache
