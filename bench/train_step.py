@@ -70,7 +70,8 @@ def main(argv: list[str]) -> None:
   device = jax.devices()[0]
   print(f"config: {c.data.task} {kind} variant={c.model.variant} {sizes} vocab={vocab} "
         f"batch={b} S={s} T={t} optimizer={c.train.optimizer} "
-        f"compute_dtype={c.model.compute_dtype} mesh={dict(mesh.shape)}")
+        f"compute_dtype={c.model.compute_dtype} scan_layers={c.model.scan_layers} "
+        f"remat={c.model.remat} mesh={dict(mesh.shape)}")
   print(f"device: {jax.device_count()} x {device.platform} ({device.device_kind}), "
         f"{os.cpu_count()} host cores")
 

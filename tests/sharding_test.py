@@ -123,15 +123,7 @@ def _collectives(fused_qkv: bool) -> dict[str, int]:
   c = tiny_setup.config()
   c.model.fused_qkv = fused_qkv
   c.mesh.shape = (4, 1, 2)
-  model = tiny_setup.model(c)
-  mesh = sharding.make_mesh(c.mesh)
-  optimizer, schedule = optim.make_optimizer(c.train)
-  batch = tiny_setup.batches(1)[0]
-  abstract = training.abstract_train_state(model, optimizer, {k: v[:1] for k, v in batch.items()},
-                                           mesh, sharding.PARAM_RULES, 0)
-  step = training.jit_train_step(training.make_train_step(c, model, optimizer, schedule, "seq2seq"),
-                                 jax.tree.map(lambda x: x.sharding, abstract), mesh)
-  hlo = step.lower(abstract, sharding.global_batch(batch, mesh)).compile().as_text()
+  hlo = tiny_setup.train_step_hlo(c)
   kinds = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
   return {k: len(re.findall(rf"= \S+ {k}(-start)?\(", hlo)) for k in kinds}
 
