@@ -12,6 +12,7 @@ sentences unless `--num_examples` says otherwise (-1 = the whole split).
 from absl import app
 from absl import flags
 
+from transformer_research import cli
 from transformer_research import evaluation
 from transformer_research import runtime
 
@@ -26,11 +27,8 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   runtime.keep_freed_memory()  # Before the jax backend starts (see runtime.py).
-  try:
-    record, report = evaluation.evaluate_run(_WORKDIR.value, _SPLIT.value, _STEP.value,
-                                             _NUM_EXAMPLES.value)
-  except ValueError as e:
-    raise SystemExit(f"error: {e}") from None
+  record, report = evaluation.evaluate_run(_WORKDIR.value, _SPLIT.value, _STEP.value,
+                                           _NUM_EXAMPLES.value)
   for key, value in record.items():
     print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
   if report:
@@ -38,4 +36,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -10,9 +10,9 @@ decoded in batches. Output: one line per input line (blank for blank input).
 
 import sys
 
-from absl import app
 from absl import flags
 
+from transformer_research import cli
 from transformer_research import experiment
 from transformer_research import inference
 
@@ -35,19 +35,15 @@ def main(argv: list[str]) -> None:
       print("reading one text per line from stdin (Ctrl-D to end)", file=sys.stderr)
     texts = sys.stdin.read().splitlines()
   if not any(t.strip() for t in texts):
-    raise SystemExit("error: empty input: expected a text argument or one text per "
-                     "line on stdin.")
-  try:
-    run = experiment.load_run(_WORKDIR.value, _STEP.value)
-    outputs = inference.generate_text(
-        run.experiment, run.params, texts, beam_size=_BEAM.value, max_len=_MAX_LENGTH.value,
-        temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
-        seed=_SEED.value)
-  except ValueError as e:
-    raise SystemExit(f"error: {e}") from None
+    raise ValueError("empty input: expected a text argument or one text per line on stdin.")
+  run = experiment.load_run(_WORKDIR.value, _STEP.value)
+  outputs = inference.generate_text(
+      run.experiment, run.params, texts, beam_size=_BEAM.value, max_len=_MAX_LENGTH.value,
+      temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
+      seed=_SEED.value)
   for line in outputs:
     print(line)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

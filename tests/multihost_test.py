@@ -1,25 +1,31 @@
-"""Two local CPU processes (gloo collectives, loopback coordinator) train like one.
+"""Multi-process runs through launch/train.py itself, started as a pod run is.
 
-Each worker has 4 CPU devices; together they form a hybrid mesh (per-process
-(2, 2, 1) times (2, 1, 1) across processes = (4, 2, 1)), load only their half
-of every batch, train to step 2 (checkpoint), then resume to step 4 in a
-second `train_and_evaluate` call. The losses and eval metrics (decoded sequence
-accuracy included) must equal a 1-process run with 8 devices on the same
-global batches.
+Two local CPU processes (gloo collectives, a loopback coordinator, bounded
+waits) each run the README's command with their own `--process_id`. They
+must: train, checkpoint and resume exactly like one process with all the
+devices; stop together and exit 0 on SIGTERM; stop (non-zero) soon after one
+of them is killed, and resume from the last checkpoint when all are rerun;
+refuse inconsistent launch flags and different configs with one clear line.
+A persistent compilation cache shared by the runs of a test keeps reruns
+from compiling again.
 """
 
-import os
+import json
+import pathlib
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 
 import tiny_setup
 from transformer_research import train_loop
 
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")
+TRAIN = str(tiny_setup.ROOT / "launch" / "train.py")
+REVERSE = f"--config={tiny_setup.ROOT / 'configs' / 'reverse.py'}:tiny,smoke"
 
 
 def _free_port() -> int:
@@ -28,26 +34,78 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
-  multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
-  port = _free_port()
-  env = tiny_setup.subprocess_env(JAX_PLATFORMS="cpu")
-  mesh = ["mesh.shape=(-1, 2, 1)", "mesh.dcn_shape=(2, 1, 1)"]
-  procs = [subprocess.Popen([sys.executable, WORKER, multi, f"multihost={i},2,{port},2,4", *mesh],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  try:
-    outputs = [p.communicate(timeout=400)[0] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
-  for out in outputs:  # The second call resumed collectively from step 2.
-    assert re.search(r"resumed from \S+ step 2; training from step 2 to 4", out), out[-3000:]
+def _env(tmp_path: pathlib.Path, devices: int) -> dict[str, str]:
+  return tiny_setup.subprocess_env(
+      JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+      JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
-  train_loop.train_and_evaluate(tiny_setup.task_config(**{"mesh.shape": (-1, 2, 1)}), single)
-  got, want = tiny_setup.records(multi), tiny_setup.records(single)
+
+class _Launch:
+  """The same command on processes 0..N-1 of one run, output in per-process logs."""
+
+  def __init__(self, tmp_path, name: str, args: list[str], env: dict[str, str],
+               per_process: tuple[list[str], ...] = ([], [])):
+    port = _free_port()
+    self.logs = [tmp_path / f"{name}_{i}.log" for i in range(len(per_process))]
+    self.procs = []
+    for i, (extra, log) in enumerate(zip(per_process, self.logs)):
+      with open(log, "w") as out:
+        self.procs.append(subprocess.Popen(
+            [sys.executable, TRAIN, f"--coordinator_address=127.0.0.1:{port}",
+             f"--num_processes={len(per_process)}", f"--process_id={i}", "--init_timeout_s=120",
+             "--heartbeat_timeout_s=10", *args, *extra],
+            env=env, stdout=out, stderr=subprocess.STDOUT))
+
+  def output(self, i: int) -> str:
+    return self.logs[i].read_text()
+
+  def wait(self, timeout: float) -> list[int]:
+    """Exit codes; kills whatever is still running after `timeout` seconds."""
+    deadline = time.time() + timeout
+    try:
+      return [p.wait(timeout=max(deadline - time.time(), 0.1)) for p in self.procs]
+    finally:
+      self.kill()
+
+  def kill(self) -> None:
+    for p in self.procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+  def wait_for(self, condition, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+      if time.time() > deadline or any(p.poll() is not None for p in self.procs):
+        self.kill()
+        raise AssertionError(f"{what} never happened:\n" + self.output(0)[-3000:])
+      time.sleep(0.2)
+
+
+def _steps(workdir: pathlib.Path) -> list[int]:
+  return sorted(int(d.name) for d in (workdir / "checkpoints").iterdir() if d.name.isdigit())
+
+
+def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
+  """4 CPU devices per process on a hybrid mesh (per-process (2, 2, 1) times
+  (2, 1, 1) across processes = (4, 2, 1)); each loads half of every batch. Run
+  to step 2 (checkpoint), rerun to step 4: the losses and eval metrics (decoded
+  sequence accuracy included) equal one process with 8 devices."""
+  multi, single = tmp_path / "multi", tmp_path / "single"
+  env = _env(tmp_path, devices=4)
+  args = [REVERSE, f"--workdir={multi}", "--config.mesh.shape=(-1, 2, 1)",
+          "--config.mesh.dcn_shape=(2, 1, 1)", *tiny_setup.flags()]
+  for num_steps in (2, 4):
+    launch = _Launch(tmp_path, f"to{num_steps}", args + [f"--config.train.num_steps={num_steps}"],
+                     env)
+    codes = launch.wait(timeout=400)
+    assert codes == [0, 0], launch.output(0)[-3000:] + launch.output(1)[-3000:]
+  for i in range(2):  # The rerun resumed collectively from step 2.
+    assert re.search(r"resumed from \S+ step 2; training from step 2 to 4", launch.output(i))
+
+  train_loop.train_and_evaluate(tiny_setup.task_config(**{"mesh.shape": (-1, 2, 1)}), str(single))
+  got, want = tiny_setup.records(str(multi)), tiny_setup.records(str(single))
   assert [(r["step"], r["split"]) for r in got] == [(r["step"], r["split"]) for r in want]
   # Every metric but the timings: eval records include the decoded metrics
   # (sequence accuracy per length), which each process decodes for its share
@@ -57,4 +115,118 @@ def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
     for key in w.keys() - {"step", "split", *tiny_setup.TIMING}:
       np.testing.assert_allclose(g[key], w[key], atol=1e-5, rtol=0, err_msg=f"{key} {g}")
   assert any("sequence_accuracy" in r for r in got)
-  assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["2", "4"]
+  assert _steps(multi) == [2, 4]
+
+
+def test_sigkill_of_one_process_stops_the_other_then_rerun_resumes_and_sigterm_stops_all(tmp_path):
+  """An LM on local text with a SentencePiece model that process 0 trains and
+  broadcasts (process 1 never reads it from disk). SIGKILL of process 1: process
+  0 exits non-zero within the heartbeat timeout. Rerunning both resumes from
+  the last checkpoint; SIGTERM to both then checkpoints one step on both and
+  exits 0."""
+  words = ["good", "bad", "movie", "plot", "actor", "long", "fun", "boring", "story",
+           "music", "ending", "great", "awful", "scene", "film", "the", "a", "was"]
+  rng = np.random.default_rng(0)
+  reviews = tmp_path / "reviews.jsonl"
+  reviews.write_text("".join(json.dumps({"text": " ".join(rng.choice(words, 12))}) + "\n"
+                             for _ in range(200)))
+  workdir = tmp_path / "run"
+  args = [f"--config={tiny_setup.ROOT / 'configs' / 'lm_imdb.py'}:tiny,smoke",
+          f"--workdir={workdir}", f"--config.data.train_path={reviews}",
+          "--config.data.vocab_size=40", "--config.data.max_target_len=16",
+          "--config.data.num_buckets=1", "--config.model.num_decoder_layers=1",
+          "--config.train.batch_size=8", "--config.train.num_steps=100000",
+          "--config.train.log_every_steps=1", "--config.eval.every_steps=100000",
+          "--config.checkpoint.every_steps=3"]
+  env = _env(tmp_path, devices=1)
+
+  first = _Launch(tmp_path, "killed", args, env)
+  first.wait_for(lambda: (workdir / "checkpoints" / "3").is_dir(), "a checkpoint at step 3")
+  first.procs[1].send_signal(signal.SIGKILL)
+  killed_at = time.time()
+  codes = first.wait(timeout=120)
+  assert codes[1] == -signal.SIGKILL
+  assert codes[0] != 0, first.output(0)[-3000:]
+  assert time.time() - killed_at < 100  # Noticed within the 10 s heartbeat timeout (+ slack).
+  last = _steps(workdir)[-1]
+  assert list(workdir.glob("spm_lm_imdb_40.model"))  # Written by process 0 alone.
+
+  second = _Launch(tmp_path, "rerun", args, env)
+  second.wait_for(lambda: _steps(workdir)[-1] > last, "a checkpoint after the resumed step")
+  for p in second.procs:
+    p.send_signal(signal.SIGTERM)
+  codes = second.wait(timeout=120)
+  assert codes == [0, 0], second.output(0)[-3000:] + second.output(1)[-3000:]
+  stopped = []
+  for i in range(2):
+    out = second.output(i)
+    assert re.search(rf"resumed from \S+ step {last}; training from step {last} ", out), out[-3000:]
+    stopped += [int(s) for s in re.findall(r"SIGTERM: checkpointed step (\d+)", out)]
+  assert len(stopped) == 2 and stopped[0] == stopped[1] and stopped[0] in _steps(workdir)
+
+
+def _single(tmp_path, *flags: str, timeout: float = 120) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, TRAIN, REVERSE, f"--workdir={tmp_path / 'run'}", *flags],
+                        env=_env(tmp_path, devices=1), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def test_inconsistent_launch_flags_are_one_line_errors(tmp_path):
+  cases = [
+      (["--num_processes=2"], "--num_processes given without --coordinator_address=HOST:PORT"),
+      (["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"],
+       "--process_id=2 is out of range for --num_processes=2: expected 0 to 1"),
+      (["--coordinator_address=127.0.0.1", "--num_processes=2", "--process_id=0"],
+       "expected HOST:PORT"),
+      (["--coordinator_address=127.0.0.1:1"], "needs --num_processes and --process_id"),
+  ]
+  for flags, message in cases:
+    result = _single(tmp_path, *flags)
+    assert result.returncode == 1 and message in result.stderr, (flags, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_coordinator_that_never_answers_is_a_bounded_wait_and_one_line(tmp_path):
+  start = time.time()
+  result = _single(tmp_path, f"--coordinator_address=127.0.0.1:{_free_port()}",
+                   "--num_processes=2", "--process_id=1", "--init_timeout_s=3")
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert "error: process 1 of 2: the coordinator at 127.0.0.1:" in result.stderr
+  assert "within --init_timeout_s=3" in result.stderr and "Traceback" not in result.stderr
+  assert time.time() - start < 100
+
+
+def test_processes_with_different_configs_are_refused_naming_the_field(tmp_path):
+  launch = _Launch(tmp_path, "mismatch", [REVERSE, f"--workdir={tmp_path / 'run'}"],
+                   _env(tmp_path, devices=1),
+                   per_process=(["--config.train.batch_size=8"], ["--config.train.batch_size=16"]))
+  codes = launch.wait(timeout=200)
+  assert all(c != 0 for c in codes)
+  assert ("error: process 1 was started with a different config than process 0: "
+          "train.batch_size is 16 there and 8 on process 0") in launch.output(0)
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_run_saved_by_two_processes_resumes_on_one_at_the_same_data_position(tmp_path):
+  """The data iterator's position is the same on every process, so a
+  checkpoint of 2 processes resumes on 1 (8 devices) where it stopped, and the
+  run ends as a 1-process run would."""
+  multi, single = tmp_path / "multi", tmp_path / "single"
+  args = [REVERSE, f"--workdir={multi}", "--config.mesh.shape=(-1, 2, 1)",
+          "--config.mesh.dcn_shape=(2, 1, 1)", *tiny_setup.flags(**{"train.num_steps": 2})]
+  launch = _Launch(tmp_path, "two", args, _env(tmp_path, devices=4))
+  assert launch.wait(timeout=400) == [0, 0], launch.output(0)[-3000:]
+  one = subprocess.run(tiny_setup.train_command(multi, **{"mesh.shape": "(-1,2,1)",
+                                                          "mesh.dcn_shape": "()"}),
+                       env=_env(tmp_path, devices=8), capture_output=True, text=True,
+                       timeout=400)
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert re.search(r"resumed from \S+ step 2; training from step 2 to 4", one.stderr)
+
+  train_loop.train_and_evaluate(tiny_setup.task_config(**{"mesh.shape": (-1, 2, 1)}), str(single))
+  got, want = tiny_setup.records(str(multi)), tiny_setup.records(str(single))
+  assert [(r["step"], r["split"]) for r in got] == [(r["step"], r["split"]) for r in want]
+  for g, w in zip(got, want):
+    for key in w.keys() - {"step", "split", *tiny_setup.TIMING}:
+      np.testing.assert_allclose(g[key], w[key], atol=1e-5, rtol=0, err_msg=f"{key} {g}")

@@ -6,6 +6,7 @@ Kept tiny (d_model 32, 1+1 layers) so every compile takes seconds on CPU.
 import json
 import os
 import pathlib
+import sys
 
 import ml_collections
 import numpy as np
@@ -76,6 +77,13 @@ TASK_OVERRIDES = {
 
 def flags(**overrides) -> list[str]:
   return [f"--config.{k}={v}" for k, v in {**TASK_OVERRIDES, **overrides}.items()]
+
+
+def train_command(workdir, **overrides) -> list[str]:
+  """`python launch/train.py` on the tiny reverse config, as a user types it."""
+  return [sys.executable, str(ROOT / "launch" / "train.py"),
+          f"--config={ROOT / 'configs' / 'reverse.py'}:tiny,smoke", f"--workdir={workdir}",
+          *flags(**overrides)]
 
 
 # Train-record fields that depend on wall-clock time, so two runs never agree on them.

@@ -1,34 +1,62 @@
-"""Orbax checkpoints of the whole train state plus the data iterator position.
+"""Orbax checkpoints of the whole train state, the data position and the open log window.
 
 Resume order (`Checkpointer.resume`), so rerunning the same command continues
 a run with no extra flag:
 
-1. the workdir's own latest checkpoint in `WORKDIR/checkpoints/`; a latest
-   checkpoint that cannot be read (corrupt, half-written) is skipped with a
-   warning and the one before it is used;
-2. otherwise `config.checkpoint.init_from` (a workdir, its `checkpoints/`
-   directory or one step directory): parameters only, so optimizer, step,
-   rng and data position start fresh;
-3. otherwise from scratch (the state passed in is kept).
+1. the workdir's own checkpoints in `WORKDIR/checkpoints/`, newest first. A
+   checkpoint that cannot be read (corrupt, half-written) is moved aside to
+   `checkpoints/corrupt-<step>/` with a warning, so training can pass that
+   step again, and the one before it is tried. A readable checkpoint that
+   does not match the config's state (another model size, another optimizer)
+   stops the run with an error naming the step and the first mismatching
+   leaf: a run directory with checkpoints is never silently started over;
+2. only when the run directory holds no checkpoint at all:
+   `config.checkpoint.init_from` (a workdir, its `checkpoints/` directory or
+   one step directory): parameters only, so optimizer, step, rng and data
+   position start fresh;
+3. otherwise from scratch.
 
-Each step directory holds three items: `params` (so warm starts read only
-them), `train` (optimizer state, step, rng) and `extra` (JSON: the data
-iterator state of every process). Arrays are restored against the shardings
-of the current mesh, so a run saved on one mesh resumes on any other.
+A restore targets the abstract state (`Experiment.abstract_state`: shapes,
+dtypes and shardings, no memory), and the state is initialised only when
+nothing is restored, so a resume never holds two copies of it. Arrays are
+restored onto the shardings of the current mesh, so a run saved on one mesh
+resumes on any other.
+
+Each step directory holds `params` (so warm starts read only them), `train`
+(optimizer state, step, rng), `extra` (JSON: the data iterator position, the
+same on every process, and the train-record window still open at that step)
+and, when `checkpoint.best_metric` is set and the step was an eval step,
+Orbax's `metrics` item, which is what keeps best-N checkpoints across restarts.
+Paths go through `etils.epath`, so the workdir may be a bucket (`gs://...`).
 """
 
-import json
+import contextlib
+import dataclasses
 import logging
-import os
-from typing import Any
+from typing import Any, Callable
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from transformer_research import distributed
 from transformer_research.training import TrainState
+
+
+class IncompatibleCheckpoint(ValueError):
+  """A readable checkpoint whose state does not match the config's."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Resumed:
+  """Where a run starts: its state and what the checkpoint carried besides."""
+  state: TrainState
+  data_state: dict | None  # The iterator position; None = from the start.
+  window: dict | None  # The open train-record window at the saved step.
+  origin: str  # One line for the log and runs.jsonl.
 
 
 class Checkpointer:
@@ -42,91 +70,136 @@ class Checkpointer:
     """
     self.config = checkpoint_config
     keep = int(checkpoint_config.max_to_keep)
+    if keep < 1:
+      raise ValueError(f"config.checkpoint.max_to_keep={keep}: expected at least 1")
     policy = policies.LatestN(n=keep)
+    best_fn = None
     if checkpoint_config.best_metric:
       metric, mode = checkpoint_config.best_metric, checkpoint_config.best_mode
       if mode not in ("max", "min"):
         raise ValueError(f"config.checkpoint.best_mode={mode!r}: expected 'max' or 'min'")
+      best_fn = lambda metrics: metrics[metric]
       # The latest `keep` stay for resuming; the best `keep` stay as results.
       policy = policies.AnyPreservationPolicy([policy, policies.BestN(
-          get_metric_fn=lambda m: m[metric], reverse=mode == "min", n=keep,
+          get_metric_fn=best_fn, reverse=mode == "min", n=keep,
           keep_checkpoints_without_metrics=False)])
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=bool(checkpoint_config.async_save),
-        preservation_policy=policy, cleanup_tmp_directories=True, create=True)
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        preservation_policy=policy, cleanup_tmp_directories=True, create=True,
+        # best_fn is what makes Orbax write each checkpoint's metrics to
+        # disk; without it BestN only sees the metrics of this process's saves.
+        best_fn=best_fn, best_mode=checkpoint_config.best_mode)
+    self.directory = _absolute(workdir) / "checkpoints"
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_handlers())
 
-  def save(self, state: TrainState, data_state: dict, metrics: dict | None = None) -> None:
+  def save(self, state: TrainState, data_state: dict, window: dict,
+           eval_metrics: dict | None = None) -> None:
     """Starts a (collective, possibly async) save of `state` at its step.
 
     Every process calls this: arrays are written shard by shard by their
-    owners, and the data iterator states of all processes are gathered so
-    each can find its own on resume.
+    owners. `eval_metrics` are the metrics of an eval made at this very step
+    (None otherwise), so only eval checkpoints compete for "best".
     """
     step = int(jax.device_get(state.step))
     best = self.config.best_metric
-    keep_metrics = {best: float(metrics[best])} if best and metrics and best in metrics else None
-    self.manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params),
-        train=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step,
-                                     "rng": state.rng}),
-        extra=ocp.args.JsonSave({"data": _gather_json(data_state)})),
-        metrics=keep_metrics, force=True)
+    keep_metrics = None
+    if best and eval_metrics is not None:
+      if best not in eval_metrics:
+        raise ValueError(f"config.checkpoint.best_metric={best!r}: the eval at step {step} "
+                         f"reports {sorted(eval_metrics)}")
+      keep_metrics = {best: float(eval_metrics[best])}
+    with self._writing(step):
+      self.manager.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(state.params),
+          train=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step,
+                                       "rng": state.rng}),
+          extra=ocp.args.JsonSave({"data": _same_on_every_process(data_state),
+                                   "window": window})),
+          metrics=keep_metrics, force=True)
 
-  def resume(self, state: TrainState, shardings: TrainState) -> tuple[TrainState, dict | None, str]:
+  @contextlib.contextmanager
+  def _writing(self, step: int | None):
+    """A failed write (full disk, read-only directory) as one clear error."""
+    try:
+      yield
+    except Exception as e:
+      what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+      raise OSError(f"{what} could not be written to {self.directory} ({_short(e)}); the "
+                    f"checkpoints already there are kept (latest: step "
+                    f"{self.manager.latest_step()})") from e
+
+  def resume(self, abstract: TrainState, init_state: Callable[[], TrainState]) -> Resumed:
     """Applies the resume order in the module docstring.
 
     Args:
-      state: a freshly initialised state (used for shapes and as the scratch
-        fallback).
-      shardings: its shardings on the current mesh.
+      abstract: the config's state as `jax.ShapeDtypeStruct`s with shardings.
+      init_state: makes a fresh state; called only when nothing is restored.
 
-    Returns:
-      (state, this process's data iterator state or None, a one-line note on
-      where the state came from).
+    Raises:
+      IncompatibleCheckpoint: the newest readable checkpoint does not match
+        `abstract` (names the step and the first mismatching leaf).
+      ValueError: the run directory had checkpoints and none could be read.
     """
-    abstract = _abstract(state, shardings)
+    moved = []
     for step in reversed(self.manager.all_steps()):
       try:
-        saved_shapes = self.manager.item_metadata(step)["params"]
-        if saved_shapes is None:
-          raise ValueError("no params metadata")
+        saved = self.manager.item_metadata(step)
+        if saved["params"] is None or saved["train"] is None:
+          raise ValueError("no params or train metadata")
       except Exception as e:  # Unreadable metadata: a corrupt checkpoint.
-        logging.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one",
-                        step, self.directory, e)
+        moved.append(self._move_aside(step, e))
         continue
-      check_compatible(saved_shapes, state.params, self.directory)
+      where = f"checkpoint step {step} in {self.directory}"
+      check_compatible(saved["params"], abstract.params, where, "params")
+      check_compatible(saved["train"], _train_item(abstract), where, "train")
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract.params),
-            train=ocp.args.StandardRestore({"opt_state": abstract.opt_state,
-                                            "step": abstract.step, "rng": abstract.rng}),
+            train=ocp.args.StandardRestore(_train_item(abstract)),
             extra=ocp.args.JsonRestore()))
-      except Exception as e:  # Missing or truncated files: skip, keep going back.
-        logging.warning("checkpoint step %d in %s could not be restored (%s); trying the "
-                        "previous one", step, self.directory, e)
+      except Exception as e:  # Missing or truncated files.
+        moved.append(self._move_aside(step, e))
         continue
-      train = restored["train"]
-      states = restored["extra"]["data"]
-      data_state = states[jax.process_index()] if len(states) == jax.process_count() else None
-      if data_state is None:
-        logging.warning("checkpoint has data states for %d processes, this run has %d; the "
-                        "data iterator starts from its beginning", len(states), jax.process_count())
+      train, extra = restored["train"], restored["extra"]
       state = TrainState(train["step"], restored["params"], train["opt_state"], train["rng"])
-      return state, data_state, f"resumed from {self.directory} step {step}"
+      return Resumed(state, _this_process(extra["data"]), extra.get("window"),
+                     f"resumed from {self.directory} step {step}")
+    moved = moved or sorted(str(p) for p in _corrupt_dirs(self.directory))
+    if moved:
+      raise ValueError(
+          f"no checkpoint in {self.directory} could be read (moved aside: {', '.join(moved)}); "
+          "nothing else was changed. To start this run over, use a new --workdir.")
+    state = init_state()
     if self.config.init_from:
       params = restore_params(self.config.init_from, abstract.params)
-      return state._replace(params=params), None, f"params from {self.config.init_from}"
-    return state, None, "from scratch"
+      return Resumed(state._replace(params=params), None, None,
+                     f"params from {self.config.init_from}")
+    return Resumed(state, None, None, "from scratch")
+
+  def _move_aside(self, step: int, error: Exception) -> str:
+    """Renames an unreadable step directory so the step can be saved again."""
+    source = self.directory / str(step)
+    target = self.directory / f"corrupt-{step}"
+    suffix = 1
+    while target.exists():  # The same step may go bad again after a retrain.
+      target, suffix = self.directory / f"corrupt-{step}.{suffix}", suffix + 1
+    if jax.process_index() == 0:
+      source.rename(target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint_moved_aside_{step}")
+    logging.warning("checkpoint step %d in %s cannot be read (%s); moved it to %s and trying "
+                    "the previous one", step, self.directory, _short(error), target)
+    self.manager.reload()
+    return str(target)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def wait(self) -> None:
     """Blocks until async saves are on disk (before exiting, or in tests)."""
-    self.manager.wait_until_finished()
+    with self._writing(None):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
@@ -140,18 +213,19 @@ def restore_params(path: str, abstract: Any) -> Any:
     abstract: the parameters as `jax.ShapeDtypeStruct`s with the shardings
       to restore onto (`Experiment.abstract_state.params`).
   """
-  path = os.path.abspath(path)
+  path = _absolute(path)
   step = None
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  elif os.path.isdir(os.path.join(path, "params")) and os.path.basename(path).isdigit():
-    path, step = os.path.dirname(path), int(os.path.basename(path))
+  if (path / "checkpoints").is_dir():
+    path = path / "checkpoints"
+  elif (path / "params").is_dir() and path.name.isdigit():
+    path, step = path.parent, int(path.name)
   manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True),
                                   item_handlers=_handlers())
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise ValueError(f"config.checkpoint.init_from={path!r}: no checkpoint found there")
-  check_compatible(manager.item_metadata(step)["params"], abstract, path)
+    raise ValueError(f"config.checkpoint.init_from='{path}': no checkpoint found there")
+  check_compatible(manager.item_metadata(step)["params"], abstract,
+                   f"checkpoint step {step} in {path}", "params")
   restored = manager.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(abstract)))["params"]
   manager.close()
@@ -160,8 +234,8 @@ def restore_params(path: str, abstract: Any) -> Any:
 
 def checkpoint_steps(workdir: str) -> list[int]:
   """Saved steps under WORKDIR/checkpoints, oldest first ([] if none)."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
+  directory = _absolute(workdir) / "checkpoints"
+  if not directory.is_dir():
     return []
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       read_only=True))
@@ -170,25 +244,63 @@ def checkpoint_steps(workdir: str) -> list[int]:
   return steps
 
 
-def check_compatible(saved: Any, params: Any, directory: str) -> None:
-  """Refuses a checkpoint whose parameters differ from the model's.
+def check_compatible(saved: Any, expected: Any, where: str, item: str) -> None:
+  """Refuses a checkpoint item whose leaves differ from the config's.
+
+  Leaves are compared by path (dict keys, attribute names and indices, so an
+  optimizer state saved as dicts matches its NamedTuples), shape and dtype.
 
   Raises:
-    ValueError naming the first parameter (in sorted path order) that is
-    missing, extra or of a different shape, so a wrong `--workdir` or a changed
-    model size is caught before anything is overwritten.
+    IncompatibleCheckpoint naming the first leaf (in sorted path order) that
+    is missing, extra, or of another shape or dtype, so a wrong `--workdir`, a
+    changed model size or a changed optimizer is caught before anything is
+    written.
   """
-  def flat(tree):
-    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  saved_leaves, expected_leaves = _leaves(saved), _leaves(expected)
+  for name in sorted(set(saved_leaves) | set(expected_leaves)):
+    if saved_leaves.get(name) != expected_leaves.get(name):
+      def describe(leaf):
+        return "missing" if leaf is None else f"shape {leaf[0]} dtype {leaf[1]}"
+      raise IncompatibleCheckpoint(
+          f"{where} does not match this config: {item} leaf {name} is "
+          f"{describe(saved_leaves.get(name))} in the checkpoint and "
+          f"{describe(expected_leaves.get(name))} in the config. Nothing was changed; use a "
+          "new --workdir (or warm-start one from this run with "
+          "--config.checkpoint.init_from=...).")
 
-  saved_shapes, shapes = flat(saved), flat(params)
-  for name in sorted(set(saved_shapes) | set(shapes)):
-    if saved_shapes.get(name) != shapes.get(name):
-      raise ValueError(
-          f"checkpoint in {directory} is incompatible with this config: parameter {name} "
-          f"has shape {saved_shapes.get(name, 'missing')} in the checkpoint and "
-          f"{shapes.get(name, 'missing')} in the model; use a new --workdir")
+
+def _leaves(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  return {_path_name(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _path_name(path: tuple) -> str:
+  parts = []
+  for key in path:
+    for attribute in ("key", "name", "idx"):
+      if hasattr(key, attribute):
+        parts.append(str(getattr(key, attribute)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def _corrupt_dirs(directory: epath.Path) -> list[epath.Path]:
+  if not directory.is_dir():
+    return []
+  return [d for d in directory.iterdir() if d.name.startswith("corrupt-")]
+
+
+def _train_item(state: TrainState) -> dict[str, Any]:
+  return {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+
+
+def _absolute(path: str | epath.Path) -> epath.Path:
+  """Orbax wants absolute paths; `gs://...` already is one (`epath`'s
+  `absolute()` would prefix it with the current directory)."""
+  path = epath.Path(path)
+  return path if path.is_absolute() else path.absolute()
 
 
 def _handlers() -> dict[str, ocp.CheckpointHandler]:
@@ -197,19 +309,24 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
           "extra": ocp.JsonCheckpointHandler()}
 
 
-def _abstract(state: TrainState, shardings: TrainState) -> TrainState:
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state, shardings)
+def _same_on_every_process(data_state: dict) -> dict:
+  """The data iterator's state, checked equal on every process.
+
+  The pipeline plans the global batch identically everywhere (see
+  data/pipeline.py), so one state serves any number of processes on resume.
+  """
+  states = distributed.gather_json(data_state)
+  if any(state != states[0] for state in states):
+    raise AssertionError(f"data iterator states differ across processes: {states}")
+  return data_state
 
 
-def _gather_json(obj: Any) -> list:
-  """[state of process 0, state of process 1, ...] on every process."""
-  if jax.process_count() == 1:
-    return [obj]
-  raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
-  lengths = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int32)))
-  padded = np.zeros(int(lengths.max()), np.uint8)
-  padded[:raw.size] = raw
-  gathered = np.asarray(multihost_utils.process_allgather(padded))  # [P, L]
-  return [json.loads(bytes(gathered[i, :int(lengths[i, 0])]).decode())
-          for i in range(jax.process_count())]
+def _this_process(saved: Any) -> dict:
+  """The saved data state (older checkpoints kept one per process)."""
+  return saved[0] if isinstance(saved, list) else saved
+
+
+def _short(error: Exception) -> str:
+  """One line of an exception: its start (what failed) and its end (why)."""
+  text = " ".join(f"{type(error).__name__}: {error}".split())
+  return text if len(text) <= 400 else f"{text[:200]} ... {text[-200:]}"

@@ -24,9 +24,9 @@ every process computes the same metrics (process 0 writes them).
 
 import collections
 import math
-import os
 from typing import Any, Sequence
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -210,14 +210,14 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
                                          batch_size=e.batch_size)
     examples = [dict(ex, source=p + " ...") for ex, p in zip(examples, prompts)]
   writer = metrics_lib.MetricsWriter(workdir)
-  record = writer.write(run.step, split, metrics)
+  # "writer" tells a resumed training run to keep this record (metrics.py).
+  record = writer.write(run.step, split, {**metrics, "writer": "evaluate.py"})
   writer.close()
   if jax.process_index() != 0:
     return record, None
-  path = os.path.join(workdir, f"eval_{split}_{run.step}.md")
-  with open(path, "w") as f:
-    f.write(format_report(run, split, record, examples, outputs))
-  return record, path
+  path = epath.Path(workdir) / f"eval_{split}_{run.step}.md"
+  path.write_text(format_report(run, split, record, examples, outputs))
+  return record, str(path)
 
 
 def format_report(run: Any, split: str, record: dict[str, Any],

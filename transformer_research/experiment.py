@@ -20,9 +20,11 @@ their run here, so "the model of this config" is written once.
 import dataclasses
 import functools
 import json
-import os
+import logging
+import math
 from typing import Any, Callable, Sequence
 
+from etils import epath
 import jax
 import ml_collections
 
@@ -31,6 +33,7 @@ from transformer_research import inference
 from transformer_research import models
 from transformer_research import optim
 from transformer_research import sharding
+from transformer_research import storage
 from transformer_research import training
 from transformer_research.data import tasks
 
@@ -86,7 +89,8 @@ class Experiment:
   def model(self) -> models.Model:
     v = self.vocab
     return models.build(self.config.model, self.kind, input_vocab_size=v.input,
-                        target_vocab_size=v.target, num_classes=v.num_classes)
+                        target_vocab_size=v.target, num_classes=v.num_classes,
+                        platform=self.mesh.devices.flat[0].platform)
 
   @functools.cached_property
   def _optimizer_and_schedule(self) -> tuple[Any, Any]:
@@ -117,6 +121,11 @@ class Experiment:
     return training.abstract_train_state(self.model, self.optimizer, models.dummy_batch(self.kind),
                                          self.mesh, self.param_rules, self.config.seed)
 
+  @functools.cached_property
+  def param_count(self) -> int:
+    """Parameters of the model (from the abstract state: nothing is allocated)."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_state.params))
+
   @property
   def state_shardings(self) -> training.TrainState:
     return jax.tree.map(lambda x: x.sharding, self.abstract_state)
@@ -140,6 +149,11 @@ class Experiment:
     return training.jit_eval_step(training.make_eval_step(self.model, self.kind),
                                   self.state_shardings, self.mesh)
 
+  @functools.cached_property
+  def state_is_finite(self) -> Callable[[training.TrainState], jax.Array]:
+    """Jitted: are the parameters and optimizer state all finite?"""
+    return jax.jit(lambda state: training.all_finite((state.params, state.opt_state)))
+
   def generate_fn(self, **settings: Any) -> Callable:
     """`inference.make_generate_fn(self.model, **settings)`, compiled once per settings,
     so every eval of a run reuses one decoder."""
@@ -162,27 +176,40 @@ def load_run(workdir: str, step: int | None = None) -> Run:
 
   Args:
     workdir: a directory written by `train_loop.train_and_evaluate`.
-    step: the checkpoint step; None = the latest.
+    step: the checkpoint step; None = the newest one that can be read (a
+      warning names it when a newer one cannot). Nothing is moved or
+      changed: a run may be training in `workdir`.
 
   Raises:
-    ValueError: no config.json or no checkpoint in `workdir`, or `step` was
-      not saved, each naming what was found.
+    ValueError: no config.json or no (readable) checkpoint in `workdir`, or
+      `step` was not saved, each naming what was found.
   """
-  workdir = os.path.abspath(workdir)
-  config_path = os.path.join(workdir, "config.json")
+  storage.check_workdir(workdir)
+  config_path = epath.Path(workdir) / "config.json"
   steps = checkpointing.checkpoint_steps(workdir)
-  if not os.path.exists(config_path) or not steps:
+  if not config_path.exists() or not steps:
     raise ValueError(
         f"workdir={workdir!r} has no {'config.json' if steps else 'checkpoint'}: "
         "expected the workdir of a training run (launch/train.py --workdir=...) "
         "that saved at least one checkpoint.")
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
+  if step is not None and step not in steps:
     raise ValueError(f"step={step}: no checkpoint of that step in {workdir}; "
                      f"expected one of {steps}.")
-  with open(config_path) as f:
-    exp = Experiment(ml_collections.ConfigDict(json.load(f)), workdir)
-  params = checkpointing.restore_params(os.path.join(workdir, "checkpoints", str(step)),
-                                        exp.abstract_state.params)
-  return Run(exp, params, step)
+  exp = Experiment(ml_collections.ConfigDict(json.loads(config_path.read_text())), workdir)
+  for candidate in [step] if step is not None else reversed(steps):
+    try:
+      params = checkpointing.restore_params(
+          epath.Path(workdir) / "checkpoints" / str(candidate), exp.abstract_state.params)
+    except checkpointing.IncompatibleCheckpoint:
+      raise
+    except Exception as e:  # Truncated or missing files.
+      if step is not None:
+        raise ValueError(f"checkpoint step {step} in {workdir} cannot be read ({e})") from e
+      logging.warning("checkpoint step %d in %s cannot be read (%s); trying the previous one",
+                      candidate, workdir, e)
+      continue
+    if candidate != steps[-1]:
+      logging.warning("using step %d, the newest checkpoint of %s that can be read",
+                      candidate, workdir)
+    return Run(exp, params, candidate)
+  raise ValueError(f"no checkpoint in {workdir} can be read (steps {steps}).")

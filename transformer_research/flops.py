@@ -156,10 +156,13 @@ def device_peak(mesh: jax.sharding.Mesh, compute_dtype: str, probe_size: int = 2
 
   Args:
     mesh: the devices that run the step (all of one kind).
-    compute_dtype: `config.model.compute_dtype`.
+    compute_dtype: `config.model.compute_dtype` ("auto" is resolved for the
+      mesh's platform, as the model resolves it).
     probe_size, repeats: the float32 matmul probe, where one is needed.
   """
   device = mesh.devices.flat[0]
+  if compute_dtype == "auto":
+    compute_dtype = jnp.dtype(models.transformer.compute_dtype("auto", device.platform)).name
   listed = datasheet_peak(device.device_kind, compute_dtype)
   if listed is not None:
     return Peak(listed, f"datasheet, {device.device_kind}, {compute_dtype}")

@@ -1,29 +1,38 @@
-"""PNG plots of a run, drawn from `WORKDIR/metrics.jsonl` alone.
+"""PNG plots of one run or several overlaid, drawn from `WORKDIR/metrics.jsonl` alone.
 
 The metrics file is the run's one record (training loop and standalone
 evaluation both append to it), so plots need no TensorBoard and no checkpoint,
 and can be redrawn while a run is going. Records are one JSON object per
 (step, split); a resumed run may repeat a step, and the last record wins.
+
+Every figure has a title (the metric and the runs), labelled axes and
+thousands-separated step ticks; with several runs each line's legend entry
+names its run, so `launch/plot.py --workdir=A --workdir=B` compares them.
+Files go through `etils.epath`, so the workdirs and out_dir may be buckets.
 """
 
 import collections
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Sequence
 
+from etils import epath
 import matplotlib
 
 matplotlib.use("Agg")  # Files only: no display on servers and CI.
 import matplotlib.pyplot as plt  # noqa: E402  (after use("Agg"))
+from matplotlib import ticker  # noqa: E402
 
-# Metric groups -> one figure each: (file name, metric names, log-scale y).
+from transformer_research import storage  # noqa: E402
+
+# Metric groups -> one figure each: (file name, title, metric names, y label, log-scale y).
 FIGURES = (
-    ("loss.png", ("loss",), True),
-    ("perplexity.png", ("perplexity",), True),
-    ("accuracy.png", ("accuracy", "sequence_accuracy"), False),
-    ("bleu.png", ("bleu", "chrf"), False),
-    ("learning_rate.png", ("learning_rate",), False),
+    ("loss.png", "Loss", ("loss",), "loss (log scale)", True),
+    ("perplexity.png", "Perplexity", ("perplexity",), "perplexity (log scale)", True),
+    ("accuracy.png", "Accuracy", ("accuracy", "sequence_accuracy"), "accuracy", False),
+    ("bleu.png", "BLEU and chrF", ("bleu", "chrf"), "score (0-100)", False),
+    ("learning_rate.png", "Learning rate", ("learning_rate",), "learning rate", False),
 )
 LENGTH_KEY = re.compile(r"^sequence_accuracy_len_(\d+)$")
 
@@ -31,8 +40,7 @@ LENGTH_KEY = re.compile(r"^sequence_accuracy_len_(\d+)$")
 def read_metrics(path: str) -> list[dict[str, Any]]:
   """Parses metrics.jsonl; a torn last line (a run killed mid-write) is skipped."""
   records = []
-  with open(path) as f:
-    lines = f.read().splitlines()
+  lines = epath.Path(path).read_text().splitlines()
   for i, line in enumerate(lines):
     if not line.strip():
       continue
@@ -51,83 +59,147 @@ def _series(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, fl
     if "step" not in r:
       continue
     for key, value in r.items():
-      if isinstance(value, (int, float)) and key != "step":
+      if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
         out[(r.get("split", "train"), key)][int(r["step"])] = float(value)
   return out
 
 
-def plot_curves(records: list[dict[str, Any]], out_dir: str) -> list[str]:
-  """One PNG per metric group that has data; returns the paths written."""
-  series = _series(records)
+def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
+  ax.set_title(title)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=6, integer=True))
+  ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize="small")
+
+
+def plot_curves(runs: dict[str, list[dict[str, Any]]], out_dir: str) -> list[str]:
+  """One PNG per metric group that has data, every run's lines overlaid.
+
+  Args:
+    runs: run name -> its records (in the order the legend shows them).
+    out_dir: where the PNGs go.
+  """
+  series = {name: _series(records) for name, records in runs.items()}
+  several = len(runs) > 1
   written = []
-  for name, metrics, log_y in FIGURES:
-    lines = [(s, m, pts) for (s, m), pts in sorted(series.items())
-             if m in metrics and pts]
+  for file_name, title, metrics, ylabel, log_y in FIGURES:
+    lines = [(run, split, metric, points) for run, by_key in series.items()
+             for (split, metric), points in sorted(by_key.items()) if metric in metrics and points]
     if not lines:
       continue
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for split, metric, pts in lines:
-      steps = sorted(pts)
-      ax.plot(steps, [pts[s] for s in steps], marker="." if len(steps) < 50 else None,
-              label=f"{split} {metric}")
-    if log_y and all(v > 0 for _, _, pts in lines for v in pts.values()):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run, split, metric, points in lines:
+      steps = sorted(points)
+      label = f"{run}: {split} {metric}" if several else f"{split} {metric}"
+      ax.plot(steps, [points[s] for s in steps], marker="." if len(steps) < 50 else None,
+              label=label)
+    if log_y and all(v > 0 for *_, points in lines for v in points.values()):
       ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    written.append(_save(fig, os.path.join(out_dir, name)))
+    _style(ax, f"{title}: {', '.join(runs)}", "step", ylabel)
+    written.append(_save(fig, epath.Path(out_dir) / file_name))
   return written
 
 
-def plot_per_length(records: list[dict[str, Any]], out_dir: str,
-                    max_curves: int = 4) -> str | None:
-  """Sequence accuracy against length at the last few eval steps.
+def plot_per_length(runs: dict[str, list[dict[str, Any]]], out_dir: str,
+                    train_max_len: dict[str, int | None], max_curves: int = 4) -> str | None:
+  """Sequence accuracy against length at the last few eval steps of each run.
 
   This is the length-generalisation picture of the synthetic tasks: training
-  covers short lengths only, so the curve's fall-off past them is the result.
+  covers short lengths only (a dashed line marks the longest), so the curve's
+  fall-off past them is the result.
   """
-  curves = {}  # (split, step) -> {length: accuracy}
-  for r in records:
-    lengths = {int(m.group(1)): float(v) for k, v in r.items()
-               if (m := LENGTH_KEY.match(k))}
-    if lengths and "step" in r:
-      curves[(r.get("split", "eval"), int(r["step"]))] = lengths
-  if not curves:
+  fig, ax, drawn = None, None, False
+  for run, records in runs.items():
+    curves = {}  # (split, step) -> {length: accuracy}
+    for r in records:
+      lengths = {int(m.group(1)): float(v) for k, v in r.items() if (m := LENGTH_KEY.match(k))}
+      if lengths and "step" in r:
+        curves[(r.get("split", "eval"), int(r["step"]))] = lengths
+    if not curves:
+      continue
+    if fig is None:
+      fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (split, step), acc in sorted(curves.items(), key=lambda kv: kv[0][1])[-max_curves:]:
+      xs = sorted(acc)
+      prefix = f"{run}: " if len(runs) > 1 else ""
+      ax.plot(xs, [acc[x] for x in xs], marker="o", label=f"{prefix}{split} step {step:,}")
+    if train_max_len.get(run):
+      ax.axvline(train_max_len[run] + 0.5, color="gray", linestyle="--",
+                 label=f"{run + ': ' if len(runs) > 1 else ''}longest training length "
+                       f"({train_max_len[run]})")
+    drawn = True
+  if not drawn:
     return None
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for (split, step), acc in sorted(curves.items(), key=lambda kv: kv[0][1])[-max_curves:]:
-    xs = sorted(acc)
-    ax.plot(xs, [acc[x] for x in xs], marker="o", label=f"{split} step {step}")
-  ax.set_xlabel("length")
-  ax.set_ylabel("sequence accuracy")
   ax.set_ylim(-0.02, 1.02)
-  ax.legend()
-  ax.grid(alpha=0.3)
-  return _save(fig, os.path.join(out_dir, "per_length_accuracy.png"))
+  _style(ax, f"Sequence accuracy by length: {', '.join(runs)}", "length", "sequence accuracy")
+  ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+  return _save(fig, epath.Path(out_dir) / "per_length_accuracy.png")
 
 
-def _save(fig, path: str) -> str:
+def _save(fig, path: epath.Path) -> str:
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with path.open("wb") as f:
+    fig.savefig(f, dpi=100, format="png")
   plt.close(fig)  # Figures otherwise pile up in pyplot's global registry.
-  return path
+  return str(path)
 
 
-def plot_workdir(workdir: str, out_dir: str | None = None) -> list[str]:
-  """Writes every plot the run's metrics support; returns the PNG paths.
+def run_names(workdirs: Sequence[str]) -> list[str]:
+  """Short, distinct legend names: each run directory's last path parts."""
+  parts = [_path_parts(w) for w in workdirs]
+  for depth in range(1, max(len(p) for p in parts) + 1):
+    names = ["/".join(p[-depth:]) for p in parts]
+    if len(set(names)) == len(names):
+      return names
+  raise ValueError(f"workdirs={list(workdirs)}: the same run directory is given twice")
+
+
+def _path_parts(workdir: str) -> list[str]:
+  if workdir.startswith("gs://"):
+    return workdir.rstrip("/").split("/")
+  return os.path.normpath(os.path.abspath(workdir)).split(os.sep)
+
+
+def _train_max_len(workdir: str) -> int | None:
+  """The longest training length of a synthetic task (config.json), if any."""
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    return None
+  data = json.loads(path.read_text()).get("data", {})
+  return data.get("train_max_len") if data.get("num_train_examples") else None
+
+
+def plot_workdirs(workdirs: Sequence[str], out_dir: str | None = None) -> list[str]:
+  """Writes every plot the runs' metrics support; returns the PNG paths.
+
+  Args:
+    workdirs: one run directory, or several to overlay.
+    out_dir: where the PNGs go; default WORKDIR/plots (one run only).
 
   Raises:
-    ValueError: the workdir has no metrics.jsonl, or it holds no records.
+    ValueError: a workdir has no metrics.jsonl or no records, or several
+      runs without `out_dir`.
   """
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    raise ValueError(f"workdir={workdir!r} has no metrics.jsonl: expected the "
-                     "workdir of a training run.")
-  records = read_metrics(path)
-  if not records:
-    raise ValueError(f"{path} is empty: expected at least one metrics record.")
-  out_dir = out_dir or os.path.join(workdir, "plots")
-  os.makedirs(out_dir, exist_ok=True)
-  written = plot_curves(records, out_dir)
-  per_length = plot_per_length(records, out_dir)
+  if not workdirs:
+    raise ValueError("workdirs=[]: expected at least one run directory")
+  if len(workdirs) > 1 and out_dir is None:
+    raise ValueError(f"{len(workdirs)} run directories: expected --out_dir for the overlaid "
+                     "plots (they belong to none of the runs)")
+  runs, max_lens = {}, {}
+  for name, workdir in zip(run_names(workdirs), workdirs):
+    storage.check_workdir(workdir)
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+      raise ValueError(f"workdir={workdir!r} has no metrics.jsonl: expected the workdir of a "
+                       "training run.")
+    records = read_metrics(path)
+    if not records:
+      raise ValueError(f"{path} is empty: expected at least one metrics record.")
+    runs[name], max_lens[name] = records, _train_max_len(workdir)
+  out_dir = epath.Path(out_dir or epath.Path(workdirs[0]) / "plots")
+  out_dir.mkdir(parents=True, exist_ok=True)
+  written = plot_curves(runs, out_dir)
+  per_length = plot_per_length(runs, out_dir, max_lens)
   return written + ([per_length] if per_length else [])

@@ -54,7 +54,9 @@ def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> 
     mesh_config: `config.mesh`; `shape` is (data, fsdp, tensor) with at most
       one -1 meaning "all remaining devices". With a non-empty `dcn_shape` the
       mesh is hybrid: `shape` is per slice (ICI) and `dcn_shape` across slices,
-      so only the slow axis crosses the data-centre network.
+      so only the slow axis crosses the data-centre network. Either way the
+      devices are laid out by `jax.experimental.mesh_utils` from their
+      physical topology, not in `jax.devices()` order.
     devices: defaults to `jax.devices()`.
 
   Returns:
@@ -75,7 +77,10 @@ def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> 
         ici_shape, dcn_shape, devices, allow_split_physical_axes=True,
         process_is_granule=len(slices) != num_slices)
   else:
-    device_array = np.asarray(devices).reshape(ici_shape)
+    # Topology-aware: on TPUs neighbouring mesh positions are neighbouring
+    # chips on the interconnect (elsewhere this is the devices in order).
+    device_array = mesh_utils.create_device_mesh(ici_shape, devices,
+                                                 allow_split_physical_axes=True)
   return Mesh(device_array, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 

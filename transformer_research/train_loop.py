@@ -27,24 +27,28 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import signal
 import sys
 import time
 from typing import Any
 
+from absl import logging as absl_logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+import tqdm
 
 from transformer_research import checkpointing
 from transformer_research import evaluation
 from transformer_research import experiment
 from transformer_research import flops as flops_lib
 from transformer_research import metrics as metrics_lib
+from transformer_research import rundir
 from transformer_research import sharding
 from transformer_research import training
 from transformer_research.data import pipeline
+from transformer_research.data import tasks
 
 
 def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
@@ -55,50 +59,74 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
     disk and the caller should simply exit 0).
 
   Raises:
-    FloatingPointError: the loss became NaN/Inf (names the step; the last
-      good checkpoint is kept).
-    ValueError: bad config (e.g. batch not divisible by the batch shards) or
-      a workdir written by an incompatible model.
+    FloatingPointError: the loss, the state or an eval became NaN/Inf (names
+      the step; nothing non-finite is saved, the last good checkpoint is kept).
+    ValueError: a bad config (e.g. batch not divisible by the batch shards), or
+      a run directory this config may not continue (another model, checkpoints
+      that do not match or cannot be read); nothing in it is changed.
+    rundir.RunDirectoryInUse: another run holds the run directory.
   """
-  # --------------------------------------------------------------- set-up
-  workdir = os.path.abspath(workdir)
+  # ------------------------------------------- set-up (nothing written yet)
   exp = experiment.Experiment(config, workdir)
-  sharding.check_batch_size(config.train.batch_size, exp.mesh)  # Before any compile.
-  sharding.check_batch_size(config.eval.batch_size, exp.mesh, "config.eval.batch_size")
-  metrics_lib.write_config(config, workdir)
-  # The task yields this process's rows of the global batch; the thread also
-  # puts them on the devices.
-  train_iter = pipeline.Prefetch(exp.task.train_iterator(config.train.batch_size),
-                                 config.data.prefetch,
-                                 lambda batch: (batch, sharding.global_batch(batch, exp.mesh)))
-  in_flight = _InFlight(config.train.dispatch_ahead)
-  ckpt = checkpointing.Checkpointer(workdir, config.checkpoint)
+  _check_config(config, exp)
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(rundir.locked(workdir))
 
-  # --------------------------------------------------------------- resume
-  state, data_state, origin = ckpt.resume(exp.init_state(), exp.state_shardings)
-  if data_state is not None:
-    train_iter.set_state(data_state)
-  step, num_steps = int(jax.device_get(state.step)), config.train.num_steps
-  logging.info("%s; training from step %d to %d on mesh %s", origin, step, num_steps,
-               dict(exp.mesh.shape))
-  writer = metrics_lib.MetricsWriter(workdir)
-  writer.truncate_after(step)
-  # MFU's denominator, the whole mesh's FLOP/s; 0 = no "mfu" in the records.
-  peak = flops_lib.loop_peak_flops(config.train.peak_flops_per_device, exp.mesh,
-                                  config.model.compute_dtype)
-  progress, preemption = _Progress(num_steps), _Preemption()
-  window, last_eval = _Window(step), None
+    # ------------------------------------------------------------- resume
+    changed = rundir.check_continues(rundir.previous_config(workdir), config, workdir)
+    rundir.check_not_orphaned(workdir)
+    ckpt = stack.enter_context(contextlib.closing(
+        checkpointing.Checkpointer(workdir, config.checkpoint)))
+    resumed = ckpt.resume(exp.abstract_state, exp.init_state)
+    # The task yields this process's rows of the global batch; the thread also
+    # puts them on the devices.
+    train_iter = stack.enter_context(contextlib.closing(pipeline.Prefetch(
+        exp.task.train_iterator(config.train.batch_size), config.data.prefetch,
+        lambda batch: (batch, sharding.global_batch(batch, exp.mesh)))))
+    if resumed.data_state is not None:
+      train_iter.set_state(resumed.data_state)
+    state = resumed.state
+    step, num_steps = int(jax.device_get(state.step)), config.train.num_steps
 
-  # ----------------------------------------------------------------- loop
-  try:
+    # ------------------------------------- accepted: the run's files change
+    if jax.process_index() == 0:
+      rundir.record_start(workdir, config, resumed.origin, changed)
+    if changed:
+      logging.warning("this run continues %s with changed fields: %s", workdir,
+                      "; ".join(changed))
+    logging.info("%s; training from step %d to %d on mesh %s", resumed.origin, step,
+                 num_steps, dict(exp.mesh.shape))
+    writer = stack.enter_context(contextlib.closing(
+        metrics_lib.MetricsWriter(workdir, resumed_step=step)))
+    writer.truncate_after(step)
+    # MFU's denominator, the whole mesh's FLOP/s; 0 = no "mfu" in the records.
+    peak = flops_lib.loop_peak_flops(config.train.peak_flops_per_device, exp.mesh,
+                                    config.model.compute_dtype)
+    progress = stack.enter_context(contextlib.closing(_Progress(step, num_steps)))
+    preemption = stack.enter_context(contextlib.closing(_Preemption()))
+    profiler = stack.enter_context(contextlib.closing(
+        _Profiler(workdir, step, config.train.profile_steps)))
+    window = _Window(step, carried=resumed.window)
+    in_flight = _InFlight(config.train.dispatch_ahead)
+    start_step = step
+    summary = _run_summary(exp, config)
+    logging.info("%s", summary)
+    writer.write_run_info(config, exp.param_count, summary)
+
+    # --------------------------------------------------------------- loop
     while step < num_steps:
       with window.waiting_for_data():
         batch, device_batch = next(train_iter)
       window.count_batch(batch, exp)
-      state, step_metrics = exp.train_step(state, device_batch)
+      with profiler.step(step + 1):
+        state, step_metrics = exp.train_step(state, device_batch)
       in_flight.push(step_metrics)
       step += 1
       window.steps.append((step, step_metrics))
+      profiler.after(step, step_metrics)
+      if step == start_step + 1:  # Compilation is not training: time from here on.
+        progress.first_step(exp, batch, train_iter.get_state()["num_examples"], step_metrics)
+        window.restart_clock(step)
       final = step == num_steps
       preempted = preemption.reached(step)
       log_now = final or preempted or step % config.train.log_every_steps == 0
@@ -112,28 +140,80 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
         window = _Window(step)
       progress.tick(step)
 
-      # ------------------------------------------------------ eval, save
+      # ---------------------------------------------------- eval, save
       # Eval and checkpoint time is not training time: the window is paused.
       with window.paused():
+        if eval_now or save_now:
+          _check_state_finite(exp, state, step, ckpt)
+        eval_metrics = None
         if eval_now:
-          split = config.eval.split
-          metrics, _, _ = evaluation.evaluate(exp, state.params, split)
-          last_eval = writer.write(step, split, metrics)
+          split, started = config.eval.split, time.time()
+          eval_metrics, examples, outputs = evaluation.evaluate(exp, state.params, split)
+          _check_eval_finite(eval_metrics, split, step, ckpt)
+          writer.write(step, split, eval_metrics)
+          writer.write_samples(step, split, examples, outputs, config.eval.num_samples)
+          progress.eval_done(split, step, eval_metrics, time.time() - started)
         if save_now:
-          ckpt.save(state, train_iter.get_state(), last_eval)
+          started = time.time()
+          ckpt.save(state, train_iter.get_state(), window.to_state(), eval_metrics)
+          progress.saved(step, time.time() - started, config.checkpoint.async_save)
 
-      # ----------------------------------------------------------- stop
+      # ------------------------------------------------------------- stop
       if preempted:
         logging.warning("SIGTERM: checkpointed step %d, stopping", step)
         break
     ckpt.wait()
-  finally:
-    train_iter.close()
-    preemption.close()
-    progress.close()
-    writer.close()
-    ckpt.close()
   return state
+
+
+def _check_config(config: Any, exp: experiment.Experiment) -> None:
+  """Everything about the config that can fail, before anything is written:
+  sizes and options of the model, optimizer and mesh (the abstract state
+  builds all three), feeding depths, batch splits, step counts, the eval split."""
+  pipeline.check_depth(config.data.prefetch)
+  if not isinstance(config.train.dispatch_ahead, int) or config.train.dispatch_ahead < 1:
+    raise ValueError(f"config.train.dispatch_ahead={config.train.dispatch_ahead!r}: expected "
+                     "an int >= 1 (steps dispatched ahead of the device)")
+  if config.train.profile_steps < 0:
+    raise ValueError(f"config.train.profile_steps={config.train.profile_steps}: expected 0 (no "
+                     "trace) or a number of steps")
+  for name in ("train.num_steps", "train.log_every_steps", "eval.every_steps",
+               "checkpoint.every_steps"):
+    section, field = name.split(".")
+    if config[section][field] < 1:
+      raise ValueError(f"config.{name}={config[section][field]}: expected a positive number "
+                       "of steps")
+  if config.eval.split not in tasks.EVAL_SPLITS:
+    raise ValueError(f"config.eval.split={config.eval.split!r}: expected one of "
+                     f"{list(tasks.EVAL_SPLITS)}")
+  exp.abstract_state  # pylint: disable=pointless-statement  (validates model, optimizer, mesh)
+  sharding.check_batch_size(config.train.batch_size, exp.mesh)  # Before any compile.
+  sharding.check_batch_size(config.eval.batch_size, exp.mesh, "config.eval.batch_size")
+
+
+def _check_state_finite(exp: experiment.Experiment, state: training.TrainState, step: int,
+                        ckpt: checkpointing.Checkpointer) -> None:
+  """A finite loss and gradient norm can still leave Inf/NaN in the state."""
+  if not bool(exp.state_is_finite(state)):
+    ckpt.wait()
+    raise FloatingPointError(
+        f"the parameters or optimizer state are not finite at step {step}; stopping without "
+        f"saving or evaluating them (last good checkpoint: step {ckpt.latest_step()}). Lower "
+        "train.learning_rate or raise train.warmup_steps.")
+
+
+def _check_eval_finite(metrics: dict[str, Any], split: str, step: int,
+                       ckpt: checkpointing.Checkpointer) -> None:
+  bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+  if bad:
+    ckpt.wait()
+    raise FloatingPointError(
+        f"{split} metrics are not finite at step {step} ({bad}); stopping without recording "
+        f"or saving that step (last good checkpoint: step {ckpt.latest_step()}).")
+
+
+# Train-record sums: added up over a window, divided once (see losses.py).
+_SUMS = ("loss_sum", "correct_sum", "token_count")
 
 
 @dataclasses.dataclass
@@ -141,15 +221,20 @@ class _Window:
   """What the loop accumulates between two train records.
 
   Per-step metrics stay on device (`steps`) until the window is checked or
-  recorded, so dispatch is never blocked by a fetch in between.
+  recorded, so dispatch is never blocked by a fetch in between. A window can
+  span a restart: each checkpoint saves the sums of its open window
+  (`to_state`) and the resumed run's window starts from them (`carried`), so
+  the record averages the same steps as an uninterrupted run's. Timings
+  (steps/s, tokens/s, mfu) cover this process's steps only.
   """
-  start_step: int
+  timed_from: int  # The step this process's part of the window starts after.
+  carried: dict | None = None  # A checkpoint's `to_state()`: {"start_step", *_SUMS}.
   start_time: float = dataclasses.field(default_factory=time.time)
   steps: list = dataclasses.field(default_factory=list)  # (step, on-device metrics)
   checked: int = 0  # steps[:checked] are known finite.
   tokens: int = 0  # Non-pad tokens of this process's rows.
   flops: float = 0.0  # Model FLOPs of this process's rows.
-  data_wait: float = 0.0  # Seconds the loop waited for batches.
+  data_wait: float = 0.0  # Seconds the loop waited for batches since `timed_from`.
 
   def count_batch(self, batch: dict[str, np.ndarray], exp: experiment.Experiment) -> None:
     """Tokens and FLOPs of a host batch, from its shapes (no device sync)."""
@@ -157,6 +242,12 @@ class _Window:
                        if k in batch)
     self.flops += flops_lib.batch_train_flops(exp.kind, exp.model.sizes, batch,
                                               exp.vocab.target or 0)
+
+  def restart_clock(self, step: int) -> None:
+    """Times this window from `step` on: the steps before (the first, which
+    compiles) count in the record's averages but not in its rates."""
+    self.timed_from, self.start_time, self.tokens, self.flops = step, time.time(), 0, 0.0
+    self.data_wait = 0.0
 
   @contextlib.contextmanager
   def waiting_for_data(self):
@@ -183,23 +274,37 @@ class _Window:
             "train.learning_rate or raise train.warmup_steps.")
     self.checked = len(self.steps)
 
+  def _sums(self) -> dict[str, float]:
+    """The window's sums, carried part first: the same additions, in the same
+    order, as an uninterrupted run makes."""
+    sums = {k: float((self.carried or {}).get(k, 0.0)) for k in _SUMS}
+    for metrics in jax.device_get([m for _, m in self.steps]):
+      for k in _SUMS:
+        sums[k] += float(metrics[k])
+    return sums
+
+  def to_state(self) -> dict[str, float]:
+    """The open window, for the checkpoint of the current step."""
+    start = self.carried["start_step"] if self.carried else self.timed_from
+    return {"start_step": start, **self._sums()}
+
   def record(self, step: int, peak_flops: float) -> dict[str, float]:
     """Interval averages: sums over the window divided once (see losses.py).
 
     Tokens and FLOPs are this process's; every process feeds an equal share.
     """
     elapsed = max(time.time() - self.start_time, 1e-9)
-    host = jax.device_get([m for _, m in self.steps])
-    total = {k: sum(float(m[k]) for m in host) for k in ("loss_sum", "correct_sum", "token_count")}
+    total = self._sums()
+    last = jax.device_get(self.steps[-1][1])
     count = max(total["token_count"], 1.0)
     record = {
         "loss": total["loss_sum"] / count,
         "accuracy": total["correct_sum"] / count,
-        "learning_rate": float(host[-1]["learning_rate"]),
-        "grad_norm": float(host[-1]["grad_norm"]),
-        "steps_per_sec": (step - self.start_step) / elapsed,
+        "learning_rate": float(last["learning_rate"]),
+        "grad_norm": float(last["grad_norm"]),
+        "steps_per_sec": (step - self.timed_from) / elapsed,
         "tokens_per_sec": self.tokens * jax.process_count() / elapsed,
-        "data_wait_ms": 1e3 * self.data_wait / max(step - self.start_step, 1),
+        "data_wait_ms": 1e3 * self.data_wait / max(step - self.timed_from, 1),
     }
     if peak_flops:
       record["mfu"] = self.flops * jax.process_count() / elapsed / peak_flops
@@ -221,12 +326,10 @@ class _InFlight:
   The host dispatches step n while the device still computes up to `depth`
   earlier ones, so a slow batch or a Python hiccup never idles the device;
   the bound keeps a SIGTERM from waiting behind a whole log interval of
-  queued steps.
+  queued steps. (`config.train.dispatch_ahead`, checked in `_check_config`.)
   """
 
   def __init__(self, depth: int):
-    if not isinstance(depth, int) or depth < 1:
-      raise ValueError(f"config.train.dispatch_ahead={depth!r}; expected an int >= 1")
     self.depth, self.steps = depth, collections.deque()
 
   def push(self, metrics: Any) -> None:
@@ -269,27 +372,117 @@ class _Preemption:
 
 
 class _Progress:
-  """Log line per interval; a one-line bar when stderr is a terminal."""
+  """What a run prints (process 0): one line per train record, eval and
+  checkpoint, and on a terminal a tqdm bar (rate, ETA, latest loss).
 
-  def __init__(self, total: int):
+  Log lines are written above the bar (tqdm's external_write_mode), so
+  neither breaks the other.
+  """
+
+  def __init__(self, start: int, total: int):
     self.total = total
-    self.tty = sys.stderr.isatty() and jax.process_index() == 0
+    self.bar = None
+    self._handler = absl_logging.get_absl_handler().python_handler
+    self._emit = self._handler.emit
+    if sys.stderr.isatty() and jax.process_index() == 0:
+      self.bar = tqdm.tqdm(total=total, initial=start, unit="step", desc="train", file=sys.stderr,
+                           dynamic_ncols=True, smoothing=0.3)
+
+      def emit_above_the_bar(record):
+        with tqdm.tqdm.external_write_mode(file=sys.stderr):
+          self._emit(record)
+
+      self._handler.emit = emit_above_the_bar
+
+  def first_step(self, exp: experiment.Experiment, batch: dict[str, np.ndarray],
+                 num_examples: int, step_metrics: Any) -> None:
+    """After the first step (compilation): how long an epoch is, in steps."""
+    jax.block_until_ready(step_metrics)
+    segments = [k for k in batch if k.endswith("_segmentation")]
+    rows = len(next(iter(batch.values())))
+    examples = int(batch[segments[0]].max(axis=1).sum()) if segments else rows
+    examples *= jax.process_count()  # Every process feeds an equal share.
+    logging.info("first step done (it compiled the step); %d examples a step, so an epoch of "
+                 "%s examples is ~%s steps", examples, f"{num_examples:,}",
+                 f"{max(num_examples // max(examples, 1), 1):,}")
 
   def log(self, step: int, record: dict[str, float]) -> None:
     eta = (self.total - step) / max(record["steps_per_sec"], 1e-9)
     logging.info("step %d/%d | loss %.4f | acc %.3f | %.2f steps/s | %.0f tokens/s | ETA %s",
                  step, self.total, record["loss"], record["accuracy"], record["steps_per_sec"],
                  record["tokens_per_sec"], _duration(eta))
+    if self.bar is not None:
+      self.bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+
+  def eval_done(self, split: str, step: int, metrics: dict[str, Any], seconds: float) -> None:
+    shown = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                       if isinstance(v, float) and "_len_" not in k)
+    logging.info("eval %s step %d | %s | %.1f s", split, step, shown, seconds)
+
+  def saved(self, step: int, seconds: float, in_background: bool) -> None:
+    logging.info("checkpoint step %d %s in %.1f s", step,
+                 "handed to the background writer" if in_background else "written", seconds)
 
   def tick(self, step: int) -> None:
-    if self.tty:
-      done = int(30 * step / max(self.total, 1))
-      sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {step}/{self.total}")
-      sys.stderr.flush()
+    if self.bar is not None:
+      self.bar.update(step - self.bar.n)
 
   def close(self) -> None:
-    if self.tty:
-      sys.stderr.write("\n")
+    if self.bar is not None:
+      self.bar.close()
+      self._handler.emit = self._emit
+
+
+class _Profiler:
+  """`train.profile_steps` steps traced with jax.profiler into WORKDIR/profile/.
+
+  Tracing starts at the third step of a start, so compilation and first-run
+  allocations stay out of it, and each step is annotated (StepTraceAnnotation)
+  so TensorBoard's profile tab and Perfetto show step boundaries.
+  """
+
+  def __init__(self, workdir: str, start_step: int, num_steps: int):
+    self.directory = str(epath.Path(workdir) / "profile")
+    self.first, self.last = start_step + 3, start_step + 2 + num_steps
+    self.enabled, self.tracing = num_steps > 0 and jax.process_index() == 0, False
+
+  @contextlib.contextmanager
+  def step(self, step: int):
+    """Around the dispatch of `step`."""
+    if not self.enabled or not self.first <= step <= self.last:
+      yield
+      return
+    if step == self.first:
+      jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+      self.tracing = True
+      logging.info("profiling steps %d-%d into %s", self.first, self.last, self.directory)
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      yield
+
+  def after(self, step: int, step_metrics: Any) -> None:
+    """Stops once the last traced step has run on the device."""
+    if self.tracing and step == self.last:
+      jax.block_until_ready(step_metrics)
+      self.close()
+
+  def close(self) -> None:
+    if self.tracing:
+      jax.profiler.stop_trace()
+      self.tracing = False
+      logging.info("profile written to %s (tensorboard --logdir %s, or the .trace.json.gz in "
+                   "https://ui.perfetto.dev)", self.directory, self.directory)
+
+
+def _run_summary(exp: experiment.Experiment, config: Any) -> str:
+  """One line on what trains: the model, its size, what a step holds."""
+  lengths = {"seq2seq": (config.data.max_input_len, config.data.max_target_len),
+             "lm": (0, config.data.max_target_len),
+             "classify": (config.data.max_input_len, 0)}[exp.kind]
+  slots = config.train.batch_size * sum(lengths)
+  return (f"{config.data.task} {exp.kind}, model {config.model.variant} {exp.model.sizes}: "
+          f"{exp.param_count:,} parameters; a step is {config.train.batch_size} rows of "
+          f"{'+'.join(str(n) for n in lengths if n)} tokens ({slots:,} token slots); "
+          f"{config.train.num_steps:,} steps on mesh {dict(exp.mesh.shape)}")
 
 
 def _duration(seconds: float) -> str:

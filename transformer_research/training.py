@@ -222,6 +222,16 @@ def make_eval_step(model: Any, kind: str) -> Callable[[Any, Batch], tuple[Metric
   return eval_step
 
 
+def all_finite(tree: Any) -> jax.Array:
+  """True when every float in `tree` is finite: one reduction per leaf, on device.
+
+  Checked before every save, so a state that a finite loss and gradient norm
+  still turned into Inf/NaN (a huge learning rate) is never checkpointed.
+  """
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def jit_train_step(train_step: Callable, shardings: TrainState, mesh: Mesh) -> Callable:
   """Compiles the step with explicit layouts; the old state is donated."""
   replicated = NamedSharding(mesh, P())

@@ -21,8 +21,8 @@ def _jsonl_lines() -> list[bytes]:
       b"[1, 2]",                             # not_json_object
       b'{"text": "", "label": 1}',           # no_text
       b'{"label": 1}',                       # no_text
-      b'{"text": "No label."}',              # bad_label
-      b'{"text": "Bool label.", "label": true}',  # bad_label
+      b'{"text": "No label."}',              # no_label
+      b'{"text": "Empty label.", "label": ""}',  # no_label
       b'{"text": "Caf\xe9", "label": 1}',    # not_utf8
   ]
   return [json.dumps(good[0]).encode(), *bad[:4], b"", json.dumps(good[1]).encode(), *bad[4:]]
@@ -43,8 +43,9 @@ def test_bad_lines_are_skipped_and_counted_in_one_log_line(tmp_path, caplog):
     text_files.read_text_file(path)
   (message,) = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
   assert "2 examples" in message
-  for reason, count in {"not_json_object": 2, "no_text": 2, "bad_label": 2, "not_utf8": 1}.items():
-    assert f"'{reason}': {count}" in message
+  first = {"not_json_object": 2, "no_text": 4, "no_label": 8, "not_utf8": 10}  # Line numbers.
+  for reason, count in {"not_json_object": 2, "no_text": 2, "no_label": 2, "not_utf8": 1}.items():
+    assert f"{reason}={count} (first at line {first[reason]})" in message
   assert caplog.records[-1].levelno == logging.WARNING
 
 
@@ -52,14 +53,36 @@ def test_text_only_for_language_modelling(tmp_path):
   path = tmp_path / "a.jsonl"
   path.write_bytes(b"\n".join(_jsonl_lines()))
   texts = text_files.read_text_file(path, with_label=False)
-  assert texts == [{"text": t} for t in ["Great film.", "Dull.", "No label.", "Bool label."]]
+  assert texts == [{"text": t} for t in ["Great film.", "Dull.", "No label.", "Empty label."]]
 
 
 def test_tsv_with_header_and_label_names(tmp_path):
   path = tmp_path / "reviews.tsv"
-  path.write_text("id\tlabel\ttext\n1\tpos\tLoved it.\n2\tneg\tHated it.\n3\tmeh\tUnknown label.\n4\tpos\n")
+  path.write_text("id\tlabel\ttext\n1\tpos\tLoved it.\n2\tneg\tHated it.\n4\tpos\n")
   examples = text_files.read_text_file(path, label_names=["neg", "pos"])
   assert examples == [{"text": "Loved it.", "label": 1}, {"text": "Hated it.", "label": 0}]
+
+
+@pytest.mark.parametrize("line,kwargs,value", [
+    ('{"text": "Meh.", "label": "meh"}', dict(label_names=["neg", "pos"]), "'meh'"),
+    ('{"text": "Five stars.", "label": 5}', dict(num_labels=2), "5"),
+    ('{"text": "Bool.", "label": true}', {}, "True"),
+])
+def test_a_label_outside_the_labels_is_an_error_naming_file_line_and_value(
+    tmp_path, line, kwargs, value):
+  path = tmp_path / "a.jsonl"
+  path.write_text('{"text": "Fine.", "label": 1}\n' + line + "\n")
+  with pytest.raises(ValueError, match=rf"{path}:2: label {value} \(field 'label'\) is not one of"):
+    text_files.read_text_file(path, **kwargs)
+
+
+def test_a_file_with_no_usable_example_names_its_columns_and_skips(tmp_path):
+  path = tmp_path / "sentiment.tsv"  # A common public layout: other column names.
+  path.write_text("label\tsentence\n1\tGreat.\n0\tBad.\n")
+  with pytest.raises(ValueError, match=r"sentiment.tsv: no usable example \(text field 'text', "
+                     r"label field 'label'; columns found: \['label', 'sentence'\]; skipped "
+                     r"lines: no_text=2 \(first at line 2\)\)"):
+    text_files.read_text_file(path)
 
 
 def test_text_files_globs_in_sorted_order_and_rejects_bad_paths(tmp_path):

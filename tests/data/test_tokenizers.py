@@ -3,8 +3,6 @@
 import hashlib
 import os
 import pathlib
-import threading
-import time
 
 import pytest
 
@@ -67,28 +65,28 @@ def test_sentencepiece_one_model_per_side(tmp_path):
   assert tgt.decode(tgt.encode("pregúntale a tom")) == "pregúntale a tom"
 
 
-def test_other_processes_wait_for_process_0(tmp_path):
+def test_other_processes_receive_the_model_from_process_0(tmp_path):
+  """Process 0 trains and sends the bytes; process 1 (another host, whose disk
+  has no model) neither trains nor reads a file."""
   path = tmp_path / "spm.model"
   texts = lambda: (s for pair in PAIRS for s in pair)  # pylint: disable=unnecessary-lambda-assignment
-  result = {}
+  sent = []
+  tok0 = tokenizers.load_or_train_sentencepiece(path, texts, VOCAB, process_index=0,
+                                                broadcast=lambda proto: sent.append(proto) or proto)
+  assert sent == [path.read_bytes()]
 
-  def worker():
-    result["tok"] = tokenizers.load_or_train_sentencepiece(
-        path, lambda: pytest.fail("process 1 must not train"), VOCAB,
-        process_index=1, process_count=2, timeout_s=20, poll_s=0.05)
+  def receive(proto):
+    assert proto is None  # Process 1 contributes nothing.
+    return sent[0]
 
-  waiter = threading.Thread(target=worker)
-  waiter.start()
-  time.sleep(0.2)
-  assert "tok" not in result  # Still waiting: process 0 has not written the model.
-  tokenizers.load_or_train_sentencepiece(path, texts, VOCAB, process_index=0, process_count=2)
-  waiter.join(timeout=20)
-  assert result["tok"].vocab_size == VOCAB
-  with pytest.raises(TimeoutError, match="process 1"):
-    tokenizers.load_or_train_sentencepiece(tmp_path / "never.model", texts, VOCAB, process_index=1,
-                                           process_count=2, timeout_s=0.1, poll_s=0.02)
-  with pytest.raises(ValueError, match="process_index=2"):
-    tokenizers.load_or_train_sentencepiece(path, texts, VOCAB, process_index=2, process_count=2)
+  elsewhere = tmp_path / "host1" / "spm.model"
+  tok1 = tokenizers.load_or_train_sentencepiece(
+      elsewhere, lambda: pytest.fail("process 1 must not train"), VOCAB, process_index=1,
+      broadcast=receive)
+  assert tok1.encode("ask tom to call me") == tok0.encode("ask tom to call me")
+  assert not elsewhere.parent.exists()
+  with pytest.raises(ValueError, match="process_index=1: .* expected a broadcast function"):
+    tokenizers.load_or_train_sentencepiece(path, texts, VOCAB, process_index=1)
 
 
 def test_char_tokenizer_round_trip_and_ids():

@@ -214,6 +214,19 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(make_config):
   assert bf16.init_cache(2, 4)["layer_00"]["key"].dtype == jnp.bfloat16
 
 
+def test_auto_compute_dtype_is_bfloat16_on_accelerators_and_float16_is_refused(make_config):
+  def dtype(name, platform):
+    return models.build(make_config(compute_dtype=name), "lm", target_vocab_size=V_OUT,
+                        platform=platform).options.compute_dtype
+  assert [dtype("auto", p) for p in ("tpu", "gpu", "cpu")] == [jnp.bfloat16] * 2 + [jnp.float32]
+  assert dtype("auto", None) == jnp.float32  # The tests run on CPU.
+  assert dtype("float32", "tpu") == jnp.float32
+  with pytest.raises(ValueError, match="compute_dtype='float16' needs loss scaling"):
+    dtype("float16", "gpu")
+  with pytest.raises(ValueError, match=r"compute_dtype='fp8'; expected one of \['auto'"):
+    dtype("fp8", "cpu")
+
+
 def test_bad_inputs_raise_value_errors_naming_the_argument(make_config):
   model = _build("seq2seq", make_config(positions="learned", max_len=8))
   batch = _batch("seq2seq")

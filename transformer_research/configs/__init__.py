@@ -8,6 +8,7 @@ and tests, which import the module) read the same file.
 """
 
 import importlib
+import json
 import pathlib
 from typing import Any, Mapping
 
@@ -42,3 +43,19 @@ def load_config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_col
       raise KeyError(f"config override {key!r}: {spec} has no field {field!r} there")
     parent[field] = value
   return config
+
+
+def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+  """`{"train.batch_size": 64, ...}` of a config or of its config.json dict.
+
+  Values are as JSON has them (tuples as lists), so a config and the
+  config.json it wrote compare equal field by field.
+  """
+  tree = config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update({f"{key}.{k}": v for k, v in flatten(value).items()})
+    else:
+      out[key] = json.loads(json.dumps(value))
+  return out

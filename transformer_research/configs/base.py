@@ -45,7 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.tie_output = True  # Output projection = target embedding^T.
   c.model.pooling = "mean"  # Classifier pooling: "mean" or "cls".
   c.model.classifier_hidden = 0  # Classifier MLP hidden width; 0 = d_model.
-  c.model.compute_dtype = "float32"  # "bfloat16" on TPU/GPU; params stay f32.
+  # Activations: "auto" = bfloat16 on TPU/GPU, float32 on CPU; params stay f32.
+  # float16 is refused (it needs loss scaling, not implemented).
+  c.model.compute_dtype = "auto"
   # One hk.layer_stack per stack instead of Python-unrolled blocks: compile
   # time stays flat with depth; parameters get a leading [layers] dimension
   # under encoder/layers/layer/... (so checkpoints of the two layouts differ).
@@ -111,6 +113,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Steps dispatched ahead of the device (>= 1): hides host latency; SIGTERM
   # is acted on within this many steps.
   c.train.dispatch_ahead = 2
+  # Steps traced with jax.profiler into WORKDIR/profile/, from the third step
+  # of a start (compilation and warm-up excluded); 0 = no trace.
+  c.train.profile_steps = 0
   # For "mfu" in train records: FLOP/s of one device; -1 = the datasheet peak of
   # the device and compute dtype (flops.PEAK_FLOPS; on CPU a float32 matmul
   # measured at start), 0 = don't report.

@@ -11,39 +11,43 @@ that decide what is kept, and `VERSION` for the encoding code itself).
 A cache is used only when its key equals the current one, field for field.
 Otherwise (or when the file cannot be read) it is rebuilt with one warning
 naming the first field that differs, never silently reused. Files are
-written to a temporary name and renamed, so a process killed mid-write, or
-a second process writing the same split, leaves either the old file or a
-whole new one.
+written whole (`storage.replace_bytes`: a temporary name renamed locally, one
+object write on a bucket), so a process killed mid-write, or a second
+process writing the same split, leaves either the old file or a whole new one.
 """
 
+import io
 import json
 import logging
 import os
 import zipfile
 from typing import Any, Callable
 
+from etils import epath
 import numpy as np
 
+from transformer_research import storage
 from transformer_research.data import pipeline
 
 # Bump when the way records become examples changes (EOS, skipping, chunking).
 VERSION = 1
 
 
-def load_or_tokenize(path: str, key: dict[str, Any],
+def load_or_tokenize(path: str | os.PathLike, key: dict[str, Any],
                      tokenize: Callable[[], pipeline.TokenizedData]) -> pipeline.TokenizedData:
   """The cached data at `path` if it was made with `key`, else `tokenize()`, saved there.
 
   Args:
-    path: the `.npz` file.
+    path: the `.npz` file (any epath file system: local, gs://).
     key: JSON-serialisable description of everything the data depends on.
     tokenize: builds the data when the cache cannot be used.
   """
+  path = epath.Path(path)
   key = json.loads(json.dumps({"version": VERSION, **key}))  # Lists, as read back.
   reason = "no cache yet"
-  if os.path.exists(path):
+  if path.exists():
     try:
-      with np.load(path) as stored:
+      with path.open("rb") as f, np.load(f) as stored:
         cached_key = json.loads(bytes(stored["key"]).decode())
         reason = _difference(cached_key, key)
         if reason is None:
@@ -68,17 +72,16 @@ def _difference(cached: dict[str, Any], current: dict[str, Any]) -> str | None:
   return None
 
 
-def _save(path: str, key: dict[str, Any], data: pipeline.TokenizedData) -> None:
+def _save(path: epath.Path, key: dict[str, Any], data: pipeline.TokenizedData) -> None:
   arrays = {"key": np.frombuffer(json.dumps(key).encode(), np.uint8),
             "skipped": np.frombuffer(json.dumps(data.skipped).encode(), np.uint8)}
   for group in ("tokens", "offsets", "scalars"):
     for field, values in getattr(data, group).items():
       arrays[f"{group}.{field}"] = values
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(tmp, path)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  storage.replace_bytes(path, buffer.getvalue())
 
 
 def _unpack(stored: Any) -> pipeline.TokenizedData:

@@ -361,6 +361,13 @@ def eval_batches(data: TokenizedData, *, batch_size: int, max_lengths: Mapping[s
     yield batch
 
 
+def check_depth(depth: Any) -> None:
+  """Raises ValueError unless `depth` (`config.data.prefetch`) is an int >= 1."""
+  if not isinstance(depth, int) or depth < 1:
+    raise ValueError(f"config.data.prefetch={depth!r}: expected an int >= 1 (batches made "
+                     "ahead of the training step)")
+
+
 class Prefetch(Iterator[Any]):
   """`iterator`'s items, `depth` ahead, made (and `transform`ed) in a thread.
 
@@ -377,9 +384,7 @@ class Prefetch(Iterator[Any]):
       depth: items kept ready (`config.data.prefetch`), at least 1.
       transform: applied to each item in the thread (e.g. the device transfer).
     """
-    if not isinstance(depth, int) or depth < 1:
-      raise ValueError(f"config.data.prefetch={depth!r}; expected an int >= 1 (batches made "
-                       "ahead of the training step)")
+    check_depth(depth)
     self._iterator, self._depth = iterator, depth
     self._transform = transform or (lambda item: item)
     self._state = iterator.get_state()

@@ -14,9 +14,13 @@ which needs no TensorFlow. They are prepared on first use
 
 from collections.abc import Callable, Sequence
 import importlib.util
+import logging
 import os
 from typing import Any
 
+from etils import epath
+
+from transformer_research import storage
 from transformer_research.data.text_files import text_files
 
 __all__ = ["Source", "spa_eng", "wmt13_es_en", "imdb", "text_files", "group_references"]
@@ -59,9 +63,8 @@ class Source(Sequence):
       return {"source": self._name, "examples": len(self)}
     files = []
     for instruction in base.file_instructions(info, self._data_source.split):
-      stat = os.stat(instruction.filename)
       files.append([os.path.basename(instruction.filename), instruction.skip, instruction.take,
-                    stat.st_size, stat.st_mtime_ns])
+                    *storage.file_stamp(instruction.filename)])
     return {"source": self._name, "dataset": info.full_name, "examples": len(self),
             "files": files}
 
@@ -87,12 +90,17 @@ def _prepared(builder: Any, manual_dir: PathLike | None, *, extracts_with_tf: bo
   prepared array_record files does not: say so before a long download fails.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (heavy; only TFDS sources)
+  if manual_dir and not epath.Path(manual_dir).is_dir():
+    raise FileNotFoundError(f"config.data.manual_dir={os.fspath(manual_dir)!r}: no such directory")
   if extracts_with_tf and not builder.is_prepared() and importlib.util.find_spec("tensorflow") is None:
     raise ModuleNotFoundError(
         f"Preparing TFDS {builder.name} extracts archives with TensorFlow, which is not installed: "
         f"`pip install tensorflow-cpu` once to prepare it into {builder.data_dir}, or use local files "
         "(sources.text_files) instead.")
   config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir else None)
+  if not builder.is_prepared():
+    tfds.disable_progress_bar()  # Its bars would break up the run's log and progress bar.
+    logging.info("preparing TFDS %s into %s (once per data dir)", builder.name, builder.data_dir)
   builder.download_and_prepare(download_config=config)
   return builder
 
@@ -103,7 +111,8 @@ def spa_eng(split: str, data_dir: PathLike | None = None, manual_dir: PathLike |
   Args:
     split: "train", "validation" or "test" (TFDS slices allowed).
     data_dir: TFDS data dir (default `~/tensorflow_datasets`).
-    manual_dir: a directory holding `spa-eng.zip`, for offline machines.
+    manual_dir: a directory holding a copy of `spa-eng.zip` to use instead of
+      the one shipped with the package.
   """
   _check_split(split, ("train", "validation", "test"))
   from transformer_research.data.builders import spa_eng as spa_eng_lib  # pylint: disable=g-import-not-at-top

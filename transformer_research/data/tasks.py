@@ -10,6 +10,16 @@ model can be built without reading data. `build` opens data lazily: a split
 is read when it is first iterated, and the training split for tokenizer
 training only when no trained tokenizer model is found in the workdir.
 
+Multi-process runs assume no disk shared by the hosts. Tokenizer models are
+trained (or loaded) by process 0 alone and their bytes broadcast to the other
+processes. A TFDS dataset is prepared by process 0 first; after a barrier the
+other processes open it too, which finds the prepared copy when
+`data.tfds_data_dir` is shared (a bucket such as `gs://bucket/tfds`: prepared
+once) and prepares a copy of their own when it is host-local (once per host).
+Two processes never prepare into the same directory at once. Local data files
+(`data.train_path`) are read by every process: put them where every host can
+read them (a bucket, or a copy on each host).
+
 Batches follow the contract in `pipeline.py`: targets end with the target
 tokenizer's EOS, inputs carry no EOS (`Task.encode_inputs` is the one way to
 turn a source sentence into model inputs, so decoding uses the same path),
@@ -23,15 +33,17 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from etils import epath
 import ml_collections
 import numpy as np
 
-from transformer_research.data import cache
+from transformer_research import distributed
+from transformer_research.data import cache as cache_lib
 from transformer_research.data import pipeline
 from transformer_research.data import synthetic
+from transformer_research.data import text_files
 from transformer_research.data import tokenizers as tok_lib
 
 EVAL_SPLITS = ("validation", "test")
@@ -184,8 +196,8 @@ class Task:
                "tokenizers": [t.fingerprint if t else None
                               for t in (self.input_tokenizer, self.target_tokenizer)],
                "data": self._data_fingerprint(split)}
-        self._tokenized[split] = cache.load_or_tokenize(
-            os.path.join(self._cache_dir, f"{split}.npz"), key, tokenize)
+        self._tokenized[split] = cache_lib.load_or_tokenize(
+            epath.Path(self._cache_dir) / f"{split}.npz", key, tokenize)
     return self._tokenized[split]
 
   def train_iterator(self, batch_size: int, process_index: int | None = None,
@@ -280,15 +292,16 @@ def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Seq
       reader = sources.spa_eng if name == "spa_eng" else sources.wmt13_es_en
       cache[split] = reader(split, manual_dir=data.manual_dir or None, **tfds_dirs)
     elif data.train_path:  # Local JSON lines / TSV: the user's own data.
-      with_label = name == "imdb"
+      classes = spec(name).num_classes  # None: text only (language modelling).
+      labels = dict(with_label=classes is not None, num_labels=classes)
       if split == "test":
         if not data.eval_path:
           raise ValueError("config.data.eval_path=''; expected a test file when "
                            f"data.train_path={data.train_path!r} is set")
-        cache[split] = sources.text_files(data.eval_path, with_label=with_label)
+        cache[split] = sources.text_files(data.eval_path, **labels)
       else:
         if "local_train" not in cache:
-          records = sources.text_files(data.train_path, with_label=with_label)
+          records = sources.text_files(data.train_path, **labels)
           # Files are often sorted by label: one fixed shuffle makes both the
           # held-out tenth and a `max_train_examples` prefix representative.
           order = np.random.default_rng(0).permutation(len(records))
@@ -308,8 +321,7 @@ def _text_fingerprint(data: ml_collections.ConfigDict,
   """What identifies a text task's raw split: the TFDS files, or the local files."""
   if data.train_path:  # Local files, carved into train / validation in _text_raw.
     paths = [data.train_path] + ([data.eval_path] if data.eval_path else [])
-    return {"split": split, "files": [[os.path.abspath(p), os.stat(p).st_size,
-                                       os.stat(p).st_mtime_ns] for p in paths]}
+    return {"split": split, "files": text_files.fingerprint(paths)}
   records = raw(split)
   if hasattr(records, "fingerprint"):  # sources.Source: TFDS files, no record read.
     return records.fingerprint()
@@ -335,9 +347,11 @@ def _text_tokenizers(name: str, kind: str, data: ml_collections.ConfigDict,
                      raw: Callable[[str], Sequence[Mapping[str, Any]]], workdir: str,
                      process_index: int, process_count: int
                      ) -> tuple[tok_lib.Tokenizer, tok_lib.Tokenizer]:
-  """(inputs, targets) tokenizers; SentencePiece models are trained into `workdir`."""
+  """(inputs, targets) tokenizers; SentencePiece models are trained into `workdir`
+  by process 0 and broadcast to the others (see `tokenizers.load_or_train_sentencepiece`)."""
   if data.tokenizer == "sentencepiece":
-    procs = dict(process_index=process_index, process_count=process_count)
+    procs = dict(process_index=process_index,
+                 broadcast=distributed.broadcast_bytes if process_count > 1 else None)
     # Trained on the records the model trains on (all, or the first N).
     train = _Indexed(lambda: raw("train"), data.max_train_examples)
     if kind == "seq2seq":
@@ -349,7 +363,7 @@ def _text_tokenizers(name: str, kind: str, data: ml_collections.ConfigDict,
                        for _, r in pipeline.read_records(train) if not isinstance(r, Exception))
       suffix = f"{data.vocab_size}{'_std' if data.standardize else ''}.model"
       tok = tok_lib.load_or_train_sentencepiece(
-          os.path.join(workdir, f"spm_{name}_{suffix}"), texts, data.vocab_size, **procs)
+          epath.Path(workdir) / f"spm_{name}_{suffix}", texts, data.vocab_size, **procs)
       pair = (tok, tok)
   elif data.tokenizer == "bpemb":
     cache = dict(cache_dir=data.bpemb_cache_dir or None)
@@ -418,7 +432,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *,
     workdir: where trained tokenizer models are written and found again
       (unused by the synthetic tasks' fixed alphabets).
     process_index, process_count: who trains a tokenizer (process 0; the
-      others wait for its file); default from jax.
+      others receive its bytes); default from jax.
   """
   name, data = config.data.task, config.data
   task_spec = spec(name)
@@ -428,6 +442,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *,
   else:
     raw = _text_raw(name, data)
     pi, pc = pipeline.default_process(process_index, process_count)
+    if pc > 1:  # TFDS preparation: once by process 0, then found (or made per host) by the rest.
+      distributed.process_0_first(lambda: raw("train"), f"prepare {name}")
     in_tok, tgt_tok = _text_tokenizers(name, task_spec.kind, data, raw, workdir, pi, pc)
   if task_spec.kind == "lm":
     in_tok = None
@@ -436,5 +452,5 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *,
   if task_spec.tokenizer == "char":  # Generated from the config in well under a second.
     return Task(name, data, config.seed, raw, in_tok, tgt_tok)
   return Task(name, data, config.seed, raw, in_tok, tgt_tok,
-              cache_dir=os.path.join(workdir, "tokenized") if workdir else None,
+              cache_dir=str(epath.Path(workdir) / "tokenized") if workdir else None,
               data_fingerprint=lambda split: _text_fingerprint(data, raw, split))

@@ -8,10 +8,14 @@ writing a TFDS builder. Formats, chosen by file suffix (`.gz` is stripped first)
 * `.tsv`: a header line naming the columns (so column order is free), then one
   example per line; text may not contain tabs or newlines.
 
-Labels are ints, or strings listed in `label_names` (mapped to their index).
-Bad lines (undecodable bytes, broken JSON, missing or empty text, a bad label,
-a wrong column count) are skipped and counted in one log line per file: one
-bad line in a user's file should not stop a run, nor vanish silently.
+Labels are ints (below `num_labels` when it is given), or strings listed in
+`label_names` (mapped to their index). Bad lines (undecodable bytes, broken
+JSON, missing or empty text or label, a wrong column count) are skipped and
+counted in one log line per file, with the file and line number of the first
+of each kind: one bad line in a user's file should not stop a run, nor vanish
+silently. A label that is there but is not one of the labels is an error
+naming the file, line and value (it means the labels are configured wrong, and
+skipping would quietly drop a class), and so is a file with no usable example.
 """
 
 from collections.abc import Iterator, Sequence
@@ -23,6 +27,8 @@ import os
 from typing import Any
 
 from etils import epath
+
+from transformer_research import storage
 
 
 def _format(path: str) -> str:
@@ -38,15 +44,33 @@ def _lines(path: str) -> Iterator[bytes]:
     yield from gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f
 
 
-def _records(path: str, bad: dict[str, int]) -> Iterator[dict[str, Any]]:
-  """Raw field dicts of one file; undecodable or unparsable lines are counted in `bad`."""
+class _Skipped:
+  """Bad lines of one file: a count per reason and where each reason first occurred."""
+
+  def __init__(self, path: str):
+    self.path, self.counts, self.first = path, {}, {}
+
+  def add(self, reason: str, line: int) -> None:
+    self.counts[reason] = self.counts.get(reason, 0) + 1
+    self.first.setdefault(reason, line)
+
+  def __str__(self) -> str:
+    if not self.counts:
+      return "none"
+    return ", ".join(f"{reason}={n} (first at line {self.first[reason]})"
+                     for reason, n in self.counts.items())
+
+
+def _records(path: str, skipped: _Skipped, columns: set[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(line number, raw field dict) of one file; bad lines go to `skipped`,
+  the field names seen to `columns`."""
   fmt = _format(path)
   header = None
-  for raw in _lines(path):
+  for number, raw in enumerate(_lines(path), start=1):
     try:
       line = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:
-      bad["not_utf8"] = bad.get("not_utf8", 0) + 1
+      skipped.add("not_utf8", number)
       continue
     if not line.strip():
       continue
@@ -56,35 +80,37 @@ def _records(path: str, bad: dict[str, int]) -> Iterator[dict[str, Any]]:
       except json.JSONDecodeError:
         record = None
       if not isinstance(record, dict):
-        bad["not_json_object"] = bad.get("not_json_object", 0) + 1
+        skipped.add("not_json_object", number)
         continue
-      yield record
+      columns.update(record)
+      yield number, record
     elif header is None:
       header = line.split("\t")
+      columns.update(header)
     else:
       fields = line.split("\t")
       if len(fields) != len(header):
-        bad["wrong_columns"] = bad.get("wrong_columns", 0) + 1
+        skipped.add("wrong_columns", number)
         continue
-      yield dict(zip(header, fields))
+      yield number, dict(zip(header, fields))
 
 
-def _label(value: Any, label_names: Sequence[str] | None) -> int | None:
-  """The int label of a field value, or None if it is not a valid label."""
-  if label_names is not None and isinstance(value, str) and value in label_names:
+def _label(value: Any, label_names: Sequence[str] | None, num_labels: int | None) -> int | None:
+  """The int label of a field value (a name, or an index below the number of
+  labels); None if it is not one of the labels."""
+  if label_names is not None and value in label_names:
     return list(label_names).index(value)
-  if isinstance(value, bool):
-    return None
-  if isinstance(value, int):
-    return value
+  limit = len(label_names) if label_names is not None else num_labels
   if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-    return int(value)
-  return None
+    value = int(value)
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    return None
+  return value if limit is None or value < limit else None
 
 
 def read_text_file(path: os.PathLike | str, *, with_label: bool = True, text_field: str = "text",
-                   label_field: str = "label", label_names: Sequence[str] | None = None
-                   ) -> list[dict[str, Any]]:
+                   label_field: str = "label", label_names: Sequence[str] | None = None,
+                   num_labels: int | None = None) -> list[dict[str, Any]]:
   """Reads one file into `{"text": str, "label": int}` (or `{"text": str}`) examples.
 
   Args:
@@ -93,26 +119,56 @@ def read_text_file(path: os.PathLike | str, *, with_label: bool = True, text_fie
     text_field: the field holding the text.
     label_field: the field holding the label.
     label_names: string labels accepted, mapped to their index (e.g. ["neg", "pos"]).
+    num_labels: int labels must be below this (the task's number of classes).
+
+  Raises:
+    ValueError: a label that is not one of the labels (naming the file, the
+      line and the value), or no usable example in the file (naming the
+      columns found and the skipped lines).
   """
   path = os.fspath(path)
-  bad: dict[str, int] = {}
+  skipped, columns = _Skipped(path), set()
   examples = []
-  for record in _records(path, bad):
+  for number, record in _records(path, skipped, columns):
     text = record.get(text_field)
     if not isinstance(text, str) or not text.strip():
-      bad["no_text"] = bad.get("no_text", 0) + 1
+      skipped.add("no_text", number)
       continue
     if not with_label:
       examples.append({"text": text})
       continue
-    label = _label(record.get(label_field), label_names)
-    if label is None or label < 0:
-      bad["bad_label"] = bad.get("bad_label", 0) + 1
+    value = record.get(label_field)
+    if value is None or value == "":
+      skipped.add("no_label", number)
       continue
+    label = _label(value, label_names, num_labels)
+    if label is None:
+      expected = list(label_names) if label_names is not None else (
+          f"an int in [0, {num_labels})" if num_labels else "a non-negative int")
+      raise ValueError(f"{path}:{number}: label {value!r} (field {label_field!r}) is not one "
+                       f"of the labels: expected {expected}")
     examples.append({"text": text, "label": label})
-  level = logging.WARNING if bad else logging.INFO
-  logging.log(level, "%s: %d examples; skipped bad lines: %s", path, len(examples), bad or "none")
+  if not examples:
+    raise ValueError(
+        f"{path}: no usable example (text field {text_field!r}"
+        f"{f', label field {label_field!r}' if with_label else ''}; columns found: "
+        f"{sorted(columns)}; skipped lines: {skipped})")
+  level = logging.WARNING if skipped.counts else logging.INFO
+  logging.log(level, "%s: %d examples; skipped bad lines: %s", path, len(examples), skipped)
   return examples
+
+
+def _glob(pattern: str) -> list[str]:
+  """Sorted matches of a glob pattern on any epath file system (local, gs://).
+
+  The pattern is split at its first component with a wildcard: the part
+  before it is the directory to list, the rest is globbed under it.
+  """
+  path = epath.Path(pattern)
+  parts = path.parts
+  first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+  base = epath.Path(*parts[:first]) if first else epath.Path(".")
+  return sorted(str(m) for m in base.glob("/".join(parts[first:])))
 
 
 def text_files(paths: str | os.PathLike | Sequence[str | os.PathLike], **kwargs: Any) -> list[dict[str, Any]]:
@@ -125,17 +181,29 @@ def text_files(paths: str | os.PathLike | Sequence[str | os.PathLike], **kwargs:
     paths: file paths or glob patterns (`data/train-*.jsonl.gz`).
     **kwargs: `read_text_file` arguments.
   """
+  examples = []
+  for path in _files(paths):
+    examples.extend(read_text_file(path, **kwargs))
+  return examples
+
+
+def fingerprint(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[list[Any]]:
+  """[path, size, modification time] of each file `text_files(paths)` reads,
+  so a cache of what was made from them notices an edited or added file."""
+  return [[path if storage.is_remote(path) else os.path.abspath(path),
+           *storage.file_stamp(path)] for path in _files(paths)]
+
+
+def _files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+  """The sorted files of paths or glob patterns; each pattern must match something."""
   patterns = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
   if not patterns:
     raise ValueError(f"paths={paths!r}: expected at least one path or pattern")
   files = []
   for pattern in patterns:
     pattern = os.fspath(pattern)
-    matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-    if not matches or not os.path.exists(matches[0]):
+    matches = _glob(pattern) if glob.has_magic(pattern) else [pattern]
+    if not matches or not epath.Path(matches[0]).exists():
       raise FileNotFoundError(f"paths={pattern!r}: no such file")
     files.extend(matches)
-  examples = []
-  for path in sorted(files):
-    examples.extend(read_text_file(path, **kwargs))
-  return examples
+  return sorted(files)

@@ -11,8 +11,8 @@ place decides it) and `decode` stops at the first EOS and drops padding, so it
 can be applied directly to a decoded row.
 
 SentencePiece models are trained on the training split, written once
-(atomically) and reused; in multi-host runs process 0 trains while the other
-processes poll for the file.
+(atomically) and reused; in multi-host runs process 0 trains (or loads) the
+model and sends its bytes to the other processes, which never read the file.
 """
 
 import abc
@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import string
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -202,8 +201,8 @@ def train_sentencepiece(texts: Iterable[str], path: os.PathLike | str, vocab_siz
                         byte_fallback: bool = False, max_sentences: int = 2_000_000) -> None:
   """Trains a model on `texts` and writes it to `path` atomically.
 
-  The model is written to a temporary name and renamed, so a process polling
-  for `path` never reads a half-written file. `max_sentences` bounds memory:
+  The model is written to a temporary name and renamed, so a run killed
+  while writing never leaves a half-written model to be loaded later. `max_sentences` bounds memory:
   SentencePiece samples that many sentences from the input.
   """
   if vocab_size < 8:
@@ -219,33 +218,36 @@ def train_sentencepiece(texts: Iterable[str], path: os.PathLike | str, vocab_siz
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
   tmp.write_bytes(model.getvalue())
-  tmp.rename(path)
+  tmp.replace(path)
 
 
 def load_or_train_sentencepiece(path: os.PathLike | str, texts_fn: Callable[[], Iterable[str]],
-                                vocab_size: int, *, process_index: int = 0, process_count: int = 1,
-                                timeout_s: float = 3600.0, poll_s: float = 2.0,
+                                vocab_size: int, *, process_index: int = 0,
+                                broadcast: Callable[[bytes | None], bytes] | None = None,
                                 **train_kwargs: Any) -> SentencePieceTokenizer:
   """Loads the model at `path`, training it first if it is missing.
 
-  Training runs once: on process 0 only (`texts_fn` is not called elsewhere);
-  the other processes wait for the file, up to `timeout_s`. A model found with
-  a different vocabulary size is an error rather than silently reused.
+  Only process 0 touches `path` (any epath file system: a local directory or
+  a bucket) and trains (`texts_fn` is not called elsewhere). In multi-process
+  runs the model reaches the other processes as bytes through `broadcast`
+  (`distributed.broadcast_bytes`: process 0 passes the bytes, the others None),
+  so no disk shared by every host is assumed and nobody polls for a file. A
+  model found with a different vocabulary size is an error rather than
+  silently reused (raised on every process, which all hold the same bytes).
   """
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index}: expected 0 <= index < process_count={process_count}")
-  path = epath.Path(path)
-  if not path.exists():
-    if process_index == 0:
+  if process_index != 0 and broadcast is None:
+    raise ValueError(f"process_index={process_index}: processes other than 0 receive the model "
+                     "from process 0; expected a broadcast function")
+  proto = None
+  if process_index == 0:
+    path = epath.Path(path)
+    if not path.exists():
       logging.info("Training SentencePiece (vocab %d) -> %s", vocab_size, path)
       train_sentencepiece(texts_fn(), path, vocab_size, **train_kwargs)
-    else:
-      deadline = time.monotonic() + timeout_s
-      while not path.exists():
-        if time.monotonic() > deadline:
-          raise TimeoutError(f"process {process_index}: {path} not written by process 0 within {timeout_s} s")
-        time.sleep(poll_s)
-  tok = SentencePieceTokenizer.from_file(path)
+    proto = path.read_bytes()
+  if broadcast is not None:
+    proto = broadcast(proto)
+  tok = SentencePieceTokenizer(proto)
   if tok.vocab_size != vocab_size:
     raise ValueError(f"vocab_size={vocab_size}: the model at {path} has {tok.vocab_size}; delete it or change the size")
   return tok

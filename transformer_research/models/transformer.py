@@ -21,6 +21,7 @@ Shape glossary:
 """
 
 import haiku as hk
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -220,7 +221,34 @@ _BATCH_KEYS = {
     "classify": (("inputs",), ()),
     "encode": (("inputs",), tuple("inputs" + p for p in _PACKED)),
 }
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# "auto": bfloat16 where the matrix units are built for it, float32 on CPU
+# (where bfloat16 matmuls are emulated and slower).
+_AUTO_BF16_PLATFORMS = ("tpu", "gpu", "cuda", "rocm")
+
+
+def compute_dtype(name: str, platform: str | None = None):
+  """The activation dtype `config.model.compute_dtype` names on `platform`.
+
+  Args:
+    name: "auto", "bfloat16" or "float32".
+    platform: the devices' platform ("tpu", "gpu", "cpu"); None = JAX's default backend.
+
+  Raises:
+    ValueError: float16 (its small range needs loss scaling, which this
+      project does not implement) or an unknown name.
+  """
+  if name == "float16":
+    raise ValueError("model.compute_dtype='float16' needs loss scaling, which is not "
+                     "implemented; use 'bfloat16' (same speed on TPU/GPU, float32's range) "
+                     "or 'auto'.")
+  if name == "auto":
+    platform = platform or jax.default_backend()
+    return jnp.bfloat16 if platform in _AUTO_BF16_PLATFORMS else jnp.float32
+  if name not in _DTYPES:
+    raise ValueError(f"model.compute_dtype={name!r}; expected one of "
+                     f"{['auto', *_DTYPES]}.")
+  return _DTYPES[name]
 
 
 def dummy_batch(kind: str) -> dict[str, np.ndarray]:
@@ -333,7 +361,7 @@ class Model:
                        f"kind={self.kind!r}.")
 
 
-def _options(model_config) -> tuple[layers.Options, variants.Sizes]:
+def _options(model_config, platform: str | None = None) -> tuple[layers.Options, variants.Sizes]:
   """Validated Options from `config.model` (sizes from the variant table)."""
   c = model_config
   sizes = variants.resolve(c)
@@ -341,7 +369,6 @@ def _options(model_config) -> tuple[layers.Options, variants.Sizes]:
                               ("activation", c.activation, tuple(layers.ACTIVATIONS)),
                               ("positions", c.positions, layers.POSITIONS),
                               ("pooling", c.pooling, ("mean", "cls")),
-                              ("compute_dtype", c.compute_dtype, tuple(_DTYPES)),
                               ("remat", c.remat, tuple(layers.REMAT_POLICIES))):
     if value not in valid:
       raise ValueError(f"model.{field}={value!r}; expected one of {list(valid)}.")
@@ -355,7 +382,8 @@ def _options(model_config) -> tuple[layers.Options, variants.Sizes]:
       norm=c.norm, activation=c.activation, positions=c.positions,
       max_len=c.max_len, fused_qkv=c.fused_qkv, dropout_rate=c.dropout_rate,
       attention_dropout_rate=c.attention_dropout_rate,
-      compute_dtype=_DTYPES[c.compute_dtype], scan_layers=c.scan_layers, remat=c.remat)
+      compute_dtype=compute_dtype(c.compute_dtype, platform), scan_layers=c.scan_layers,
+      remat=c.remat)
   return options, sizes
 
 
@@ -367,7 +395,7 @@ def _positive(name: str, value) -> int:
 
 def build(model_config, kind: str, *, input_vocab_size: int | None = None,
           target_vocab_size: int | None = None,
-          num_classes: int | None = None) -> Model:
+          num_classes: int | None = None, platform: str | None = None) -> Model:
   """Builds the model for a task kind from `config.model`.
 
   Args:
@@ -377,13 +405,15 @@ def build(model_config, kind: str, *, input_vocab_size: int | None = None,
     input_vocab_size: source vocabulary size.
     target_vocab_size: target vocabulary size.
     num_classes: number of classes.
+    platform: where it will run, for `compute_dtype="auto"`; None = JAX's
+      default backend.
 
   Returns:
     A Model; its functions come from one `hk.multi_transform`.
   """
   if kind not in KINDS:
     raise ValueError(f"kind={kind!r}; expected one of {list(KINDS)}.")
-  options, sizes = _options(model_config)
+  options, sizes = _options(model_config, platform)
   if kind == "seq2seq":
     v_in = _positive("input_vocab_size", input_vocab_size)
     v_out = _positive("target_vocab_size", target_vocab_size)

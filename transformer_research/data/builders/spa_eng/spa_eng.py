@@ -7,10 +7,16 @@ than the line, keeps every translation of one English sentence in one split,
 so no test source sentence is seen in training, and the assignment does not
 depend on line order or on the other lines of the file.
 
-Offline machines put `spa-eng.zip` into the TFDS manual directory
-(`<data_dir>/downloads/manual/` or `DownloadConfig(manual_dir=...)`); it is
-used in preference to downloading. Examples are stored as array_record so the
-dataset is readable without TensorFlow (`builder.as_data_source()`).
+The archive ships with the package (`spa-eng.zip` next to this file, 2.6 MB,
+CC BY 2.0: see SPA_ENG_LICENSE.md), so the main job runs on a fresh machine
+with no network, and it is never downloaded. A copy in the TFDS manual
+directory (`<data_dir>/downloads/manual/` or `DownloadConfig(manual_dir=...)`)
+is used instead when present. Either way its sha256 must be the one recorded
+in checksums.tsv (the check TFDS makes of a download), so a run never trains
+on other data than it says. A file that is not a zip archive, lacks
+the pairs file or holds a pairs file larger than `MAX_MEMBER_BYTES` is an
+error naming it. Examples are stored as array_record so the dataset is
+readable without TensorFlow (`builder.as_data_source()`).
 """
 
 from collections.abc import Iterable, Iterator
@@ -25,6 +31,15 @@ URL = "http://storage.googleapis.com/download.tensorflow.org/data/spa-eng.zip"
 ARCHIVE_NAME = "spa-eng.zip"
 _MEMBER = "spa-eng/spa.txt"  # Path of the pairs inside the archive.
 SPLIT_PERCENT = (("train", 70), ("validation", 15), ("test", 15))
+SHIPPED_ARCHIVE = epath.Path(__file__).parent / ARCHIVE_NAME
+# The pairs file is read whole into memory: bound it (the real one is ~8 MB).
+MAX_MEMBER_BYTES = 256 * 2**20
+
+
+def recorded_sha256() -> str:
+  """The archive's sha256 as checksums.tsv records it (url, size, sha256, name)."""
+  line = (epath.Path(__file__).parent / "checksums.tsv").read_text().split("\n")[0]
+  return line.split("\t")[2]
 
 _CITATION = """\
 @misc{tatoeba_anki_spa_eng,
@@ -91,10 +106,10 @@ class SpaEng(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "70/15/15 split by hash of the English sentence."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
-  Offline: copy {ARCHIVE_NAME} ({URL}) into the TFDS manual directory,
-  `<data_dir>/downloads/manual/{ARCHIVE_NAME}`, or pass
-  `download_config=tfds.download.DownloadConfig(manual_dir=DIR)`. With
-  internet access and no manual copy it is downloaded.
+  Nothing to do: {ARCHIVE_NAME} ({URL}) ships with the package. A copy in the
+  TFDS manual directory, `<data_dir>/downloads/manual/{ARCHIVE_NAME}` (or
+  `download_config=tfds.download.DownloadConfig(manual_dir=DIR)`), is used
+  instead; it must be the same file (sha256 in checksums.tsv).
   """
 
   def __init__(self, *, file_format: str | None = None, **kwargs):
@@ -113,28 +128,19 @@ class SpaEng(tfds.core.GeneratorBasedBuilder):
     )
 
   def _archive(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
-    """The archive: the manual copy if present, else downloaded."""
+    """The manual copy if there is one, else the shipped one: never downloaded."""
     try:
       manual = dl_manager.manual_dir / ARCHIVE_NAME
     except AssertionError:  # TFDS raises this for a missing or empty manual dir.
       manual = None
-    if manual is not None and manual.exists():
-      return manual
-    where = epath.Path(getattr(dl_manager, "_manual_dir", None) or "<data_dir>/downloads/manual") / ARCHIVE_NAME
-    # Said before downloading: offline, TFDS retries for ~3 minutes before it fails.
-    logging.warning("spa_eng: %s not found, downloading %s (offline: put the archive there)", where, URL)
-    try:
-      return dl_manager.download(URL)
-    except Exception as e:  # Offline: connection errors from the downloader.
-      raise FileNotFoundError(
-          f"Could not download {URL} ({e!r}). Offline, put {ARCHIVE_NAME} at {where} "
-          "(the TFDS manual directory).") from e
+    archive = manual if manual is not None and manual.exists() else SHIPPED_ARCHIVE
+    check_archive(archive)
+    logging.info("spa_eng: preparing from %s", archive)
+    return archive
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     # Read straight from the zip: TFDS's extractor needs TensorFlow.
-    with self._archive(dl_manager).open("rb") as f:
-      lines = zipfile.ZipFile(f).read(_MEMBER).splitlines()
-    pairs, bad = parse_pairs(lines)
+    pairs, bad = parse_pairs(read_pairs_file(self._archive(dl_manager)).splitlines())
     by_split = {name: [] for name, _ in SPLIT_PERCENT}
     for pair in pairs:
       by_split[split_of(pair[1])].append(pair)
@@ -146,3 +152,42 @@ class SpaEng(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, examples: list[tuple[int, str, str]]) -> Iterator[tuple[int, dict[str, str]]]:
     for number, en, es in examples:
       yield number, {"en": en, "es": es}  # Line number: a stable, unique key.
+
+
+def check_archive(path: epath.Path) -> None:
+  """The archive must be the recorded one (as TFDS checks a download).
+
+  Raises:
+    ValueError naming the file and both checksums.
+  """
+  digest = hashlib.sha256()
+  with path.open("rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  if digest.hexdigest() != recorded_sha256():
+    raise ValueError(
+        f"{path}: sha256 {digest.hexdigest()} differs from the recorded {recorded_sha256()} "
+        f"(data/builders/spa_eng/checksums.tsv): expected the {ARCHIVE_NAME} of {URL}")
+
+
+def read_pairs_file(path: epath.Path) -> bytes:
+  """The bytes of the pairs file in the archive at `path`.
+
+  Raises:
+    ValueError: not a zip archive, no pairs file, or a pairs file over
+      MAX_MEMBER_BYTES, naming the archive.
+  """
+  try:
+    with path.open("rb") as f, zipfile.ZipFile(f) as archive:
+      try:
+        info = archive.getinfo(_MEMBER)
+      except KeyError:
+        raise ValueError(f"{path}: the archive has no {_MEMBER} (it holds "
+                         f"{archive.namelist()[:5]})") from None
+      if info.file_size > MAX_MEMBER_BYTES:
+        raise ValueError(f"{path}: {_MEMBER} is {info.file_size:,} bytes, over the "
+                         f"{MAX_MEMBER_BYTES:,} this builder reads into memory")
+      return archive.read(info)
+  except (zipfile.BadZipFile, EOFError, OSError) as e:
+    raise ValueError(f"{path} is not a readable zip archive ({e}): expected the {ARCHIVE_NAME} "
+                     f"of {URL}") from None

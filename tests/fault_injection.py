@@ -1,0 +1,79 @@
+"""Runs a launch script with one fault injected (not a test module).
+
+    python tests/fault_injection.py FAULT launch/train.py --config=... --workdir=...
+
+The script runs as `python launch/train.py ...` would (same argv, as
+`__main__`); the fault SIGKILLs the process at one chosen moment, as a
+preemption without notice or the OOM killer would:
+
+    kill_before_commit=N  step N's checkpoint is written (in the background,
+                          while training goes on) but not yet committed
+    kill_after_commit=N   right after step N's checkpoint is committed
+    kill_after_record=N   right after the train record of step N reached metrics.jsonl
+    torn_record=N         halfway through writing the train record of step N
+
+Faults hook Orbax's commit (the rename of a step's temporary directory) and
+the one metrics writer, so nothing in the project is changed for the test.
+"""
+
+import json
+import os
+import runpy
+import signal
+import sys
+
+
+def _die() -> None:
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _hook_commit(step: int, before: bool) -> None:
+  from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
+  finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+  async def finalize_then_maybe_die(self):
+    if before and self._final_path.name == str(step):  # pylint: disable=protected-access
+      _die()
+    await finalize(self)
+    if not before and self._final_path.name == str(step):  # pylint: disable=protected-access
+      _die()
+
+  atomicity.AtomicRenameTemporaryPath.finalize = finalize_then_maybe_die
+
+
+def _hook_record(step: int, torn: bool) -> None:
+  from transformer_research import metrics  # pylint: disable=g-import-not-at-top
+  write = metrics.MetricsWriter.write
+
+  def write_then_maybe_die(self, at_step, split, scalars):
+    if at_step != step or split != "train":
+      return write(self, at_step, split, scalars)
+    if torn:
+      line = json.dumps({"step": at_step, "split": split, **scalars})
+      with open(self.path, "a") as f:
+        f.write(line[:len(line) // 2])
+    else:
+      write(self, at_step, split, scalars)
+    _die()
+
+  metrics.MetricsWriter.write = write_then_maybe_die
+
+
+def main(fault: str, script: str, *args: str) -> None:
+  name, value = fault.split("=")
+  hooks = {"kill_before_commit": lambda n: _hook_commit(n, before=True),
+           "kill_after_commit": lambda n: _hook_commit(n, before=False),
+           "kill_after_record": lambda n: _hook_record(n, torn=False),
+           "torn_record": lambda n: _hook_record(n, torn=True)}
+  if name not in hooks:
+    raise SystemExit(f"fault={fault!r}: expected one of {sorted(hooks)}=STEP")
+  hooks[name](int(value))
+  sys.argv = [script, *args]
+  runpy.run_path(script, run_name="__main__")
+  raise SystemExit(f"the fault {fault} never happened")
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])

@@ -1,0 +1,307 @@
+"""A run never loses its results, whatever is changed, killed or started twice.
+
+Every test runs `launch/train.py` as a user does (tiny reverse config, the
+flags of tiny_setup) and tries to break one promise: a kill at a bad moment,
+a config that does not fit the run directory, a corrupt or removed
+checkpoint, a diverging run, a second run on the same directory.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import tiny_setup
+
+FAULTS = tiny_setup.ROOT / "tests" / "fault_injection.py"
+# Log windows that straddle checkpoints (3 is not a divisor of 2).
+KILL_RUN = {"train.num_steps": 6, "train.log_every_steps": 3, "checkpoint.every_steps": 2,
+            "eval.every_steps": 3}
+
+
+def train(workdir, fault: str | None = None, timeout: float = 300,
+          **overrides) -> subprocess.CompletedProcess:
+  command = tiny_setup.train_command(workdir, **overrides)
+  if fault:
+    command = [sys.executable, str(FAULTS), fault, *command[1:]]
+  return subprocess.run(command, env=tiny_setup.subprocess_env(), capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def ok(run: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+  assert run.returncode == 0, run.stderr[-3000:]
+  return run
+
+
+def refused(run: subprocess.CompletedProcess, message: str) -> str:
+  """The one-line error of a refused start (no traceback)."""
+  assert run.returncode == 1, run.stderr[-3000:]
+  assert "Traceback" not in run.stderr, run.stderr[-3000:]
+  error = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+  assert len(error) == 1 and message in error[0], run.stderr[-3000:]
+  return error[0]
+
+
+def fingerprint(workdir) -> dict[str, str]:
+  """sha256 of every file under the run directory."""
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      out[os.path.relpath(path, workdir)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+  return out
+
+
+def saved_state(workdir, step: int) -> list[np.ndarray]:
+  """Every array of a checkpoint (params and train items), as saved."""
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  restored = manager.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(), train=ocp.args.StandardRestore()))
+  manager.close()
+  import jax  # pylint: disable=g-import-not-at-top
+  return [np.asarray(x) for x in jax.tree.leaves((restored["params"], restored["train"]))]
+
+
+def steps_saved(workdir) -> list[int]:
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def without_timing(rows):
+  return [{k: v for k, v in r.items() if k not in tiny_setup.TIMING} for r in rows]
+
+
+def tensorboard_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
+  """What TensorBoard itself shows: its loader applies the purge of a resumed run."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  accumulator = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"),
+                                                   purge_orphaned_data=True)
+  accumulator.Reload()
+  return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+          for tag in accumulator.Tags()["scalars"] if tag.split("/")[1] not in tiny_setup.TIMING}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """The uninterrupted run every killed-and-rerun run must reproduce."""
+  workdir = tmp_path_factory.mktemp("straight")
+  ok(train(workdir, **KILL_RUN))
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A finished 4-step run with checkpoints at steps 2 and 4."""
+  workdir = tmp_path_factory.mktemp("trained")
+  ok(train(workdir))
+  return workdir
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained, workdir)
+  return workdir
+
+
+@pytest.mark.parametrize("fault", ["kill_before_commit=4", "kill_after_commit=2",
+                                   "kill_after_record=3", "torn_record=3"])
+def test_a_kill_at_any_moment_loses_only_the_work_since_the_last_checkpoint(
+    straight, tmp_path, fault):
+  killed = train(tmp_path, fault=fault, **KILL_RUN)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  ok(train(tmp_path, **KILL_RUN))
+  assert steps_saved(tmp_path) == steps_saved(straight) == [2, 4, 6]
+  for a, b in zip(saved_state(tmp_path, 6), saved_state(straight, 6), strict=True):
+    np.testing.assert_array_equal(a, b)
+  got, want = tiny_setup.records(tmp_path), tiny_setup.records(straight)  # Strict: no torn line.
+  assert [(r["step"], r["split"]) for r in got] == [(r["step"], r["split"]) for r in want]
+  assert without_timing(got) == without_timing(want)  # Train windows straddle the kill.
+  assert tensorboard_scalars(tmp_path) == tensorboard_scalars(straight)
+
+
+@pytest.mark.parametrize("flag,message", [
+    # The optimizer state changes structure: the checkpoint names the leaf.
+    ({"train.grad_clip_norm": 0.0},
+     "checkpoint step 4 in {run}/checkpoints does not match this config: train leaf "
+     "opt_state/0/count"),
+    # Same parameter shapes, another model: config.json says which field.
+    ({"model.positions": "rope"}, "holds a run with model.positions='sinusoidal'; this config "
+                                  "has 'rope'"),
+    ({"model.d_model": 64}, "holds a run with model.d_model=-1; this config has 64"),
+    ({"data.vocab_size": 100}, "holds a run with data.vocab_size=500"),
+])
+def test_a_resume_that_does_not_fit_is_refused_and_changes_nothing(run_copy, flag, message):
+  before = fingerprint(run_copy)
+  refused(train(run_copy, **flag), message.format(run=run_copy))
+  assert fingerprint(run_copy) == before
+
+
+def test_an_unknown_variant_writes_nothing(run_copy, tmp_path):
+  before = fingerprint(run_copy)
+  for workdir in (run_copy, tmp_path / "new"):
+    command = tiny_setup.train_command(workdir)
+    command[2] = command[2].replace(":tiny,smoke", ":huge")
+    run = subprocess.run(command, env=tiny_setup.subprocess_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode != 0 and "config argument 'huge'" in run.stderr
+  assert fingerprint(run_copy) == before and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("steps", [0, -5])
+def test_no_steps_to_train_is_an_error(tmp_path, steps):
+  refused(train(tmp_path, **{"train.num_steps": steps}), f"config.train.num_steps={steps}")
+  assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_removed_checkpoints_do_not_silently_start_over(run_copy):
+  shutil.rmtree(run_copy / "checkpoints")
+  before = fingerprint(run_copy)
+  refused(train(run_copy, **{"train.num_steps": 6}), "no checkpoints/ directory (it was removed)")
+  assert fingerprint(run_copy) == before
+
+
+def test_a_corrupt_latest_checkpoint_is_moved_aside_and_trained_again(run_copy):
+  for root, _, files in os.walk(run_copy / "checkpoints" / "4" / "params"):
+    for name in files:  # Truncate every data file of the latest checkpoint.
+      open(os.path.join(root, name), "w").close()
+  # The tools that only read use the newest readable step, and say so.
+  translate = subprocess.run(
+      [sys.executable, str(tiny_setup.ROOT / "launch" / "translate.py"), f"--workdir={run_copy}",
+       "123"], capture_output=True, text=True, timeout=300)
+  assert translate.returncode == 0 and "using step 2" in translate.stderr, translate.stderr[-2000:]
+  assert (run_copy / "checkpoints" / "4").exists()  # Readers never move anything.
+  run = ok(train(run_copy, **{"train.num_steps": 6}))
+  assert "moved it to" in run.stderr and "corrupt-4" in run.stderr
+  assert steps_saved(run_copy) == [2, 4, 6] and (run_copy / "checkpoints" / "corrupt-4").is_dir()
+  rows = tiny_setup.records(run_copy)
+  assert [(r["step"], r["split"]) for r in rows] == [
+      (s, split) for s in (2, 4, 6) for split in ("train", "validation")]
+
+
+def test_only_unreadable_checkpoints_stop_the_run(run_copy):
+  for step in (2, 4):
+    shutil.rmtree(run_copy / "checkpoints" / str(step) / "train")
+  refused(train(run_copy, **{"train.num_steps": 6}), "no checkpoint in")
+  before = fingerprint(run_copy)
+  refused(train(run_copy, **{"train.num_steps": 6}), "corrupt-4")  # Also on the next try.
+  assert fingerprint(run_copy) == before
+
+
+def test_a_non_finite_state_is_never_saved(run_copy):
+  """Step 5's loss and gradient come from step 4's (finite) parameters; its
+  update with an infinite learning rate is what turns the state into Inf/NaN."""
+  diverge = {"train.learning_rate": 1e39, "train.schedule": "constant",
+             "train.warmup_steps": 0, "train.num_steps": 5}
+  refused(train(run_copy, **diverge), "not finite at step 5; stopping without saving")
+  assert steps_saved(run_copy) == [2, 4]
+  assert all(np.isfinite(x).all() for x in saved_state(run_copy, 4))
+  rows = tiny_setup.records(run_copy)
+  assert [(r["step"], r["split"]) for r in rows if r["split"] != "train"] == [
+      (2, "validation"), (4, "validation")]  # No eval of the diverged state.
+  assert all(np.isfinite(r["loss"]) for r in rows)
+  refused(train(run_copy, **diverge), "at step 5")  # Resumed from 4, stopped the same way.
+  assert steps_saved(run_copy) == [2, 4]
+
+
+def test_one_run_per_run_directory(tmp_path):
+  holder = subprocess.Popen(
+      tiny_setup.train_command(tmp_path, **{"train.num_steps": 100000, "eval.every_steps": 100000,
+                                            "checkpoint.every_steps": 20,
+                                            "train.log_every_steps": 20}),
+      env=tiny_setup.subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 240
+    while not (tmp_path / "checkpoints" / "20").is_dir():
+      assert holder.poll() is None and time.time() < deadline, "the first run never saved"
+      time.sleep(0.2)
+    error = refused(train(tmp_path), f"is in use by pid {holder.pid} on host")
+    assert "started 20" in error  # The holder's start time (an ISO date).
+    # The tools that only read still work while it trains.
+    for tool, args in (("plot.py", []), ("translate.py", ["123"])):
+      used = subprocess.run([sys.executable, str(tiny_setup.ROOT / "launch" / tool),
+                             f"--workdir={tmp_path}", *args], capture_output=True, text=True,
+                            timeout=300)
+      assert used.returncode == 0, used.stderr[-2000:]
+    holder.kill()  # SIGKILL: the lock stays behind, stale.
+    holder.wait(timeout=60)
+  finally:
+    holder.kill()
+  assert (tmp_path / "lock").exists()
+  run = ok(train(tmp_path, **{"train.num_steps": 22, "checkpoint.every_steps": 20}))
+  assert "taking over the stale lock" in run.stderr and "resumed from" in run.stderr
+  assert not (tmp_path / "lock").exists()
+
+
+def test_every_start_is_recorded_with_what_changed(run_copy):
+  run = ok(train(run_copy, **{"train.num_steps": 6}))
+  assert "changed fields: train.num_steps: 4 -> 6" in run.stderr
+  starts = [json.loads(line) for line in open(run_copy / "runs.jsonl")]
+  assert [s["origin"].split(" step ")[-1] for s in starts] == ["from scratch", "4"]
+  assert starts[1]["changed"] == ["train.num_steps: 4 -> 6"]
+  assert starts[1]["config"]["train"]["num_steps"] == 6
+  for key in ("jax", "jaxlib", "dm-haiku", "optax", "orbax-checkpoint"):
+    assert starts[1]["versions"][key][0].isdigit(), starts[1]["versions"]
+  assert "git_commit" in starts[1]
+  assert json.load(open(run_copy / "config.json"))["train"]["num_steps"] == 6
+
+
+def test_evaluate_records_survive_a_resume(run_copy):
+  evaluate = subprocess.run([sys.executable, str(tiny_setup.ROOT / "launch" / "evaluate.py"),
+                             f"--workdir={run_copy}", "--split=test", "--step=4"],
+                            capture_output=True, text=True, timeout=300)
+  assert evaluate.returncode == 0, evaluate.stderr[-2000:]
+  shutil.rmtree(run_copy / "checkpoints" / "4")  # Resume from step 2.
+  ok(train(run_copy))
+  rows = tiny_setup.records(run_copy)
+  assert [(r["step"], r["split"]) for r in rows if r["split"] == "test"] == [(4, "test")]
+  assert [(r["step"], r["split"]) for r in rows if r["split"] != "test"] == [
+      (s, split) for s in (2, 4) for split in ("train", "validation")]
+
+
+def test_a_full_disk_stops_with_the_path_and_keeps_the_last_checkpoint(run_copy):
+  """A file-size limit (`ulimit -f`, 64 KiB) stands in for a full disk: the
+  metrics lines still fit, the checkpoint's data files do not."""
+  before = saved_state(run_copy, 4)
+  command = tiny_setup.train_command(run_copy, **{"train.num_steps": 6})
+  run = subprocess.run(["bash", "-c", 'ulimit -f 64 && exec "$@"', "bash", *command],
+                       env=tiny_setup.subprocess_env(), capture_output=True, text=True,
+                       timeout=300)
+  error = refused(run, str(run_copy))
+  assert "File too large" in error or "No space" in error, error
+  for a, b in zip(saved_state(run_copy, 4), before, strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_bad_manual_archive_is_one_line_naming_it(tmp_path):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  (manual / "spa-eng.zip").write_text("<html>404 Not Found</html>")  # A failed download.
+  command = tiny_setup.train_command(tmp_path / "run", **{"data.manual_dir": manual,
+                                                          "data.tfds_data_dir": tmp_path / "tfds"})
+  command[2] = f"--config={tiny_setup.ROOT / 'configs' / 'wmt_spa.py'}:tiny,smoke"
+  run = subprocess.run(command, env=tiny_setup.subprocess_env(), capture_output=True, text=True,
+                       timeout=300)
+  refused(run, f"{manual / 'spa-eng.zip'}: sha256 ")
+
+
+def test_local_data_without_a_usable_example_stops_before_tokenizer_training(tmp_path):
+  data = tmp_path / "sentiment.tsv"
+  data.write_text("label\tsentence\n1\tGreat.\n0\tBad.\n")
+  command = tiny_setup.train_command(tmp_path / "run", **{"data.train_path": data,
+                                                          "data.eval_path": data})
+  command[2] = f"--config={tiny_setup.ROOT / 'configs' / 'imdb.py'}:tiny,smoke"
+  run = subprocess.run(command, env=tiny_setup.subprocess_env(), capture_output=True, text=True,
+                       timeout=300)
+  refused(run, f"{data}: no usable example (text field 'text', label field 'label'; columns "
+               "found: ['label', 'sentence']; skipped lines: no_text=2 (first at line 2))")
+  assert not list((tmp_path / "run").glob("spm_*"))

@@ -1,0 +1,117 @@
+"""What every `launch/` script does around its `main`: `cli.run(main)`.
+
+A user's mistake (a bad flag or config value, a config file that does not
+import, a missing file, a run directory this config may not continue) is one
+line on stderr, `error: ...`, and exit status 2 for flags and configs, 1 for
+everything else; `--verbose` (or `TRANSFORMER_RESEARCH_TRACEBACK=1`) shows the
+traceback instead. Anything else (a bug) keeps its traceback.
+
+Library logs are kept readable: Orbax's per-save INFO lines are dropped, and
+so are the tracebacks of its background writes (a failed write is reported
+once, as the one-line error).
+"""
+
+import logging as std_logging
+import os
+import sys
+from typing import Callable, NoReturn
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from transformer_research import rundir
+
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of an error instead of one "
+                             "line (also: TRANSFORMER_RESEARCH_TRACEBACK=1).")
+
+# What a user can cause and fix: reported as one line.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, FloatingPointError,
+               OSError, rundir.RunDirectoryInUse)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """`absl.app.run(main)` with one-line errors (see the module docstring)."""
+  app.run(lambda argv: _main(main, argv), flags_parser=_parse_flags)
+
+
+def one_line(error: BaseException) -> str:
+  """An exception's message on one line (config_flags' span several)."""
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def _verbose() -> bool:
+  return os.environ.get("TRANSFORMER_RESEARCH_TRACEBACK", "") not in ("", "0") or (
+      flags.FLAGS.is_parsed() and _VERBOSE.value)
+
+
+def _fail(message: str, status: int) -> NoReturn:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  # Exit at once: after a failed checkpoint write, Orbax's background threads
+  # would print their tracebacks again while the interpreter shuts down. The
+  # run's files are closed and its lock released by now (context managers).
+  os._exit(status)  # pylint: disable=protected-access
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """Parses flags and loads the config file, each failure one line (exit 2)."""
+  try:
+    remaining = flags.FLAGS(argv)
+    for name in flags.FLAGS:
+      # config_flags keeps a config file that failed to load as a value that
+      # raises on first use (IOError from the load error): use it now.
+      getattr(flags.FLAGS[name].value, "is_locked", None)
+  except Exception as e:  # pylint: disable=broad-except  (flags, config files, config values)
+    if "--verbose" in argv or _verbose():
+      raise
+    _fail(_flag_error(e, argv), 2)
+  return remaining
+
+
+def _flag_error(error: BaseException, argv: list[str]) -> str:
+  """One line for a flag or config error, naming the config file when it is
+  the file that failed (it cannot be imported, or its get_config raised)."""
+  if isinstance(error, OSError) and error.__cause__ is not None:
+    error = error.__cause__  # The config file's own load error.
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]  # ConfigDict wraps a KeyError in an AttributeError.
+  text = str(error.args[0]) if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
+  if "Traceback (most recent call last)" in text:  # config_flags pastes the file's traceback.
+    head, _, tail = text.partition("Traceback (most recent call last)")
+    text = head.rstrip(" :\n") + ": " + tail.strip().splitlines()[-1]
+  if not isinstance(error, flags.Error):
+    config = [a for a in argv if a.startswith("--config=")]
+    where = config[0] if config else "a flag"
+    text = f"{where}: {type(error).__name__}: {text}"
+  return " ".join(text.split())
+
+
+def _main(main: Callable[[list[str]], None], argv: list[str]) -> None:
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+  sys.unraisablehook = _quiet_closed_loops
+  try:
+    main(argv)
+  except app.UsageError:
+    raise
+  except USER_ERRORS as e:
+    if _verbose():
+      raise
+    _fail(one_line(e), 1)
+
+
+def _quiet_orbax(record) -> bool:
+  """Drops Orbax's INFO lines, and the tracebacks of its background writes
+  (its threads and their asyncio futures)."""
+  if "/orbax/" not in record.pathname and record.name != "asyncio":
+    return True
+  record.exc_info = record.exc_text = None
+  return record.levelno >= std_logging.WARNING
+
+
+def _quiet_closed_loops(unraisable) -> None:
+  """After a failed checkpoint write, tensorstore completes the write's other
+  futures on Orbax's already closed event loop; Python reports each as an
+  "unraisable" RuntimeError. They say nothing the one-line error does not."""
+  if not (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed"):
+    sys.__unraisablehook__(unraisable)

@@ -1,0 +1,217 @@
+"""Multi-process runs: starting `jax.distributed`, and what the processes share.
+
+A pod run is one process per host, all running the same command. This module
+is the one place that knows about more than one process:
+
+* `initialize` checks the launch flags and starts `jax.distributed` before
+  anything touches a JAX backend (JAX refuses to start it afterwards), with
+  bounded waits: a coordinator that never answers is an error after
+  `init_timeout_s`, a process that dies is noticed by the others within
+  `heartbeat_timeout_s`.
+* `check_same_config` refuses processes started with different configs,
+  naming the first field that differs.
+* `broadcast_bytes` and `process_0_first` let process 0 do a job once
+  (train a tokenizer, prepare a TFDS dataset) and the others follow without
+  assuming a disk shared by every host: bytes travel through JAX collectives,
+  and a dataset prepared into a shared directory (a bucket) is found there.
+* `gather_json` collects one small JSON value per process on every process
+  (the data iterator states a checkpoint holds).
+* `fail_fast` makes a process that raises exit at once, so the others stop
+  within the heartbeat timeout instead of waiting for it in a collective.
+
+With one process every function here is a cheap no-op, so callers never
+branch on the process count.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import threading
+import traceback
+from typing import Any, Callable
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+
+# JAX's own connection deadline is set this much later than --init_timeout_s.
+_JAX_DEADLINE_MARGIN_S = 30
+
+
+class LaunchError(ValueError):
+  """Bad multi-process launch flags, or processes that could not form a run."""
+
+
+def initialize(*, coordinator_address: str | None, num_processes: int | None,
+               process_id: int | None, auto_detect: bool, cpu_collectives: str = "gloo",
+               init_timeout_s: int = 300, heartbeat_timeout_s: int = 100) -> bool:
+  """Starts `jax.distributed` if the flags ask for a multi-process run.
+
+  Must run before any JAX backend call (`jax.devices()`, `jax.default_backend()`,
+  any computation). Nothing here makes one: the CPU collectives are set from
+  the flag (they only matter to the CPU backend, so they are harmless on TPU
+  and GPU hosts, where JAX also builds a CPU client).
+
+  Args:
+    coordinator_address: HOST:PORT of process 0; None with `auto_detect` lets
+      JAX find the cluster (Cloud TPU, SLURM, Open MPI, ...).
+    num_processes, process_id: this process's place; needed with a
+      coordinator address, detected otherwise.
+    auto_detect: `--distributed`: start even without the three flags above.
+    cpu_collectives: "gloo" or "mpi", for processes whose devices are CPUs.
+    init_timeout_s: how long to wait for the coordinator and every process.
+    heartbeat_timeout_s: after this long without a heartbeat a process is
+      taken for dead and the others stop with an error.
+
+  Returns:
+    True if `jax.distributed` was started.
+
+  Raises:
+    LaunchError: inconsistent flags (naming them), or the processes did not
+      all connect within `init_timeout_s`.
+  """
+  given = {name: value for name, value in (("--num_processes", num_processes),
+                                           ("--process_id", process_id)) if value is not None}
+  if coordinator_address is None and not auto_detect:
+    if given:
+      raise LaunchError(f"{' and '.join(given)} given without --coordinator_address=HOST:PORT; "
+                        "pass it too, or --distributed to detect the cluster")
+    return False
+  if coordinator_address is not None:
+    host, _, port = coordinator_address.rpartition(":")
+    if not host or not port.isdigit():
+      raise LaunchError(f"--coordinator_address={coordinator_address!r}: expected HOST:PORT")
+    if num_processes is None or process_id is None:
+      raise LaunchError("--coordinator_address needs --num_processes and --process_id")
+  if num_processes is not None and num_processes < 1:
+    raise LaunchError(f"--num_processes={num_processes}: expected at least 1")
+  if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
+    raise LaunchError(f"--process_id={process_id} is out of range for --num_processes="
+                      f"{num_processes}: expected 0 to {num_processes - 1}")
+  jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+  where = coordinator_address or "the auto-detected coordinator"
+  who = f"process {process_id} of {num_processes}" if process_id is not None else "this process"
+  message = (f"error: {who}: the coordinator at {where} did not answer, or not every process "
+             f"connected, within --init_timeout_s={init_timeout_s}; check that process 0 is "
+             "running, that every process got the same --coordinator_address and "
+             "--num_processes, and that process 0's port is reachable")
+  # JAX aborts the whole process (a C++ fatal error, no exception) when its own
+  # deadline passes, so a watchdog with a shorter deadline gives the one-line error.
+  watchdog = threading.Timer(init_timeout_s, _give_up, args=(message,))
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               initialization_timeout=init_timeout_s + _JAX_DEADLINE_MARGIN_S,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s)
+  except (RuntimeError, ValueError) as e:  # XlaRuntimeError is a RuntimeError.
+    raise LaunchError(f"{who}: could not start jax.distributed with {where}: "
+                      f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from None
+  finally:
+    watchdog.cancel()
+  return True
+
+
+def _give_up(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+  os._exit(1)  # pylint: disable=protected-access  (the main thread is blocked inside JAX)
+
+
+@contextlib.contextmanager
+def fail_fast():
+  """On an exception in a multi-process run, log it and exit at once (status 1).
+
+  The other processes are then waiting in a collective for this one; a normal
+  interpreter exit would wait for them in JAX's shutdown barrier (minutes),
+  while exiting now lets them notice within the heartbeat timeout and stop too.
+  With one process the exception propagates as usual.
+  """
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if jax.process_count() == 1:
+      raise
+    traceback.print_exc()
+    print(f"error: process {jax.process_index()}: {type(e).__name__}: {e}", file=sys.stderr,
+          flush=True)
+    os._exit(1)  # pylint: disable=protected-access
+
+
+def gather_json(obj: Any) -> list:
+  """[value of process 0, value of process 1, ...] on every process."""
+  if jax.process_count() == 1:
+    return [obj]
+  raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  lengths = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int32)))
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:raw.size] = raw
+  gathered = np.asarray(multihost_utils.process_allgather(padded))  # [P, L]
+  return [json.loads(bytes(gathered[i, :int(lengths[i, 0])]).decode())
+          for i in range(jax.process_count())]
+
+
+def broadcast_bytes(data: bytes | None) -> bytes:
+  """Process 0's `data` on every process (the others pass None).
+
+  Two collectives, the length and then the bytes, so no process needs to
+  know the size in advance and no file has to be visible to every host.
+  """
+  if jax.process_count() == 1:
+    return data
+  is_source = jax.process_index() == 0
+  if is_source and data is None:
+    raise ValueError("broadcast_bytes: process 0 must pass the bytes")
+  size = int(multihost_utils.broadcast_one_to_all(
+      np.array([len(data) if is_source else 0], np.int64))[0])
+  buffer = np.zeros(size, np.uint8)
+  if is_source:
+    buffer[:] = np.frombuffer(data, np.uint8)
+  return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer)))
+
+
+def process_0_first(fn: Callable[[], Any], name: str) -> Any:
+  """Runs `fn` on process 0, then (after a barrier) on the other processes.
+
+  For a job that writes shared state, such as TFDS `download_and_prepare`:
+  process 0 does it alone; when the others follow, a directory every host
+  sees (a bucket) already holds the result and their call finds it, while a
+  host-local directory gets its own copy. No two processes ever write the
+  same directory at once.
+  """
+  if jax.process_count() == 1:
+    return fn()
+  result = fn() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices(f"process_0_first:{name}")
+  return result if jax.process_index() == 0 else fn()
+
+
+def check_same_config(config: Any) -> None:
+  """Refuses to start when the processes were given different configs.
+
+  A hash of the config is compared first (one small collective); only on a
+  mismatch are the configs gathered, so every process can name the first
+  differing field and all of them stop with the same error.
+
+  Raises:
+    LaunchError: naming the first field (in config order) whose value
+      differs from process 0's, and both values.
+  """
+  if jax.process_count() == 1:
+    return
+  text = config.to_json_best_effort()  # Config order: what the first differing field is.
+  digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
+  digests = np.asarray(multihost_utils.process_allgather(digest))  # [P, 32]
+  if (digests == digests[0]).all():
+    return
+  flat = [configs.flatten(json.loads(t)) for t in gather_json(text)]
+  for index, other in enumerate(flat[1:], start=1):
+    for key in list(flat[0]) + [k for k in other if k not in flat[0]]:
+      mine, theirs = flat[0].get(key, "<missing>"), other.get(key, "<missing>")
+      if mine != theirs:
+        raise LaunchError(
+            f"process {index} was started with a different config than process 0: {key} is "
+            f"{theirs!r} there and {mine!r} on process 0; start every process with the same "
+            "--config and overrides")
