@@ -24,12 +24,17 @@ def _mha(**kwargs):
 
 
 def _reference(params, x, memory, mask, fused):
-  """Scaled dot-product attention with explicit per-head split and merge (float64)."""
+  """Scaled dot-product attention with explicit per-head split and merge (float64).
+
+  A fused `qkv` weight's columns are head-major, (H, 3, Dh): head h's q, k, v
+  are adjacent, so a `tensor` split of the columns keeps whole heads.
+  """
   p = {k: {n: np.asarray(v, np.float64) for n, v in d.items()} for k, d in params.items()}
   x, memory = np.asarray(x, np.float64), np.asarray(memory, np.float64)
   if fused:
-    w, b = p["attn/qkv"]["w"], p["attn/qkv"]["b"]
-    q, k, v = (x @ w[:, i * D:(i + 1) * D] + b[i * D:(i + 1) * D] for i in range(3))
+    w = p["attn/qkv"]["w"].reshape(D, H, 3, D // H)
+    b = p["attn/qkv"]["b"].reshape(H, 3, D // H)
+    q, k, v = (x @ w[:, :, i].reshape(D, D) + b[:, i].reshape(D) for i in range(3))
   else:
     q = x @ p["attn/query"]["w"] + p["attn/query"]["b"]
     k = memory @ p["attn/key"]["w"] + p["attn/key"]["b"]
