@@ -1,19 +1,24 @@
-"""Train-step speed and MFU: `python bench/train_step.py --config=configs/wmt_spa.py`.
+"""Train-step speed, MFU and compile cost: `python bench/train_step.py --config=configs/wmt_spa.py`.
 
-Prints the config, the device, step time, tokens/s and MFU, where
+Prints the config, the device, compile time, the step's temporary memory
+(`compiled.memory_analysis()`), step time, tokens/s, the achieved TFLOP/s per
+device and MFU, where
 
-  MFU = model FLOPs per step / step time / peak matmul FLOP/s,
+  MFU = model FLOPs per step / step time / peak FLOP/s.
 
-the peak being measured in the same run (a large float32 matmul on the same
-devices), so the figure is relative to what this machine really delivers
-rather than a datasheet. Batches are synthetic with the config's shapes
-(full rows, no padding: as packed training rows), so no data is needed.
+The peak is the device's datasheet figure for the compute dtype
+(`flops.PEAK_FLOPS`) on accelerators; on CPU it is measured in the same run (a
+large float32 matmul on the same devices, before and after the timed steps,
+the higher kept), and the output says which. Batches are synthetic with the
+config's shapes (full rows, no padding: as packed training rows), so no data
+is needed. `--compile_only` stops after compiling (layout comparisons of big
+models: `--config.model.scan_layers`, `--config.model.remat`).
 
 Model FLOPs per step come from `flops.train_flops_per_step` (its docstring
-has the formula) and the peak from `flops.peak_matmul_flops`, the same two
-functions the training loop uses for the "mfu" of its train records. The
-formula is printed next to XLA's own count (`compiled.cost_analysis()["flops"]`),
-which also includes softmax, norms and the optimizer update.
+has the formula) and the peak from `flops.device_peak`, the same functions
+the training loop uses for the "mfu" of its train records. The formula is
+printed next to XLA's own count (`compiled.cost_analysis()["flops"]`), which
+also includes softmax, norms and the optimizer update.
 """
 
 import os
@@ -27,13 +32,15 @@ import numpy as np
 
 from transformer_research import experiment
 from transformer_research import flops as flops_lib
+from transformer_research import runtime
 from transformer_research import sharding
 from transformer_research.data import masking
 from transformer_research.data import tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one compile + warmup step).")
-_PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N peak-matmul probe.")
+_PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N peak-matmul probe (CPU).")
+_COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Print compile time and memory only.")
 
 
 def synthetic_batch(kind: str, batch: int, s: int, t: int,
@@ -55,6 +62,7 @@ def synthetic_batch(kind: str, batch: int, s: int, t: int,
 
 def main(argv: list[str]) -> None:
   del argv
+  runtime.keep_freed_memory()  # As launch/train.py: before the backend starts.
   c = _CONFIG.value
   exp = experiment.Experiment(c)  # Model and state from the config: no data is read.
   kind, sizes, vocab = exp.kind, exp.model.sizes, exp.vocab
@@ -64,43 +72,54 @@ def main(argv: list[str]) -> None:
   mesh = exp.mesh
   sharding.check_batch_size(b, mesh)
   host_batch = synthetic_batch(kind, b, s, t, vocab)
-  state, step = exp.init_state(), exp.train_step
   batch = sharding.global_batch(host_batch, mesh)
+  device = jax.devices()[0]
+  print(f"config: {c.data.task} {kind} variant={c.model.variant} {sizes} vocab={vocab} "
+        f"batch={b} S={s} T={t} optimizer={c.train.optimizer} "
+        f"compute_dtype={c.model.compute_dtype} scan_layers={c.model.scan_layers} "
+        f"remat={c.model.remat} mesh={dict(mesh.shape)}")
+  print(f"device: {jax.device_count()} x {device.platform} ({device.device_kind}), "
+        f"{os.cpu_count()} host cores")
 
   start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  compiled = exp.train_step.lower(exp.abstract_state, batch).compile()
   compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  print(f"compile: {compile_s:.1f} s")
+  if memory is not None:
+    print(f"memory per device: temporaries {memory.temp_size_in_bytes / 2**20:,.1f} MiB, "
+          f"arguments {memory.argument_size_in_bytes / 2**20:,.1f} MiB")
+  if _COMPILE_ONLY.value:
+    return
   cost = compiled.cost_analysis()
   xla_flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
+  state = exp.init_state()
   state, metrics = compiled(state, batch)  # Warmup: first-run allocations.
   jax.block_until_ready(metrics)
-  # The peak is probed before and after the timed steps and the higher one
-  # kept: on a shared machine this errs towards a lower, not a flattering, MFU.
-  peak = flops_lib.peak_matmul_flops(mesh, _PEAK_SIZE.value)
+  # On CPU the peak is probed before and after the timed steps and the higher
+  # one kept: on a shared machine this errs towards a lower, not a
+  # flattering, MFU.
+  peak = flops_lib.device_peak(mesh, c.model.compute_dtype, _PEAK_SIZE.value)
   times = []
   for _ in range(_STEPS.value):
     start = time.perf_counter()
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  peak = max(peak, flops_lib.peak_matmul_flops(mesh, _PEAK_SIZE.value))
+  if peak.source.startswith("measured"):
+    peak = max(peak, flops_lib.device_peak(mesh, c.model.compute_dtype, _PEAK_SIZE.value))
 
   flops = flops_lib.train_flops_per_step(kind, sizes, b, s, t, vocab.target or 0)
   step_s = float(np.median(times))
   tokens = b * ((s if "inputs" in host_batch else 0) + (t if "targets" in host_batch else 0))
-  device = jax.devices()[0]
-  print(f"config: {c.data.task} {kind} variant={c.model.variant} {sizes} vocab={vocab} "
-        f"batch={b} S={s} T={t} optimizer={c.train.optimizer} "
-        f"compute_dtype={c.model.compute_dtype} mesh={dict(mesh.shape)}")
-  print(f"device: {jax.device_count()} x {device.platform} ({device.device_kind}), "
-        f"{os.cpu_count()} host cores")
-  print(f"compile: {compile_s:.1f} s")
+  achieved = flops / step_s / mesh.devices.size
   print(f"step time: {step_s * 1e3:.1f} ms (median of {len(times)}; min {min(times) * 1e3:.1f})")
   print(f"tokens/s: {tokens / step_s:,.0f}")
   print(f"model FLOPs/step: {flops:.3e} (formula); XLA cost_analysis: {xla_flops:.3e} "
         f"(formula/XLA = {flops / xla_flops:.2f})")
-  print(f"peak matmul: {peak / 1e9:.1f} GFLOP/s (float32 {_PEAK_SIZE.value}^3, measured now)")
-  print(f"MFU: {flops / step_s / peak:.1%}")
+  print(f"achieved: {achieved / 1e12:.4f} TFLOP/s per device")
+  print(f"peak: {peak.flops_per_device / 1e12:.4f} TFLOP/s per device ({peak.source})")
+  print(f"MFU: {achieved / peak.flops_per_device:.1%}")
 
 
 if __name__ == "__main__":

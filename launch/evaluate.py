@@ -19,6 +19,7 @@ from absl import flags
 
 from transformer_research import cli
 from transformer_research import evaluation
+from transformer_research import runtime
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate: validation or test.")
@@ -35,6 +36,7 @@ _REFERENCE_FILE = flags.DEFINE_string("reference_file", None, "References of --s
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runtime.keep_freed_memory()  # Before the jax backend starts (see runtime.py).
   record, report = evaluation.evaluate_run(
       _WORKDIR.value, _SPLIT.value, _STEP.value, _NUM_EXAMPLES.value,
       source_file=_SOURCE_FILE.value, reference_file=_REFERENCE_FILE.value)

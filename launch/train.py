@@ -22,11 +22,13 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 from ml_collections import config_flags
 
 from transformer_research import cli
 from transformer_research import distributed
+from transformer_research import runtime
 from transformer_research import storage
 from transformer_research import train_loop
 
@@ -59,7 +61,11 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer("heartbeat_timeout_s", 100, "Seconds w
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # Before anything that touches a JAX backend: JAX refuses to start afterwards.
+  # Process settings, then jax.distributed: neither may follow a JAX backend
+  # call (runtime.py; JAX refuses to start distributed afterwards). Setting the
+  # cache directory touches no backend; the first compilation creates it.
+  runtime.keep_freed_memory()
+  runtime.cache_compilations(str(epath.Path(_WORKDIR.value) / "compilation_cache"))
   multi = distributed.initialize(
       coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value, auto_detect=_DISTRIBUTED.value,
@@ -68,8 +74,10 @@ def main(argv: list[str]) -> None:
   logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)
-  distributed.check_same_config(_CONFIG.value)
+  # The workdir first: the same-config check's collective is the first
+  # compilation, which creates WORKDIR/compilation_cache.
   storage.check_workdir(_WORKDIR.value)
+  distributed.check_same_config(_CONFIG.value)
   with distributed.fail_fast():
     train_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if multi:  # Leave together: process 0 hosts the coordinator the others need until then.

@@ -61,5 +61,5 @@ def test_loop_peak_uses_configured_value_per_device():
 
 
 def test_unknown_kind_is_refused():
-  with pytest.raises(ValueError, match="kind='mlm'"):
-    flops.train_flops_per_step("mlm", tiny_setup.model(tiny_setup.config()).sizes, 1, 1, 1, 1)
+  with pytest.raises(ValueError, match="kind='vision'"):
+    flops.train_flops_per_step("vision", tiny_setup.model(tiny_setup.config()).sizes, 1, 1, 1, 1)

@@ -18,18 +18,20 @@ EOS, VOCAB, MAX_LEN = 1, 13, 8
 SAMPLING = dict(eos_id=EOS, max_len=MAX_LEN, temperature=1.0, top_p=0.95)
 
 
-def model_config(positions: str = "sinusoidal"):
+def model_config(positions: str = "sinusoidal", scan_layers: bool = False):
   c = base.get_config().model
-  c.variant, c.positions = "tiny", positions
+  c.variant, c.positions, c.scan_layers = "tiny", positions, scan_layers
   return c
 
 
-@pytest.fixture(scope="module", params=["seq2seq", "lm"])
+# Both layouts: Python-unrolled blocks (layer_XX caches) and one scanned
+# hk.layer_stack (a stacked cache sliced per layer).
+@pytest.fixture(scope="module", params=["seq2seq", "lm", "seq2seq/scanned", "lm/scanned"])
 def setup(request):
   """A tiny random model and its inputs: sources with padding, or prompts."""
-  kind = request.param
+  kind, scanned = request.param.split("/")[0], request.param.endswith("/scanned")
   positions = "rope" if kind == "lm" else "sinusoidal"
-  model = models.build(model_config(positions), kind, input_vocab_size=VOCAB,
+  model = models.build(model_config(positions, scanned), kind, input_vocab_size=VOCAB,
                        target_vocab_size=VOCAB)
   rng = np.random.default_rng(0)
   if kind == "seq2seq":

@@ -143,6 +143,10 @@ def test_a_kill_at_any_moment_loses_only_the_work_since_the_last_checkpoint(
     ({"train.frozen": '("^encoder/",)'},
      "checkpoint step 4 in {run}/checkpoints does not match this config: train leaf "
      "opt_state/"),
+    # Stacked parameters: another tree layout, so no resume and no warm start.
+    ({"model.scan_layers": True}, "holds a run with model.scan_layers=False; this config has "
+                                  "True. A run directory continues one model and its data: "
+                                  "nothing was changed; use a new --workdir (scanned layers"),
 ])
 def test_a_resume_that_does_not_fit_is_refused_and_changes_nothing(run_copy, flag, message):
   before = fingerprint(run_copy)

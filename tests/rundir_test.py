@@ -83,6 +83,18 @@ def test_fields_that_train_another_model_are_refused_others_listed():
                                                               {field: value}), "/run")
 
 
+def test_how_the_same_model_is_computed_or_fed_may_change_its_layout_may_not():
+  old = configs.load_config("reverse:tiny,smoke")
+  new = configs.load_config("reverse:tiny,smoke", {"model.remat": "full", "data.prefetch": 4,
+                                                   "train.dispatch_ahead": 3})
+  assert rundir.check_continues(_saved(old), new, "/run") == [
+      "data.prefetch: 2 -> 4", "model.remat: 'none' -> 'full'", "train.dispatch_ahead: 2 -> 3"]
+  with pytest.raises(ValueError, match="model.scan_layers=False; this config has True.*fit "
+                                       "neither a resume nor a warm start"):
+    rundir.check_continues(_saved(old), configs.load_config("reverse:tiny,smoke",
+                                                            {"model.scan_layers": True}), "/run")
+
+
 def test_a_field_added_since_the_run_started_is_fine_at_its_default():
   config = configs.load_config("reverse:tiny,smoke")
   older = _saved(config)

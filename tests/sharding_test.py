@@ -136,3 +136,34 @@ def test_optimizer_state_of_parameter_groups_follows_the_parameters():
       assert s.spec == by_param[name], name
       followed += 1
   assert followed > 0
+def _collectives(fused_qkv: bool) -> dict[str, int]:
+  """Collective ops in the compiled train step on a (data 4, tensor 2) mesh."""
+  c = tiny_setup.config()
+  c.model.fused_qkv = fused_qkv
+  c.mesh.shape = (4, 1, 2)
+  hlo = tiny_setup.train_step_hlo(c)
+  kinds = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
+  return {k: len(re.findall(rf"= \S+ {k}(-start)?\(", hlo)) for k in kinds}
+
+
+def test_head_major_fused_qkv_needs_no_extra_collective():
+  """Splitting the fused [D, 3D] projection over `tensor` gives each device
+  whole heads, so the compiled step has no more collectives than with three
+  separate projections."""
+  fused, separate = _collectives(True), _collectives(False)
+  assert sum(separate.values()) > 0  # The count sees the Megatron all-reduces.
+  for kind in fused:
+    assert fused[kind] <= separate[kind], (fused, separate)
+
+
+def test_scanned_parameters_keep_the_layer_dimension_whole():
+  c = tiny_setup.config()
+  c.model.scan_layers = True
+  c.mesh.shape = (1, 4, 2)
+  params = jax.eval_shape(lambda: tiny_setup.model(c).init(
+      jax.random.key(0), {k: v[:1] for k, v in tiny_setup.batches(1)[0].items()}))
+  mesh = sharding.make_mesh(c.mesh)
+  specs = {sharding.path_str(p): s.spec for p, s in jax.tree_util.tree_leaves_with_path(
+      sharding.param_shardings(params, mesh))}
+  assert specs["encoder/layers/layer/attn/query/w"] == P(None, "fsdp", "tensor")
+  assert specs["decoder/layers/layer/mlp/linear_1/w"] == P(None, "tensor", "fsdp")

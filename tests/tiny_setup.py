@@ -87,10 +87,26 @@ def train_command(workdir, **overrides) -> list[str]:
 
 
 # Train-record fields that depend on wall-clock time, so two runs never agree on them.
-TIMING = ("steps_per_sec", "tokens_per_sec", "mfu")
+TIMING = ("steps_per_sec", "tokens_per_sec", "mfu", "data_wait_ms")
 
 
 def records(workdir: str) -> list[dict]:
   """Every record of WORKDIR/metrics.jsonl (strict: a torn line fails the test)."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
+
+
+def train_step_hlo(c: ml_collections.ConfigDict) -> str:
+  """The compiled train step of `model(c)` on `c.mesh` over all devices, as HLO text."""
+  import jax  # Deferred: tiny_setup is also imported where jax must not start early.
+  from transformer_research import optim, sharding, training
+  model_ = model(c)
+  mesh = sharding.make_mesh(c.mesh)
+  optimizer, schedule = optim.make_optimizer(c.train)
+  batch = batches(1, c.train.batch_size)[0]
+  abstract = training.abstract_train_state(model_, optimizer, {k: v[:1] for k, v in batch.items()},
+                                           mesh, sharding.PARAM_RULES, 0)
+  step = training.jit_train_step(
+      training.make_train_step(c, model_, optimizer, schedule, "seq2seq", mesh),
+      jax.tree.map(lambda x: x.sharding, abstract), mesh)
+  return step.lower(abstract, sharding.global_batch(batch, mesh)).compile().as_text()

@@ -85,3 +85,10 @@ def test_batch_not_divisible_fails_before_compiling(tmp_path):
   with pytest.raises(ValueError, match=r"config.train.batch_size=12 .* 8 batch shards"):
     train_loop.train_and_evaluate(tiny_setup.task_config(**{"train.batch_size": 12}), str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize("key,value", [("train.dispatch_ahead", 0), ("data.prefetch", 0)])
+def test_feeding_depths_below_one_are_refused_before_training(tmp_path, key, value):
+  with pytest.raises(ValueError, match=rf"config.{key}=0.*expected an int >= 1"):
+    train_loop.train_and_evaluate(tiny_setup.task_config(**{key: value}), str(tmp_path))
+  assert not os.listdir(tmp_path)  # Refused before the lock, the cache or a checkpoint.

@@ -116,3 +116,15 @@ def test_frozen_parameters_stay_bit_identical_over_training():
     same = all(np.array_equal(a.view(np.uint32), b.view(np.uint32))
                for a, b in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name])))
     assert same == f"{name}/".startswith(("encoder/", "source_embed/")), name
+def test_shard_map_keeps_parameters_and_gradients_sharded_over_fsdp():
+  """The shard_map step takes fsdp-sharded parameters (all-gathered inside)
+  and reduce-scatters the gradients, rather than replicating both."""
+  c = tiny_setup.config(partitioning="shard_map")
+  c.mesh.shape = (1, 8, 1)
+  hlo = tiny_setup.train_step_hlo(c)
+  assert "reduce-scatter" in hlo and "all-gather" in hlo
+  params = jax.eval_shape(lambda: tiny_setup.model(c).init(
+      jax.random.key(0), {k: v[:1] for k, v in tiny_setup.batches(1)[0].items()}))
+  specs = [s.spec for s in jax.tree.leaves(sharding.param_shardings(
+      params, sharding.make_mesh(c.mesh)))]
+  assert sum("fsdp" in str(s) for s in specs) > len(specs) // 2

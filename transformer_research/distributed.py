@@ -36,6 +36,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from transformer_research import configs
+
 
 # JAX's own connection deadline is set this much later than --init_timeout_s.
 _JAX_DEADLINE_MARGIN_S = 30

@@ -1,16 +1,19 @@
-"""Model FLOPs of a train step and the measured matmul peak, for MFU.
+"""Model FLOPs of a train step and the peak FLOP/s MFU divides by.
 
 MFU (model FLOPs utilisation) = model FLOPs per step / step time / peak
 FLOP/s. bench/train_step.py prints it for one config; the training loop puts
-it in every train record. Both use the two functions here so the figures
-agree.
+it in every train record. Both use the functions here so the figures agree.
 
-The peak is measured (a float32 matmul on the same devices) rather than taken
-from a datasheet, so MFU is relative to what this machine really delivers.
+The peak is the datasheet figure of the device for the compute dtype
+(`PEAK_FLOPS`: dense matmul throughput, no sparsity), as MaxText and the
+PaLM paper report MFU, so accelerator MFU is comparable across codebases. A
+CPU has no such figure: there the peak is measured (a float32 matmul on the
+same devices) and every output that shows it says "measured".
 """
 
+import logging
 import time
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +81,54 @@ def batch_train_flops(kind: str, sizes: variants.Sizes, batch: Mapping[str, np.n
   return train_flops_per_step(kind, sizes, rows, input_len, target_len, vocab_size)
 
 
+# Dense datasheet peak FLOP/s of one chip / GPU, by compute dtype. Keys are
+# lower-case substrings of `jax.Device.device_kind`, most specific first
+# ("h100 pcie" before "h100"). float32 means what XLA runs for a float32 dot
+# at JAX's default precision: one bfloat16 pass on TPU (so the bf16 peak) and
+# TF32 tensor cores on A100/H100/H200 (the TF32 peak). float16 = bfloat16.
+_TPU_V4 = {"bfloat16": 275e12}  # cloud.google.com/tpu/docs/v4: 275 TFLOP/s bf16 per chip.
+_TPU_V5E = {"bfloat16": 197e12}  # cloud.google.com/tpu/docs/v5e: 197 TFLOP/s bf16 per chip.
+_TPU_V5P = {"bfloat16": 459e12}  # cloud.google.com/tpu/docs/v5p: 459 TFLOP/s bf16 per chip.
+_TPU_V6E = {"bfloat16": 918e12}  # cloud.google.com/tpu/docs/v6e: 918 TFLOP/s bf16 per chip.
+# NVIDIA A100 datasheet (SXM and PCIe alike): 312 TFLOP/s bf16, 156 TF32 (dense).
+_A100 = {"bfloat16": 312e12, "float32": 156e12}
+# NVIDIA H100 datasheet (H100 SXM column): 989 TFLOP/s bf16, 494.5 TF32 (half
+# the "with sparsity" 1,979 / 989 figures); the H200 datasheet gives the same.
+_H100_SXM = {"bfloat16": 989e12, "float32": 494.5e12}
+# NVIDIA H100 datasheet, H100 PCIe column: 756 bf16 (1,513 sparse), 378 TF32 (756 sparse).
+_H100_PCIE = {"bfloat16": 756e12, "float32": 378e12}
+# H100 NVL / H200 NVL columns: 835 bf16 (1,671 sparse), 417.5 TF32 (835 sparse).
+_NVL = {"bfloat16": 835e12, "float32": 417.5e12}
+PEAK_FLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("tpu v4", _TPU_V4),
+    ("tpu v5 lite", _TPU_V5E), ("tpu v5e", _TPU_V5E),
+    ("tpu v5p", _TPU_V5P), ("tpu v5", _TPU_V5P),  # jax names v5p "TPU v5".
+    ("tpu v6 lite", _TPU_V6E), ("tpu v6e", _TPU_V6E),
+    ("a100", _A100),
+    ("h100 pcie", _H100_PCIE), ("h100 nvl", _NVL), ("h100", _H100_SXM),
+    ("h200 nvl", _NVL), ("h200", _H100_SXM),
+)
+
+
+class Peak(NamedTuple):
+  """One device's peak FLOP/s and where it came from, for the output."""
+  flops_per_device: float
+  source: str  # e.g. "datasheet, NVIDIA H100 80GB HBM3, bfloat16" or "measured, ..."
+
+
+def datasheet_peak(device_kind: str, compute_dtype: str) -> float | None:
+  """`PEAK_FLOPS` for one device kind and compute dtype; None if not listed."""
+  dtype = "bfloat16" if compute_dtype == "float16" else compute_dtype
+  kind = device_kind.lower()
+  for key, table in PEAK_FLOPS:
+    if key in kind:
+      if dtype in table:
+        return table[dtype]
+      # TPUs run a default-precision float32 dot as one bfloat16 pass.
+      return table["bfloat16"] if kind.startswith("tpu") else None
+  return None
+
+
 def peak_matmul_flops(mesh: jax.sharding.Mesh, n: int, repeats: int = 5) -> float:
   """Best of `repeats` float32 N x N x N matmuls, in FLOP/s over all mesh devices.
 
@@ -100,20 +151,52 @@ def peak_matmul_flops(mesh: jax.sharding.Mesh, n: int, repeats: int = 5) -> floa
   return 2.0 * count * n ** 3 / best
 
 
-def loop_peak_flops(peak_flops_per_device: float, mesh: jax.sharding.Mesh) -> float:
+def device_peak(mesh: jax.sharding.Mesh, compute_dtype: str, probe_size: int = 2048,
+                repeats: int = 5) -> Peak:
+  """The datasheet peak of the mesh's devices, else (CPU, unlisted kinds) a measured one.
+
+  Args:
+    mesh: the devices that run the step (all of one kind).
+    compute_dtype: `config.model.compute_dtype` ("auto" is resolved for the
+      mesh's platform, as the model resolves it).
+    probe_size, repeats: the float32 matmul probe, where one is needed.
+  """
+  device = mesh.devices.flat[0]
+  if compute_dtype == "auto":
+    compute_dtype = jnp.dtype(models.transformer.compute_dtype("auto", device.platform)).name
+  listed = datasheet_peak(device.device_kind, compute_dtype)
+  if listed is not None:
+    return Peak(listed, f"datasheet, {device.device_kind}, {compute_dtype}")
+  if device.platform != "cpu":
+    logging.warning("flops: no datasheet peak for device kind %r and %s (flops.PEAK_FLOPS); "
+                    "MFU is relative to a measured float32 matmul instead", device.device_kind,
+                    compute_dtype)
+  measured = peak_matmul_flops(mesh, probe_size, repeats) / mesh.devices.size
+  return Peak(measured, f"measured, float32 {probe_size}^3 matmul on {device.device_kind}")
+
+
+def loop_peak_flops(peak_flops_per_device: float, mesh: jax.sharding.Mesh,
+                    compute_dtype: str = "float32") -> float:
   """The whole mesh's peak FLOP/s for the loop's "mfu"; 0 means don't report.
 
   Args:
-    peak_flops_per_device: `config.train.peak_flops_per_device`: -1 measures
-      (a small 1024^3 probe, best of 3, so start-up stays well under a second
-      on CPU), 0 turns "mfu" off, a positive value is one device's FLOP/s.
+    peak_flops_per_device: `config.train.peak_flops_per_device`: -1 takes
+      `device_peak` (the datasheet; on CPU a small 1024^3 probe, best of 3,
+      so start-up stays well under a second), 0 turns "mfu" off, a positive
+      value is one device's FLOP/s.
+    mesh: the training mesh.
+    compute_dtype: `config.model.compute_dtype`, which selects the datasheet figure.
 
   Raises:
     ValueError: a negative value other than -1.
   """
   if peak_flops_per_device == -1:
-    return peak_matmul_flops(mesh, 1024, repeats=3)
+    peak = device_peak(mesh, compute_dtype, probe_size=1024, repeats=3)
+    logging.info("mfu: peak %.1f TFLOP/s per device (%s)", peak.flops_per_device / 1e12,
+                 peak.source)
+    return peak.flops_per_device * mesh.devices.size
   if peak_flops_per_device < 0:
     raise ValueError(f"config.train.peak_flops_per_device={peak_flops_per_device}; expected "
-                     "-1 (measure), 0 (don't report) or a positive FLOP/s of one device")
+                     "-1 (datasheet, measured on CPU), 0 (don't report) or a positive FLOP/s "
+                     "of one device")
   return float(peak_flops_per_device) * mesh.devices.size

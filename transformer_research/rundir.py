@@ -44,12 +44,20 @@ from transformer_research.configs import base
 
 # Fields a resumed run may not change: they define the model and the data it
 # learns from. Paths to the same data may move, and eval-only data may change;
-# `tokenizer_from` was read once, into the run directory, at the first start.
+# `tokenizer_from` was read once, into the run directory, at the first start;
+# how the same model is computed (remat) or fed (prefetch) may change too.
 _FIXED_SECTIONS = ("model",)
 _FIXED_FIELDS = ("seed",)
+_FREE_MODEL_FIELDS = ("remat",)
 _FREE_DATA_FIELDS = ("manual_dir", "tfds_data_dir", "bpemb_cache_dir", "train_path",
                      "eval_path", "num_eval_per_length", "eval_min_len", "eval_max_len",
-                     "tokenizer_from")
+                     "tokenizer_from", "prefetch")
+# Fixed fields whose change not even a warm start (init_from) can bridge.
+_NO_WARM_START = {
+    "model.scan_layers": "scanned layers store their parameters stacked under one [layers] "
+                         "axis, so checkpoints of one layout fit neither a resume nor a warm "
+                         "start of the other",
+}
 
 
 class RunDirectoryInUse(RuntimeError):
@@ -216,14 +224,17 @@ def check_continues(previous: dict | None, config: Any, workdir: str) -> list[st
     if name not in old and name in defaults and new.get(name) == defaults[name]:
       continue
     section, _, field = name.partition(".")
-    fixed = (section in _FIXED_SECTIONS or name in _FIXED_FIELDS or
-             (section == "data" and field not in _FREE_DATA_FIELDS))
+    fixed = ((section in _FIXED_SECTIONS and
+              not (section == "model" and field in _FREE_MODEL_FIELDS)) or
+             name in _FIXED_FIELDS or (section == "data" and field not in _FREE_DATA_FIELDS))
     if fixed:
+      advice = (f"({_NO_WARM_START[name]})" if name in _NO_WARM_START else
+                "(or warm-start one from this run with "
+                f"--config.checkpoint.init_from={workdir})")
       raise ValueError(
           f"{workdir} holds a run with {name}={old.get(name)!r}; this config has "
           f"{new.get(name)!r}. A run directory continues one model and its data: nothing "
-          "was changed; use a new --workdir (or warm-start one from this run with "
-          f"--config.checkpoint.init_from={workdir}).")
+          f"was changed; use a new --workdir {advice}.")
     changed.append(f"{name}: {old.get(name)!r} -> {new.get(name)!r}")
   return changed
 

@@ -111,7 +111,14 @@ def path_str(path: Sequence[Any]) -> str:
 
 
 def spec_for(name: str, shape: Sequence[int], mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> P:
-  """The `PartitionSpec` of one parameter: first matching rule, made valid."""
+  """The `PartitionSpec` of one parameter: first matching rule, made valid.
+
+  A parameter of a scanned stack (`.../layers/layer/...`, model.scan_layers)
+  has a leading [num_layers] dimension; the rule applies to the dimensions
+  after it, and the layer dimension stays whole (the scan slices it).
+  """
+  if re.search(r"(^|/)layers/layer/", name) and len(shape) > 0:
+    return P(None, *spec_for(name.replace("layers/layer/", ""), shape[1:], mesh, rules))
   for pattern, spec in rules:
     if re.search(pattern, name):
       break

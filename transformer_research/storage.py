@@ -66,6 +66,16 @@ def check_workdir(workdir: str | os.PathLike) -> None:
                      f"gs://{bucket}) or fix the name")
 
 
+def file_stamp(path: str | os.PathLike) -> list[int]:
+  """[size, modification time] of a file, for cache keys: nanoseconds on a
+  local disk, the object store's whole seconds on a bucket."""
+  if is_remote(path):
+    stat = epath.Path(path).stat()
+    return [stat.length, stat.mtime]
+  stat = os.stat(path)
+  return [stat.st_size, stat.st_mtime_ns]
+
+
 def append_line(path: str | os.PathLike, line: str) -> None:
   """Appends `line` + newline to `path` (created if missing).
 

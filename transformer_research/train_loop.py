@@ -12,10 +12,17 @@ step, log, eval, save, stop.
 Metric values are fetched only at interval boundaries: per-step metrics stay
 on device until the next log/eval/checkpoint, where they are fetched together
 and checked for NaN/Inf before anything is saved, so a diverged state is never
-checkpointed and the error still names the first bad step. Dispatch may run
-one step ahead of the device, no more, so a SIGTERM is acted on promptly.
+checkpointed and the error still names the first bad step.
+
+Feeding: batches are packed and put on the devices in a background thread
+(`pipeline.Prefetch`, `config.data.prefetch` batches ahead), and dispatch runs
+`config.train.dispatch_ahead` steps ahead of the device, no more, so the
+device never waits for the host and a SIGTERM is still acted on within a few
+steps. Train records carry `data_wait_ms`, the time per step the loop waited
+for a batch (bench/input_pipeline.py compares it with the step time).
 """
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -41,6 +48,7 @@ from transformer_research import rundir
 from transformer_research import sharding
 from transformer_research import training
 from transformer_research import warm_start
+from transformer_research.data import pipeline
 from transformer_research.data import tasks
 
 
@@ -76,8 +84,11 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
                   if ckpt.latest_step() is None else [])
     resumed = ckpt.resume(exp.abstract_state, exp.init_state)
     origin = "; ".join(filter(None, (resumed.origin, warm_start.copy_tokenizers(tokenizers))))
-    # The task yields this process's rows of the global batch.
-    train_iter = exp.task.train_iterator(config.train.batch_size)
+    # The task yields this process's rows of the global batch; the thread also
+    # puts them on the devices.
+    train_iter = stack.enter_context(contextlib.closing(pipeline.Prefetch(
+        exp.task.train_iterator(config.train.batch_size), config.data.prefetch,
+        lambda batch: (batch, sharding.global_batch(batch, exp.mesh)))))
     if resumed.data_state is not None:
       train_iter.set_state(resumed.data_state)
     state = resumed.state
@@ -95,12 +106,14 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
         metrics_lib.MetricsWriter(workdir, resumed_step=step)))
     writer.truncate_after(step)
     # MFU's denominator, the whole mesh's FLOP/s; 0 = no "mfu" in the records.
-    peak = flops_lib.loop_peak_flops(config.train.peak_flops_per_device, exp.mesh)
+    peak = flops_lib.loop_peak_flops(config.train.peak_flops_per_device, exp.mesh,
+                                    config.model.compute_dtype)
     progress = stack.enter_context(contextlib.closing(_Progress(step, num_steps)))
     preemption = stack.enter_context(contextlib.closing(_Preemption()))
     profiler = stack.enter_context(contextlib.closing(
         _Profiler(workdir, step, config.train.profile_steps)))
     window = _Window(step, carried=resumed.window)
+    in_flight = _InFlight(config.train.dispatch_ahead)
     start_step = step
     summary = _run_summary(exp, config)
     logging.info("%s", summary)
@@ -108,11 +121,12 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
 
     # --------------------------------------------------------------- loop
     while step < num_steps:
-      batch = next(train_iter)
+      with window.waiting_for_data():
+        batch, device_batch = next(train_iter)
       window.count_batch(batch, exp)
       with profiler.step(step + 1):
-        state, step_metrics = exp.train_step(state, sharding.global_batch(batch, exp.mesh))
-      window.wait_for_previous_step()
+        state, step_metrics = exp.train_step(state, device_batch)
+      in_flight.push(step_metrics)
       step += 1
       window.steps.append((step, step_metrics))
       profiler.after(step, step_metrics)
@@ -161,7 +175,11 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
 def _check_config(config: Any, exp: experiment.Experiment) -> None:
   """Everything about the config that can fail, before anything is written:
   sizes and options of the model, optimizer and mesh (the abstract state
-  builds all three), batch splits, step counts, the eval split."""
+  builds all three), feeding depths, batch splits, step counts, the eval split."""
+  pipeline.check_depth(config.data.prefetch)
+  if not isinstance(config.train.dispatch_ahead, int) or config.train.dispatch_ahead < 1:
+    raise ValueError(f"config.train.dispatch_ahead={config.train.dispatch_ahead!r}: expected "
+                     "an int >= 1 (steps dispatched ahead of the device)")
   if config.train.profile_steps < 0:
     raise ValueError(f"config.train.profile_steps={config.train.profile_steps}: expected 0 (no "
                      "trace) or a number of steps")
@@ -222,6 +240,7 @@ class _Window:
   checked: int = 0  # steps[:checked] are known finite.
   tokens: int = 0  # Non-pad tokens of this process's rows.
   flops: float = 0.0  # Model FLOPs of this process's rows.
+  data_wait: float = 0.0  # Seconds the loop waited for batches since `timed_from`.
 
   def count_batch(self, batch: dict[str, np.ndarray], exp: experiment.Experiment) -> None:
     """Tokens and FLOPs of a host batch, from its shapes (no device sync)."""
@@ -235,13 +254,15 @@ class _Window:
     """Times this window from `step` on: the steps before (the first, which
     compiles) count in the record's averages but not in its rates."""
     self.timed_from, self.start_time, self.tokens, self.flops = step, time.time(), 0, 0.0
+    self.data_wait = 0.0
 
-  def wait_for_previous_step(self) -> None:
-    """At most two steps in flight: the host still prepares the next batch
-    while the device computes, but a SIGTERM is acted on within a step or
-    two, not after a whole log interval of queued steps."""
-    if self.steps:
-      jax.block_until_ready(self.steps[-1][1])
+  @contextlib.contextmanager
+  def waiting_for_data(self):
+    start = time.time()
+    try:
+      yield
+    finally:
+      self.data_wait += time.time() - start
 
   def check_finite(self, ckpt: checkpointing.Checkpointer) -> None:
     """Raises on the first NaN/Inf loss or gradient norm not yet checked.
@@ -290,6 +311,7 @@ class _Window:
         "grad_norm": float(last["grad_norm"]),
         "steps_per_sec": (step - self.timed_from) / elapsed,
         "tokens_per_sec": self.tokens * jax.process_count() / elapsed,
+        "data_wait_ms": 1e3 * self.data_wait / max(step - self.timed_from, 1),
     }
     if peak_flops:
       record["mfu"] = self.flops * jax.process_count() / elapsed / peak_flops
@@ -303,6 +325,25 @@ class _Window:
       yield
     finally:
       self.start_time += time.time() - start
+
+
+class _InFlight:
+  """Lets dispatch run `depth` steps ahead of the device, no more.
+
+  The host dispatches step n while the device still computes up to `depth`
+  earlier ones, so a slow batch or a Python hiccup never idles the device;
+  the bound keeps a SIGTERM from waiting behind a whole log interval of
+  queued steps. (`config.train.dispatch_ahead`, checked in `_check_config`.)
+  """
+
+  def __init__(self, depth: int):
+    self.depth, self.steps = depth, collections.deque()
+
+  def push(self, metrics: Any) -> None:
+    """Records a dispatched step; blocks while more than `depth` are unfinished."""
+    self.steps.append(metrics)
+    while len(self.steps) > self.depth:
+      jax.block_until_ready(self.steps.popleft())
 
 
 class _Preemption:

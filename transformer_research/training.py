@@ -8,13 +8,17 @@ partitionings give the same numbers:
   the collectives implied by the parameter and batch shardings.
 * "shard_map": the forward/backward pass runs per batch shard under
   `jax.shard_map`; gradients and metrics are combined with explicit
-  collectives, which is easier to reason about and to profile.
+  collectives, which is easier to reason about and to profile. Parameters
+  stay sharded over `fsdp` as the rules say: each shard all-gathers them for
+  its pass and reduce-scatters the gradients back to its slice (ZeRO-3), so
+  no device ever keeps a whole gradient.
 
 The objective is `sum(loss) / number of real tokens in the global batch`, for
 every partitioning and number of gradient-accumulation micro-batches, so all
 of them equal one big single-device step up to float rounding.
 """
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -152,22 +156,37 @@ def make_train_step(config: Any, model: Any, optimizer: optax.GradientTransforma
   def token_count(batch):
     return jnp.sum(losses.weights_for(batch, kind))
 
-  def sharded_grads(params, batch, rng):
+  def sharded_grads(param_dims, params, batch, rng):
     # Each shard differentiates sum(local loss) / mean(local token counts);
-    # the pmean of those gradients is then exactly sum(loss) / global count.
+    # the mean of those gradients is then exactly sum(loss) / global count.
     index = jax.lax.axis_index(sharding.BATCH_AXES)
     mean_count = jax.lax.pmean(token_count(batch), sharding.BATCH_AXES)
-    grads, sums = grads_and_sums(params, batch, jax.random.fold_in(rng, index), mean_count)
-    grads = jax.lax.pmean(grads, sharding.BATCH_AXES)
+    gather = lambda p, dim: p if dim is None else jax.lax.all_gather(p, "fsdp", axis=dim,
+                                                                    tiled=True)
+    full = jax.tree.map(gather, params, param_dims)
+    grads, sums = grads_and_sums(full, batch, jax.random.fold_in(rng, index), mean_count)
+
+    def reduce(g, dim):  # Mean over every batch shard, each keeping its fsdp slice.
+      if dim is None:
+        return jax.lax.pmean(g, sharding.BATCH_AXES)
+      g = jax.lax.psum_scatter(g, "fsdp", scatter_dimension=dim, tiled=True)
+      return jax.lax.pmean(g, "data") / mesh.shape["fsdp"]
+
+    grads = jax.tree.map(reduce, grads, param_dims)
     sums = jax.lax.psum(sums, sharding.BATCH_AXES)  # Sums add; means come later.
     return grads, sums
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(state.rng, state.step)
     if partitioning == "shard_map":
+      # The layout jit_train_step gives the parameters (from config.mesh's rules).
+      specs = jax.tree.map(lambda s: s.spec, sharding.param_shardings(
+          state.params, mesh, sharding.param_rules(config.mesh)))
+      dims = jax.tree.map(_fsdp_dim, specs, is_leaf=lambda x: isinstance(x, P))
       grads, sums = jax.shard_map(
-          sharded_grads, mesh=mesh, in_specs=(P(), P(sharding.BATCH_AXES), P()),
-          out_specs=(P(), P()), check_vma=False)(state.params, batch, rng)
+          functools.partial(sharded_grads, dims), mesh=mesh,
+          in_specs=(specs, P(sharding.BATCH_AXES), P()),
+          out_specs=(specs, P()), check_vma=False)(state.params, batch, rng)
     else:
       grads, sums = grads_and_sums(state.params, batch, rng, token_count(batch))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -177,6 +196,15 @@ def make_train_step(config: Any, model: Any, optimizer: optax.GradientTransforma
     return TrainState(state.step + 1, params, opt_state, state.rng), metrics
 
   return train_step
+
+
+def _fsdp_dim(spec: P) -> int | None:
+  """The dimension a parameter's spec shards over `fsdp` (the only axis the
+  shard_map path allows on parameters), or None."""
+  for dim, axes in enumerate(spec):
+    if axes == "fsdp" or (isinstance(axes, tuple) and "fsdp" in axes):
+      return dim
+  return None
 
 
 def make_eval_step(model: Any, kind: str) -> Callable[[Any, Batch], tuple[Metrics, jax.Array | None]]:

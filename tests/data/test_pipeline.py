@@ -202,3 +202,70 @@ def test_bad_arguments_name_the_value():
   with pytest.raises(ValueError, match="no examples"):
     pipeline.BatchIterator(empty, batch_size=4, max_lengths=MAX, packing=True,
                            process_index=0, process_count=1)
+
+
+def _iterator(seed: int = 3) -> pipeline.BatchIterator:
+  return pipeline.BatchIterator(_data(40), batch_size=4, max_lengths=MAX, packing=True,
+                                seed=seed, process_index=0, process_count=1)
+
+
+def _same(a: list[dict], b: list[dict]) -> None:
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert sorted(x) == sorted(y)
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_prefetch_keeps_the_order_and_its_state_is_the_consumed_position():
+  """The background thread reads ahead, yet batches come in the wrapped
+  iterator's order and the state resumes right after the last one handed out."""
+  expected = list(_take(_iterator(), 30))  # Several epochs of the 40 examples.
+  fetched = pipeline.Prefetch(_iterator(), depth=3)
+  first = list(_take(fetched, 12))
+  state = json.loads(json.dumps(fetched.get_state()))  # As a checkpoint stores it.
+  rest = list(_take(fetched, 18))
+  fetched.close()
+  _same(first + rest, expected)
+  resumed = pipeline.Prefetch(_iterator(), depth=2)
+  resumed.set_state(state)
+  _same(list(_take(resumed, 18)), expected[12:])
+  resumed.close()
+  # close() then next(): continues after the last handed-out batch, not after the read-ahead.
+  again = pipeline.Prefetch(_iterator(), depth=4)
+  _same(list(_take(again, 5)), expected[:5])
+  again.close()
+  _same(list(_take(again, 5)), expected[5:10])
+  again.close()
+
+
+def _take(iterator, n: int):
+  for _ in range(n):
+    yield next(iterator)
+
+
+def test_prefetch_transforms_in_the_thread_and_raises_its_errors():
+  class Failing:
+    def __init__(self):
+      self.n = 0
+    def __next__(self):
+      self.n += 1
+      if self.n == 3:
+        raise ValueError("bad record 3")
+      return self.n
+    def get_state(self):
+      return {"n": self.n}
+    def set_state(self, state):
+      self.n = state["n"]
+
+  fetched = pipeline.Prefetch(Failing(), depth=2, transform=lambda x: x * 10)
+  assert [next(fetched), next(fetched)] == [10, 20]
+  assert fetched.get_state() == {"n": 2}
+  with pytest.raises(ValueError, match="bad record 3"):
+    next(fetched)
+
+
+@pytest.mark.parametrize("depth", [0, -1, 1.5])
+def test_prefetch_depth_below_one_is_refused(depth):
+  with pytest.raises(ValueError, match=r"config.data.prefetch=.*expected an int >= 1"):
+    pipeline.Prefetch(_iterator(), depth=depth)

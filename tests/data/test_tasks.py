@@ -167,3 +167,60 @@ def test_a_classifier_of_class_folders_takes_its_classes_from_the_config(tmp_pat
   assert sorted(e["label"] for e in test) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
   assert all(set(e["source"].split()) <= set(words[["neg", "neutral", "pos"][e["label"]]].split())
              for e in test)
+def _imdb_files(tmp_path, n: int = 60):
+  words = "good bad movie film plot actor great awful story fun".split()
+  rng = np.random.default_rng(0)
+  records = [{"text": " ".join(rng.choice(words, 30)), "label": i % 2} for i in range(n)]
+  _write_jsonl(tmp_path / "train.jsonl.gz", records)
+  _write_jsonl(tmp_path / "test.jsonl.gz", records[:7])
+  config = configs.load_config("imdb:tiny,smoke", {
+      "data.train_path": str(tmp_path / "train.jsonl.gz"),
+      "data.eval_path": str(tmp_path / "test.jsonl.gz"), "data.vocab_size": 30,
+      "data.max_input_len": 16})
+  return config
+
+
+def _first_batches(config, workdir, n=3):
+  iterator = _build(config, workdir).train_iterator(4, process_index=0, process_count=1)
+  return [next(iterator) for _ in range(n)]
+
+
+def test_tokenized_cache_is_reused_only_with_the_same_tokenizer_and_data(tmp_path, monkeypatch,
+                                                                          caplog):
+  """A restart loads the tokenized split instead of re-tokenizing; a changed
+  data file, length limit or tokenizer, or a corrupt cache, rebuilds it with
+  one warning saying why."""
+  caplog.set_level("INFO")
+  workdir = tmp_path / "run"
+  config = _imdb_files(tmp_path)
+  first = _first_batches(config, workdir)
+  cache_file = workdir / "tokenized" / "train.npz"
+  assert cache_file.exists()
+
+  real_tokenize = tasks.pipeline.tokenize
+  def no_tokenize(*args, **kwargs):
+    raise AssertionError("re-tokenized although the cache matches")
+  monkeypatch.setattr(tasks.pipeline, "tokenize", no_tokenize)
+  again = _first_batches(config, workdir)
+  for a, b in zip(first, again):
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+  assert "made with the same tokenizers and data" in caplog.text
+  monkeypatch.setattr(tasks.pipeline, "tokenize", real_tokenize)
+
+  def rebuilt_because(config, why):
+    caplog.clear()
+    _first_batches(config, workdir)
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING" and "tokenized cache" in r.getMessage()]
+    assert len(warnings) == 1 and why in warnings[0], warnings
+
+  _imdb_files(tmp_path, n=61)  # One more record: the file's size and mtime change.
+  rebuilt_because(config, "data changed")
+  rebuilt_because(configs.load_config("imdb:tiny,smoke", {
+      **{f"data.{k}": config.data[k] for k in ("train_path", "eval_path", "vocab_size")},
+      "data.max_input_len": 12}), "max_lengths changed")
+  rebuilt_because(configs.load_config("imdb:tiny,smoke", {
+      **{f"data.{k}": config.data[k] for k in ("train_path", "eval_path")},
+      "data.max_input_len": 12, "data.vocab_size": 32}), "tokenizers changed")
+  cache_file.write_bytes(cache_file.read_bytes()[:100])  # Torn write / corrupt file.
+  rebuilt_because(config, "unreadable")

@@ -30,3 +30,14 @@ def test_misspelt_override_is_an_error_naming_it(tmp_path):
              "--config.train.batchsize=8"]
   run = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert run.returncode != 0 and "batchsize" in run.stderr
+
+
+def test_unknown_remat_policy_is_an_error_listing_the_options(tmp_path):
+  command = [sys.executable, str(ROOT / "launch" / "train.py"),
+             f"--config={ROOT / 'configs' / 'reverse.py'}:tiny,smoke", f"--workdir={tmp_path}",
+             "--config.model.remat=some"]
+  run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert run.returncode != 0
+  assert "model.remat='some'; expected one of ['none', 'full', 'dots']" in run.stderr
+  saved = os.listdir(tmp_path / "checkpoints") if (tmp_path / "checkpoints").exists() else []
+  assert not [d for d in saved if d.isdigit()]  # Refused before any step was saved.

@@ -24,12 +24,17 @@ def _mha(**kwargs):
 
 
 def _reference(params, x, memory, mask, fused):
-  """Scaled dot-product attention with explicit per-head split and merge (float64)."""
+  """Scaled dot-product attention with explicit per-head split and merge (float64).
+
+  A fused `qkv` weight's columns are head-major, (H, 3, Dh): head h's q, k, v
+  are adjacent, so a `tensor` split of the columns keeps whole heads.
+  """
   p = {k: {n: np.asarray(v, np.float64) for n, v in d.items()} for k, d in params.items()}
   x, memory = np.asarray(x, np.float64), np.asarray(memory, np.float64)
   if fused:
-    w, b = p["attn/qkv"]["w"], p["attn/qkv"]["b"]
-    q, k, v = (x @ w[:, i * D:(i + 1) * D] + b[i * D:(i + 1) * D] for i in range(3))
+    w = p["attn/qkv"]["w"].reshape(D, H, 3, D // H)
+    b = p["attn/qkv"]["b"].reshape(H, 3, D // H)
+    q, k, v = (x @ w[:, :, i].reshape(D, D) + b[:, i].reshape(D) for i in range(3))
   else:
     q = x @ p["attn/query"]["w"] + p["attn/query"]["b"]
     k = memory @ p["attn/key"]["w"] + p["attn/key"]["b"]
@@ -182,3 +187,18 @@ def test_bad_mask_shape_and_dtype_and_heads_raise():
   with pytest.raises(ValueError, match=r"num_heads=3 does not divide d_model=16"):
     hk.transform(lambda x: attention.MultiHeadAttention(3, D)(x, masks.causal_mask(T))).init(
         jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_rate_and_scale(rate):
+  """The packed 16-bit draw drops `rate` of the units (to within sampling
+  noise, 2^-16 rounding included) and keeps the mean."""
+  x = jnp.ones((64, 64, 64))  # 262,144 units.
+  f = hk.transform(lambda x: attention.dropout(x, rate, is_training=True))
+  y = np.asarray(f.apply({}, jax.random.key(3), x))
+  dropped = float(np.mean(y == 0))
+  assert abs(dropped - rate) < 5 * np.sqrt(rate * (1 - rate) / y.size), dropped
+  assert abs(float(y.mean()) - 1.0) < 0.01
+  np.testing.assert_allclose(np.unique(y), [0.0, 65536 / (65536 - round(rate * 65536))], rtol=1e-6)
+  with pytest.raises(ValueError, match="rate=1.0"):
+    hk.transform(lambda x: attention.dropout(x, 1.0, is_training=True)).apply({}, jax.random.key(0), x)

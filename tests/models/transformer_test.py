@@ -3,6 +3,7 @@ invariance, packing, dropout, cached decoding, mixed precision, bad input."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -266,6 +267,10 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(make_config):
     models.build(make_config(), "mt", input_vocab_size=3, target_vocab_size=3)
   with pytest.raises(ValueError, match=r"model.positions='alibi'; expected one of"):
     _build("lm", make_config(positions="alibi"))
+  with pytest.raises(ValueError, match=r"model.remat='some'; expected one of \['none', 'full', 'dots'\]"):
+    _build("lm", make_config(remat="some"))
+  with pytest.raises(ValueError, match=r"model.scan_layers='yes'; expected one of \[True, False\]"):
+    _build("lm", ml_collections.ConfigDict({**make_config().to_dict(), "scan_layers": "yes"}))
   with pytest.raises(ValueError, match=r"share_embeddings=True with input_vocab_size=3"):
     models.build(make_config(share_embeddings=True), "seq2seq", input_vocab_size=3,
                  target_vocab_size=4)

@@ -48,6 +48,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Activations: "auto" = bfloat16 on TPU/GPU, float32 on CPU; params stay f32.
   # float16 is refused (it needs loss scaling, not implemented).
   c.model.compute_dtype = "auto"
+  # One hk.layer_stack per stack instead of Python-unrolled blocks: compile
+  # time stays flat with depth; parameters get a leading [layers] dimension
+  # under encoder/layers/layer/... (so checkpoints of the two layouts differ).
+  c.model.scan_layers = False
+  # Rematerialise each block in the backward pass: "none", "full" (keep only
+  # block inputs) or "dots" (keep weight-matmul outputs): memory for compute.
+  c.model.remat = "none"
 
   # ----------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
@@ -60,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.packing = False  # Several examples per row (seq2seq, lm; never classify).
   c.data.num_buckets = 3  # Unpacked: pad to max_len, max_len/2, ... (few compiles).
   c.data.max_train_examples = -1  # Use only the first N training records; -1 = all.
+  c.data.prefetch = 2  # Training batches made ahead in a background thread (>= 1).
   # Text tasks: "sentencepiece" (trained on train into the workdir), "bpemb"
   # or "tiktoken" (cl100k_base). Synthetic tasks use a fixed character vocab.
   c.data.tokenizer = "sentencepiece"
@@ -119,10 +127,16 @@ def get_config() -> ml_collections.ConfigDict:
   # Ordered (regex over parameter paths, factor) pairs, first match wins:
   # those parameters train at factor x the learning rate; the rest at 1x.
   c.train.lr_multipliers = ()
+  # Steps dispatched ahead of the device (>= 1): hides host latency; SIGTERM
+  # is acted on within this many steps.
+  c.train.dispatch_ahead = 2
   # Steps traced with jax.profiler into WORKDIR/profile/, from the third step
   # of a start (compilation and warm-up excluded); 0 = no trace.
   c.train.profile_steps = 0
-  c.train.peak_flops_per_device = -1.0  # For "mfu" in train records: FLOP/s of one device; -1 = measure a float32 matmul at start, 0 = don't report.
+  # For "mfu" in train records: FLOP/s of one device; -1 = the datasheet peak of
+  # the device and compute dtype (flops.PEAK_FLOPS; on CPU a float32 matmul
+  # measured at start), 0 = don't report.
+  c.train.peak_flops_per_device = -1.0
 
   # ----------------------------------------------------------------- eval
   c.eval = ml_collections.ConfigDict()

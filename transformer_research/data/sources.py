@@ -20,6 +20,7 @@ from typing import Any
 
 from etils import epath
 
+from transformer_research import storage
 from transformer_research.data.text_files import text_files
 
 __all__ = ["Source", "spa_eng", "wmt13_es_en", "imdb", "text_files", "group_references"]
@@ -44,6 +45,28 @@ class Source(Sequence):
     if not -len(self) <= index < len(self):
       raise IndexError(f"index={index}: source {self._name} has {len(self)} examples")
     return self._fn(self._data_source[index % len(self)])
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    """Batched read: one array_record lookup for many records (~8x the rate of
+    `source[i]` one by one), which is what start-up tokenization uses."""
+    read = getattr(self._data_source, "__getitems__", None)
+    if read is None:
+      return [self[i] for i in indices]
+    return [self._fn(ex) for ex in read(list(indices))]
+
+  def fingerprint(self) -> dict[str, Any]:
+    """What identifies the records: dataset, split and each file's size and
+    modification time, so a re-prepared dataset invalidates caches of it."""
+    from tensorflow_datasets.core.data_sources import base  # pylint: disable=g-import-not-at-top
+    info = getattr(self._data_source, "dataset_info", None)
+    if info is None:
+      return {"source": self._name, "examples": len(self)}
+    files = []
+    for instruction in base.file_instructions(info, self._data_source.split):
+      files.append([os.path.basename(instruction.filename), instruction.skip, instruction.take,
+                    *storage.file_stamp(instruction.filename)])
+    return {"source": self._name, "dataset": info.full_name, "examples": len(self),
+            "files": files}
 
   def __repr__(self) -> str:
     return f"Source({self._name}, {len(self)} examples)"

@@ -33,6 +33,8 @@ inputs), whose batches are masked as they are made (`masking.py`).
 
 import dataclasses
 import functools
+import hashlib
+import json
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from etils import epath
@@ -40,6 +42,7 @@ import ml_collections
 import numpy as np
 
 from transformer_research import distributed
+from transformer_research.data import cache as cache_lib
 from transformer_research.data import masking
 from transformer_research.data import pipeline
 from transformer_research.data import synthetic
@@ -122,6 +125,11 @@ class _Indexed(Sequence):
   def __getitem__(self, i):
     return {**self._source[i], "index": i}
 
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    read = getattr(self._source, "__getitems__", None)
+    records = read(indices) if read else [self._source[i] for i in indices]
+    return [{**r, "index": i} for i, r in zip(indices, records)]
+
 
 class Task:
   """One task for one config: tokenizers plus train / eval data access.
@@ -139,7 +147,16 @@ class Task:
   def __init__(self, name: str, data: ml_collections.ConfigDict, seed: int,
                raw: Callable[[str], Sequence[Mapping[str, Any]]],
                input_tokenizer: tok_lib.Tokenizer | None,
-               target_tokenizer: tok_lib.Tokenizer | None):
+               target_tokenizer: tok_lib.Tokenizer | None, *, cache_dir: str | None = None,
+               data_fingerprint: Callable[[str], Any] | None = None):
+    """Args:
+      name, data, seed: the task name, `config.data` and `config.seed`.
+      raw: split -> raw records.
+      input_tokenizer, target_tokenizer: as the attributes.
+      cache_dir: where tokenized splits are cached (`cache.py`); None = no cache.
+      data_fingerprint: split -> what identifies its raw records (needed with
+        `cache_dir`).
+    """
     task_spec = spec(name)
     self.name, self.kind, self.metric_names = name, task_spec.kind, task_spec.metric_names
     self.input_tokenizer, self.target_tokenizer = input_tokenizer, target_tokenizer
@@ -154,6 +171,7 @@ class Task:
                          "lm": {"targets": data.max_target_len},
                          "mlm": {"inputs": data.max_input_len}}[self.kind]
     self._tokenized: dict[str, pipeline.TokenizedData] = {}
+    self._cache_dir, self._data_fingerprint = cache_dir, data_fingerprint
 
   @property
   def eval_splits(self) -> tuple[str, ...]:
@@ -206,9 +224,19 @@ class Task:
   def _tokenize(self, split: str) -> pipeline.TokenizedData:
     if split not in self._tokenized:
       limit = self.data.max_train_examples if split == "train" else -1
-      self._tokenized[split] = pipeline.tokenize(
+      tokenize = lambda: pipeline.tokenize(
           _Indexed(lambda: self._raw(split), limit), self._encode, self._max_lengths,
           name=f"{self.name}/{split}")
+      if self._cache_dir is None or split in self._added:  # Added records: no file to key on.
+        self._tokenized[split] = tokenize()
+      else:
+        key = {"task": self.name, "split": split, "kind": self.kind, "limit": limit,
+               "max_lengths": self._max_lengths,
+               "tokenizers": [t.fingerprint if t else None
+                              for t in (self.input_tokenizer, self.target_tokenizer)],
+               "data": self._data_fingerprint(split)}
+        self._tokenized[split] = cache_lib.load_or_tokenize(
+            epath.Path(self._cache_dir) / f"{split}.npz", key, tokenize)
     return self._tokenized[split]
 
   def train_iterator(self, batch_size: int, process_index: int | None = None,
@@ -349,6 +377,22 @@ def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Seq
   return raw
 
 
+def _text_fingerprint(data: ml_collections.ConfigDict,
+                      raw: Callable[[str], Sequence[Mapping[str, Any]]], split: str) -> Any:
+  """What identifies a text task's raw split: the TFDS files, or the local files."""
+  if data.train_path:  # Local files, carved into train / validation in _text_raw.
+    paths = [data.train_path] + ([data.eval_path] if data.eval_path else [])
+    return {"split": split, "files": text_files.fingerprint(paths)}
+  records = raw(split)
+  if hasattr(records, "fingerprint"):  # sources.Source: TFDS files, no record read.
+    return records.fingerprint()
+  # Anything else (in-memory records): a hash of the content, cheap next to tokenizing it.
+  digest = hashlib.sha256()
+  for _, record in pipeline.read_records(records):
+    digest.update(json.dumps(record, sort_keys=True, default=str).encode())
+  return {"split": split, "examples": len(records), "sha256": digest.hexdigest()}
+
+
 def _char_tokenizers(name: str, data: ml_collections.ConfigDict
                      ) -> tuple[tok_lib.Tokenizer, tok_lib.Tokenizer | None]:
   if name in ("reverse", "sort"):
@@ -381,8 +425,8 @@ def _text_tokenizers(name: str, kind: str, data: ml_collections.ConfigDict,
           records, workdir, data.vocab_size, joint=data.joint_vocab,
           standardize_text=data.standardize, **procs)
     else:
-      texts = lambda: ((tok_lib.standardize(records[i]["text"]) if data.standardize
-                        else records[i]["text"]) for i in range(len(records)))
+      texts = lambda: ((tok_lib.standardize(r["text"]) if data.standardize else r["text"])
+                       for _, r in pipeline.read_records(records) if not isinstance(r, Exception))
       tok = tok_lib.load_or_train_sentencepiece(
           epath.Path(workdir) / sentencepiece_files(data)[0], texts, data.vocab_size, **procs)
       pair = (tok, tok)
@@ -497,4 +541,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *, train_token
     in_tok = None
   elif task_spec.kind == "classify":
     tgt_tok = None
-  return Task(name, data, config.seed, raw, in_tok, tgt_tok)
+  if task_spec.tokenizer == "char":  # Generated from the config in well under a second.
+    return Task(name, data, config.seed, raw, in_tok, tgt_tok)
+  return Task(name, data, config.seed, raw, in_tok, tgt_tok,
+              cache_dir=str(epath.Path(workdir) / "tokenized") if workdir else None,
+              data_fingerprint=lambda split: _text_fingerprint(data, raw, split))

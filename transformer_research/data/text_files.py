@@ -42,6 +42,8 @@ from typing import Any
 
 from etils import epath
 
+from transformer_research import storage
+
 # Column / key names taken for the text and the label when the config names
 # none and the file has exactly one of them (`text` / `label` always win).
 TEXT_FIELDS = ("text", "sentence", "review", "content", "document", "comment", "body",
@@ -359,3 +361,14 @@ def text_files(paths: str | os.PathLike | Sequence[str | os.PathLike], *, with_l
       if (epath.Path(path) / name).is_dir():
         examples.extend(_read_folder(str(epath.Path(path) / name), names.index(name)))
   return examples
+
+
+def fingerprint(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[list[Any]]:
+  """[path, size, modification time] of each file `text_files(paths)` reads
+  (the .txt files of class folders included), so a cache of what was made
+  from them notices an edited or added file."""
+  files = []
+  for path in _expand(paths):
+    files.extend(_folder_files(path) if epath.Path(path).is_dir() else [path])
+  return [[path if storage.is_remote(path) else os.path.abspath(path), *storage.file_stamp(path)]
+          for path in files]

@@ -31,6 +31,7 @@ from etils import epath
 import sentencepiece as spm
 
 from transformer_research import storage
+from transformer_research.data import pipeline
 
 PAD_ID = 0
 # Ids of our own SentencePiece models (the flax WMT layout, plus a BOS).
@@ -89,6 +90,11 @@ class Tokenizer(abc.ABC):
   def encode(self, text: str) -> list[int]:
     """Text -> ids, without EOS."""
 
+  @property
+  @abc.abstractmethod
+  def fingerprint(self) -> str:
+    """Changes whenever `encode` could: keys the tokenized-data cache."""
+
   def decode(self, ids: Iterable[Any]) -> str:
     """Ids -> text; stops at the first EOS and drops pad ids."""
     return self._decode(_trim(ids, self.eos_id))
@@ -128,6 +134,10 @@ class CharTokenizer(Tokenizer):
   def bos_id(self) -> int:
     return 2
 
+  @property
+  def fingerprint(self) -> str:
+    return f"chars:{self._alphabet}"
+
   def encode(self, text: str) -> list[int]:
     try:
       return [self._ids[c] for c in text]
@@ -150,6 +160,7 @@ class SentencePieceTokenizer(Tokenizer):
 
   def __init__(self, model_proto: bytes):
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self._fingerprint = "sentencepiece:" + hashlib.sha256(model_proto).hexdigest()
     if self._sp.pad_id() != PAD_ID or self._sp.eos_id() < 0:
       raise ValueError(f"model_proto: pad id {self._sp.pad_id()}, eos id {self._sp.eos_id()}; expected pad 0 and an EOS (train it with train_sentencepiece)")
 
@@ -172,6 +183,10 @@ class SentencePieceTokenizer(Tokenizer):
   @property
   def bos_id(self) -> int:
     return self._sp.bos_id()
+
+  @property
+  def fingerprint(self) -> str:
+    return self._fingerprint
 
   def normalize(self, text: str) -> str:
     """The text as the model sees it (NFKC, whitespace runs collapsed).
@@ -262,8 +277,11 @@ def load_or_train_sentencepiece(path: os.PathLike | str, texts_fn: Callable[[], 
 def _side_texts(source: Sequence[dict[str, str]], keys: tuple[str, ...], standardize_text: bool,
                 max_examples: int | None) -> Iterator[str]:
   n = len(source) if max_examples is None else min(len(source), max_examples)
-  for i in range(n):
-    ex = source[i]
+  for i, ex in pipeline.read_records(source):
+    if i >= n:
+      return
+    if isinstance(ex, Exception):
+      continue  # Unreadable: tokenize() counts it as malformed.
     for k in keys:
       yield standardize(ex[k]) if standardize_text else ex[k]
 
@@ -343,7 +361,9 @@ class BPEmbTokenizer(Tokenizer):
     model_file = epath.Path(model_file)
     if not model_file.exists():
       raise FileNotFoundError(f"model_file={model_file}: no such BPEmb model file")
-    self._sp = spm.SentencePieceProcessor(model_proto=model_file.read_bytes())
+    proto = model_file.read_bytes()
+    self._sp = spm.SentencePieceProcessor(model_proto=proto)
+    self._fingerprint = "bpemb:" + hashlib.sha256(proto).hexdigest()
 
   def save(self, path: os.PathLike | str) -> None:
     """Writes the model file to `path` (a run directory keeps its own copy)."""
@@ -360,6 +380,10 @@ class BPEmbTokenizer(Tokenizer):
   @property
   def bos_id(self) -> int:
     return self._sp.bos_id() + 1
+
+  @property
+  def fingerprint(self) -> str:
+    return self._fingerprint
 
   def encode(self, text: str) -> list[int]:
     return [i + 1 for i in self._sp.encode(re.sub(r"\d", "0", text.lower()))]
@@ -386,6 +410,7 @@ class TiktokenTokenizer(Tokenizer):
           f"tiktoken encoding {name!r} is not cached and could not be downloaded ({e!r}); "
           f"copy {name}.tiktoken to $TIKTOKEN_CACHE_DIR/{cache_name}") from e
     self._eot = self._enc.eot_token
+    self._name = name
 
   @property
   def vocab_size(self) -> int:
@@ -399,6 +424,10 @@ class TiktokenTokenizer(Tokenizer):
   def bos_id(self) -> int:
     # tiktoken has one special document separator; it serves both ends.
     return self._eot + 1
+
+  @property
+  def fingerprint(self) -> str:
+    return f"tiktoken:{self._name}:{self._enc.n_vocab}"
 
   def encode(self, text: str) -> list[int]:
     return [i + 1 for i in self._enc.encode_ordinary(text)]
@@ -424,6 +453,10 @@ class Standardized(Tokenizer):
   @property
   def bos_id(self) -> int:
     return self._tok.bos_id
+
+  @property
+  def fingerprint(self) -> str:
+    return f"standardized({self._tok.fingerprint})"
 
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(standardize(text))

@@ -40,6 +40,21 @@ class Options:
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   compute_dtype: Any = jnp.float32
+  scan_layers: bool = False
+  remat: str = "none"
+
+
+# Rematerialisation policies (`model.remat`): what the backward pass may keep
+# from the forward pass of a block instead of recomputing it.
+REMAT_POLICIES = {
+    "none": None,  # Keep everything (no jax.checkpoint).
+    "full": jax.checkpoint_policies.nothing_saveable,  # Keep only the block's input.
+    # Keep the weight matmuls' outputs, recompute attention and elementwise ops.
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+# Scanned stacks keep their blocks under ENCODER_OR_DECODER/layers/layer/...,
+# with a leading [num_layers] dimension on every parameter.
+SCANNED = "layers"
 
 
 def layer_name(index: int) -> str:
@@ -83,9 +98,35 @@ class TokenEmbedding(hk.Module):
 
   def attend(self, x: jnp.ndarray) -> jnp.ndarray:
     """Args: x [B, T, D]. Returns logits [B, T, V] float32."""
-    table = self._table().astype(self.compute_dtype)
-    return jnp.einsum("btd,vd->btv", x.astype(self.compute_dtype), table,
-                      preferred_element_type=jnp.float32)
+    return tied_logits(x.astype(self.compute_dtype), self._table().astype(self.compute_dtype))
+
+
+@jax.custom_vjp
+def tied_logits(x: jnp.ndarray, table: jnp.ndarray) -> jnp.ndarray:
+  """x [B, T, D] @ table [V, D]^T -> [B, T, V] float32 (f32 accumulation).
+
+  Autodiff would compute the table's gradient as g^T @ x, for which XLA:CPU
+  first writes the [B*T, V] logits gradient g a second time, transposed; the
+  backward pass below computes (x^T @ g)^T instead, transposing only the
+  [D, V] result. On the wmt_spa steps that transposed copy of g was the
+  largest single non-matmul op.
+  """
+  return jnp.einsum("btd,vd->btv", x, table, preferred_element_type=jnp.float32)
+
+
+def _tied_logits_forward(x, table):
+  return tied_logits(x, table), (x, table)
+
+
+def _tied_logits_backward(residuals, g):
+  x, table = residuals
+  g = g.astype(x.dtype)  # [B, T, V]
+  dx = jnp.einsum("btv,vd->btd", g, table, preferred_element_type=jnp.float32)
+  dtable = jnp.einsum("btd,btv->dv", x, g, preferred_element_type=jnp.float32).T  # [V, D]
+  return dx.astype(x.dtype), dtable.astype(table.dtype)
+
+
+tied_logits.defvjp(_tied_logits_forward, _tied_logits_backward)
 
 
 def sinusoidal(positions: jnp.ndarray, d_model: int) -> jnp.ndarray:
@@ -141,13 +182,6 @@ def layer_norm(x: jnp.ndarray, name: str) -> jnp.ndarray:
   return y.astype(x.dtype)
 
 
-def dropout(x: jnp.ndarray, rate: float, is_training: bool) -> jnp.ndarray:
-  """Inverted dropout, only while training (no rng needed otherwise)."""
-  if is_training and rate > 0:
-    return hk.dropout(hk.next_rng_key(), rate, x)
-  return x
-
-
 class FeedForward(hk.Module):
   """Position-wise MLP: `linear_0` (D -> F), activation, `linear_1` (F -> out)."""
 
@@ -188,9 +222,9 @@ class _Block(hk.Module):
     rate = self.options.dropout_rate
     if self.options.norm == "pre":
       y, aux = sublayer(layer_norm(x, ln_name))
-      return x + dropout(y, rate, is_training), aux
+      return x + attention.dropout(y, rate, is_training), aux
     y, aux = sublayer(x)
-    return layer_norm(x + dropout(y, rate, is_training), ln_name), aux
+    return layer_norm(x + attention.dropout(y, rate, is_training), ln_name), aux
 
   @hk.transparent
   def _mlp(self, x, is_training: bool) -> jnp.ndarray:
@@ -269,7 +303,8 @@ class DecoderBlock(_Block):
 
 
 class Encoder(hk.Module):
-  """Positions, dropout, `layer_XX` EncoderBlocks, final LayerNorm (pre-LN)."""
+  """Positions, dropout, `layer_XX` EncoderBlocks (or, with
+  `options.scan_layers`, one `hk.layer_stack` of them), final LayerNorm (pre-LN)."""
 
   def __init__(self, options: Options, num_layers: int, name: str = "encoder"):
     super().__init__(name=name)
@@ -282,22 +317,46 @@ class Encoder(hk.Module):
     Returns [B, S, D] in the compute dtype."""
     o = self.options
     x = PositionEmbedding(o, name="pos_embed")(x, positions)
-    x = dropout(x, o.dropout_rate, is_training)
-    for i in range(self.num_layers):
-      x = EncoderBlock(o, name=layer_name(i))(
-          x, mask, positions, is_training=is_training)
+    x = attention.dropout(x, o.dropout_rate, is_training)
+    block = lambda name: _remat(o, lambda x: EncoderBlock(o, name=name)(
+        x, mask, positions, is_training=is_training))
+    if o.scan_layers:
+      x = hk.layer_stack(self.num_layers, name=SCANNED)(block("layer"))(x)
+    else:
+      for i in range(self.num_layers):
+        x = block(layer_name(i))(x)
     if o.norm == "pre":  # Pre-LN leaves the residual stream unnormalised.
       x = layer_norm(x, "ln_final")
     return x
+
+
+def _swap_layers_and_batch(tree):
+  """[L, B, ...] <-> [B, L, ...]: stacked caches keep batch leading, as the
+  searches gather rows; `hk.layer_stack` scans the leading axis."""
+  return jax.tree.map(lambda c: jnp.swapaxes(c, 0, 1), tree)
+
+
+def _remat(o: Options, fn):
+  """`fn` under `jax.checkpoint` with the policy of `o.remat` ("none": as is).
+
+  CSE prevention is only needed outside a scan (inside one XLA cannot merge
+  the recomputation into the forward pass anyway).
+  """
+  if o.remat == "none":
+    return fn
+  return hk.remat(fn, policy=REMAT_POLICIES[o.remat], prevent_cse=not o.scan_layers)
 
 
 class Decoder(hk.Module):
   """Positions, dropout, `layer_XX` DecoderBlocks, final LayerNorm (pre-LN).
 
   Runs a whole sequence (training, teacher forcing) or one step against a
-  cache {"index": [B] int32, "layer_XX": {"key", "value": [B, H, L, Dh]}}.
+  cache {"index": [B] int32, "layer_XX": {"key", "value": [B, H, L, Dh]}}
+  (scanned: {"index", "layers": {"key", "value": [B, num_layers, H, L, Dh]}}).
   A step of an encoder-decoder attends to a context from `memory_kv`, the
   cross-attention keys and values of every layer, computed once per source.
+  With `options.scan_layers` the blocks are one `hk.layer_stack` (compiled
+  once, whatever the depth) named `layers/layer`.
   """
 
   def __init__(self, options: Options, num_layers: int, *,
@@ -309,10 +368,14 @@ class Decoder(hk.Module):
 
   @hk.name_like("__call__")  # Same parameters as the full pass: key/w, not ~memory_kv.
   def memory_kv(self, memory: jnp.ndarray) -> dict:
-    """{"layer_XX": {"key", "value": [B, H, S, Dh]}} of `memory` [B, S, D]."""
-    return {layer_name(i): DecoderBlock(self.options, cross_attention=True,
-                                        name=layer_name(i)).memory_kv(memory)
-            for i in range(self.num_layers)}
+    """{"layer_XX": {"key", "value": [B, H, S, Dh]}} of `memory` [B, S, D]
+    (scanned: {"layers": {"key", "value": [B, num_layers, H, S, Dh]}})."""
+    kv = lambda name, m: DecoderBlock(self.options, cross_attention=True, name=name).memory_kv(m)
+    if self.options.scan_layers:
+      _, stacked = hk.layer_stack(self.num_layers, with_per_layer_inputs=True, name=SCANNED)(
+          lambda m: (m, kv("layer", m)))(memory)
+      return {SCANNED: _swap_layers_and_batch(stacked)}
+    return {layer_name(i): kv(layer_name(i), memory) for i in range(self.num_layers)}
 
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, positions: jnp.ndarray,
                *, is_training: bool, memory: jnp.ndarray | None = None,
@@ -326,17 +389,32 @@ class Decoder(hk.Module):
     Returns ([B, T, D], the updated cache or None)."""
     o = self.options
     x = PositionEmbedding(o, name="pos_embed")(x, positions)
-    x = dropout(x, o.dropout_rate, is_training)
+    x = attention.dropout(x, o.dropout_rate, is_training)
+    index = None if cache is None else cache["index"]
+
+    def block(name):
+      def apply(x, layer_cache=None, layer_kv=None):
+        return DecoderBlock(o, cross_attention=self.cross_attention, name=name)(
+            x, mask, positions, is_training=is_training, memory=memory,
+            memory_mask=memory_mask, memory_kv=layer_kv, cache=layer_cache, cache_index=index)
+      return _remat(o, apply)
+
     new_cache = None if cache is None else {"index": cache["index"] + 1}
-    for i in range(self.num_layers):
-      name = layer_name(i)
-      x, layer_cache = DecoderBlock(o, cross_attention=self.cross_attention, name=name)(
-          x, mask, positions, is_training=is_training, memory=memory,
-          memory_mask=memory_mask, memory_kv=None if memory_kv is None else memory_kv[name],
-          cache=None if cache is None else cache[name],
-          cache_index=None if cache is None else cache["index"])
-      if cache is not None:
-        new_cache[name] = layer_cache
+    if o.scan_layers and cache is None:
+      x = hk.layer_stack(self.num_layers, name=SCANNED)(lambda x: block("layer")(x)[0])(x)
+    elif o.scan_layers:  # Each layer reads and returns its slice of the stacked cache.
+      # The cache keeps batch leading (as the searches expect); the stack scans axis 0.
+      kv = None if memory_kv is None else _swap_layers_and_batch(memory_kv[SCANNED])
+      x, stacked = hk.layer_stack(self.num_layers, with_per_layer_inputs=True, name=SCANNED)(
+          block("layer"))(x, _swap_layers_and_batch(cache[SCANNED]), kv)
+      new_cache[SCANNED] = _swap_layers_and_batch(stacked)
+    else:
+      for i in range(self.num_layers):
+        name = layer_name(i)
+        x, layer_cache = block(name)(x, None if cache is None else cache[name],
+                                     None if memory_kv is None else memory_kv[name])
+        if cache is not None:
+          new_cache[name] = layer_cache
     if o.norm == "pre":
       x = layer_norm(x, "ln_final")
     return x, new_cache

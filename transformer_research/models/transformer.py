@@ -230,7 +230,7 @@ class EncoderClassifier(hk.Module):
     else:
       keep = (inputs > 0)[..., None].astype(jnp.float32)  # [B, S, 1]
       pooled = jnp.sum(x.astype(jnp.float32) * keep, 1) / jnp.maximum(keep.sum(1), 1.0)
-    pooled = layers.dropout(pooled, o.dropout_rate, is_training)  # [B, D]
+    pooled = attention.dropout(pooled, o.dropout_rate, is_training)  # [B, D]
     head = layers.FeedForward(self.hidden_size, self.num_classes, activation=o.activation,
                               compute_dtype=o.compute_dtype, name="head")
     return head(pooled, jnp.float32)  # [B, C]
@@ -362,7 +362,8 @@ class Model:
   def init_cache(self, batch_size: int, max_len: int) -> dict:
     """Zero decoding cache; every leaf has leading dim `batch_size`.
 
-    {"index": [B] int32, "layer_XX": {"key", "value": [B, H, L, Dh]}}, in the
+    {"index": [B] int32, "layer_XX": {"key", "value": [B, H, L, Dh]}} (with
+    model.scan_layers one "layers" entry of [B, num_layers, H, L, Dh]), in the
     compute dtype; L = `max_len` decoding steps. Steps past L write
     nothing, so size it for the longest decode.
     """
@@ -373,16 +374,21 @@ class Model:
                        f"learned position table; expected at most {o.max_len}.")
     shape = (batch_size, o.num_heads, max_len, o.d_model // o.num_heads)  # Head-major.
     cache = {"index": jnp.zeros((batch_size,), jnp.int32)}
+    zeros = lambda shape: {"key": jnp.zeros(shape, o.compute_dtype),
+                           "value": jnp.zeros(shape, o.compute_dtype)}
+    if o.scan_layers:  # One stacked entry [B, layers, ...]; the decoder slices it per layer.
+      cache[layers.SCANNED] = zeros((batch_size, self.sizes.num_decoder_layers) + shape[1:])
+      return cache
     for i in range(self.sizes.num_decoder_layers):
-      cache[layers.layer_name(i)] = {"key": jnp.zeros(shape, o.compute_dtype),
-                                     "value": jnp.zeros(shape, o.compute_dtype)}
+      cache[layers.layer_name(i)] = zeros(shape)
     return cache
 
   def decode_context(self, params: hk.Params, inputs: jnp.ndarray) -> dict:
     """seq2seq only: the encoder run and every layer's cross-attention keys and
     values of `inputs` [B, S], computed once per source for `decode_step`.
 
-    {"mask": [B, S] bool, "layer_XX": {"key", "value": [B, H, S, Dh]}}.
+    {"mask": [B, S] bool, "layer_XX": {"key", "value": [B, H, S, Dh]}} (scanned:
+    one "layers" entry of [B, num_layers, H, S, Dh]).
     """
     self._need("seq2seq", "decode_context")
     layers.check_token_ids("inputs", inputs)
@@ -423,9 +429,12 @@ def _options(model_config, platform: str | None = None) -> tuple[layers.Options,
   for field, value, valid in (("norm", c.norm, layers.NORMS),
                               ("activation", c.activation, tuple(layers.ACTIVATIONS)),
                               ("positions", c.positions, layers.POSITIONS),
-                              ("pooling", c.pooling, ("mean", "cls"))):
+                              ("pooling", c.pooling, ("mean", "cls")),
+                              ("remat", c.remat, tuple(layers.REMAT_POLICIES))):
     if value not in valid:
       raise ValueError(f"model.{field}={value!r}; expected one of {list(valid)}.")
+  if not isinstance(c.scan_layers, bool):
+    raise ValueError(f"model.scan_layers={c.scan_layers!r}; expected one of [True, False].")
   if c.positions == "rope" and (sizes.d_model // sizes.num_heads) % 2:
     raise ValueError(f"model.positions='rope' needs an even head width; got "
                      f"d_model // num_heads = {sizes.d_model // sizes.num_heads}.")
@@ -434,7 +443,8 @@ def _options(model_config, platform: str | None = None) -> tuple[layers.Options,
       norm=c.norm, activation=c.activation, positions=c.positions,
       max_len=c.max_len, fused_qkv=c.fused_qkv, dropout_rate=c.dropout_rate,
       attention_dropout_rate=c.attention_dropout_rate,
-      compute_dtype=compute_dtype(c.compute_dtype, platform))
+      compute_dtype=compute_dtype(c.compute_dtype, platform), scan_layers=c.scan_layers,
+      remat=c.remat)
   return options, sizes
 
 

@@ -1,0 +1,52 @@
+"""Process settings the entry points apply before JAX starts its backend.
+
+`keep_freed_memory()`: XLA:CPU allocates each execution's temporary buffer
+(hundreds of MB to GBs for a train step) with `posix_memalign` from the
+thread that runs it. glibc serves an allocation that large from a fresh
+`mmap` in a thread's arena and unmaps it again on free, so every step faults
+in and zeroes all of that memory anew: on the `wmt_spa` small step that was
+a fifth of the CPU time, all of it kernel time (`sys`). Serving every thread
+from the main arena with `mmap` off and trimming off (mallopt(3): a trim
+threshold of -1) keeps freed memory in the process, where the next step
+reuses it. The price is a resident size that does not shrink after a peak.
+
+This must run before the first JAX computation: the backend's threads pick
+their arena on their first allocation. `launch/train.py`, `launch/evaluate.py`
+and the `bench/` scripts call it first thing; a notebook can too.
+
+`cache_compilations(directory)`: JAX's persistent compilation cache, so a
+restarted run loads its compiled init and train step instead of compiling
+them again (on the 2-core CPU the `wmt_spa` small step compiles in 10-25 s,
+most of a restart). `launch/train.py` points it at `WORKDIR/compilation_cache`.
+"""
+
+import ctypes
+import ctypes.util
+import logging
+
+import jax
+
+# mallopt(3) parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def keep_freed_memory() -> bool:
+  """Makes glibc malloc keep freed memory for reuse; True if it could.
+
+  A no-op (False, with a debug log line) where the C library is not glibc.
+  """
+  name = ctypes.util.find_library("c")
+  try:
+    mallopt = ctypes.CDLL(name).mallopt
+  except (OSError, AttributeError, TypeError):
+    logging.debug("runtime: no mallopt in the C library %r; allocator left alone", name)
+    return False
+  mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+  ok = [mallopt(_M_ARENA_MAX, 1), mallopt(_M_MMAP_MAX, 0), mallopt(_M_TRIM_THRESHOLD, -1)]
+  return all(ok)
+
+
+def cache_compilations(directory: str) -> None:
+  """Stores compiled executables (taking over a second to compile) in `directory`."""
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
