@@ -17,12 +17,15 @@ and the `bench/` scripts call it first thing; a notebook can too.
 `cache_compilations(directory)`: JAX's persistent compilation cache, so a
 restarted run loads its compiled init and train step instead of compiling
 them again (on the 2-core CPU the `wmt_spa` small step compiles in 10-25 s,
-most of a restart). `launch/train.py` points it at `WORKDIR/compilation_cache`.
+most of a restart). `launch/train.py` points it at `WORKDIR/compilation_cache`,
+unless `JAX_COMPILATION_CACHE_DIR` names a cache of the user's own (one
+shared by every run of a machine, as the test suite sets it up).
 """
 
 import ctypes
 import ctypes.util
 import logging
+import os
 
 import jax
 
@@ -47,6 +50,12 @@ def keep_freed_memory() -> bool:
 
 
 def cache_compilations(directory: str) -> None:
-  """Stores compiled executables (taking over a second to compile) in `directory`."""
+  """Stores compiled executables (taking over a second to compile) in
+  `directory`, or where `JAX_COMPILATION_CACHE_DIR` says when it is set."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    logging.info("compilation cache: %s (JAX_COMPILATION_CACHE_DIR)",
+                 os.environ["JAX_COMPILATION_CACHE_DIR"])
+    return
   jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  if not os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -10,14 +10,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_two_steps_of_the_tiny_config(tmp_path):
+  """Also: the compiled steps are kept in WORKDIR/compilation_cache (the
+  suite's shared cache is not named here, as a user's environment would not)."""
   command = [sys.executable, str(ROOT / "launch" / "train.py"),
              f"--config={ROOT / 'configs' / 'reverse.py'}:tiny,smoke", f"--workdir={tmp_path}",
              "--config.train.num_steps=2", "--config.train.batch_size=8",
              "--config.eval.batch_size=8", "--config.eval.every_steps=1000",
              "--config.data.num_train_examples=100", "--config.model.num_encoder_layers=1",
              "--config.model.num_decoder_layers=1"]
-  run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
   assert run.returncode == 0, run.stderr[-3000:]
+  assert list((tmp_path / "compilation_cache").iterdir())
   with open(tmp_path / "metrics.jsonl") as f:
     steps = [json.loads(line)["step"] for line in f]
   assert steps[0] == 2 and os.path.isdir(tmp_path / "checkpoints" / "2")
