@@ -20,6 +20,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 import tiny_setup
 from transformer_research import train_loop
@@ -208,6 +209,7 @@ def test_processes_with_different_configs_are_refused_naming_the_field(tmp_path)
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # The 2-process run and its resume are in the default suite (above).
 def test_a_run_saved_by_two_processes_resumes_on_one_at_the_same_data_position(tmp_path):
   """The data iterator's position is the same on every process, so a
   checkpoint of 2 processes resumes on 1 (8 devices) where it stopped, and the
