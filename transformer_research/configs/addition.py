@@ -18,13 +18,14 @@ from transformer_research.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "small"."""
-  variant, smoke = base.parse_arg(arg, default_variant="small")
+  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "mini"."""
+  variant, smoke = base.parse_arg(arg, default_variant="mini")
   c = base.get_config()
   c.model.variant = variant
   c.data.task = "addition"
   c.data.max_input_len = 41  # Two 20-digit numbers and "+".
   c.data.max_target_len = 22  # A 21-digit sum plus EOS.
-  c.train.num_steps = 10000
+  c.train.num_steps = 8000
+  c.eval.every_steps = 2000
   c.train.batch_size = 64
   return base.finalize(c, smoke)

@@ -18,14 +18,14 @@ from transformer_research.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "small"."""
-  variant, smoke = base.parse_arg(arg, default_variant="small")
+  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "mini"."""
+  variant, smoke = base.parse_arg(arg, default_variant="mini")
   c = base.get_config()
   c.model.variant = variant
   c.data.task = "difference"
   c.data.max_input_len = 31  # Two 15-digit numbers and "-".
-  c.data.eval_min_len = 11  # Test only on lengths never seen in training.
   c.data.eval_max_len = 15
-  c.train.num_steps = 5000
+  c.train.num_steps = 3000
+  c.eval.every_steps = 1000
   c.train.batch_size = 64
   return base.finalize(c, smoke)

@@ -15,13 +15,14 @@ from transformer_research.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "small"."""
-  variant, smoke = base.parse_arg(arg, default_variant="small")
+  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "mini"."""
+  variant, smoke = base.parse_arg(arg, default_variant="mini")
   c = base.get_config()
   c.model.variant = variant
   c.data.task = "reverse"
   c.data.max_input_len = 20  # eval_max_len symbols.
   c.data.max_target_len = 21  # ... plus EOS.
-  c.train.num_steps = 5000
+  c.train.num_steps = 3000
+  c.eval.every_steps = 1000
   c.train.batch_size = 64
   return base.finalize(c, smoke)
