@@ -5,6 +5,7 @@ Configs load two ways, which must agree: by path on the command line
 the repository's `configs/` link) and by name in code (`configs.load_config`).
 """
 
+import json
 import os
 import pathlib
 import subprocess
@@ -112,3 +113,15 @@ def test_an_installed_package_loads_its_configs(tmp_path):
   run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
   assert run.returncode == 0 and run.stdout.strip() == "tiny", run.stderr[-2000:]
+
+
+def test_a_config_json_from_before_a_field_existed_loads_with_its_default(tmp_path):
+  """Run directories outlive code versions: a field base.py gained since the
+  run was written takes its default (the behaviour that run had)."""
+  config = configs.load_config("reverse:tiny", {"model.norm": "post"})
+  saved = json.loads(config.to_json_best_effort())
+  del saved["model"]["residual"], saved["train"]["frozen"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  loaded = configs.saved_config(tmp_path / "config.json")
+  assert loaded.model.residual is True and list(loaded.train.frozen) == []
+  assert loaded.model.norm == "post" and loaded.data.task == "reverse"  # Saved values kept.

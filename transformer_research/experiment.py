@@ -19,7 +19,6 @@ their run here, so "the model of this config" is written once.
 
 import dataclasses
 import functools
-import json
 import logging
 import math
 from typing import Any, Callable, Sequence
@@ -29,6 +28,7 @@ import jax
 import ml_collections
 
 from transformer_research import checkpointing
+from transformer_research import configs
 from transformer_research import inference
 from transformer_research import models
 from transformer_research import optim
@@ -209,7 +209,7 @@ def load_run(workdir: str, step: int | None = None, *,
   if step is not None and step not in steps:
     raise ValueError(f"step={step}: no checkpoint of that step in {workdir}; "
                      f"expected one of {steps}.")
-  exp = Experiment(ml_collections.ConfigDict(json.loads(config_path.read_text())), workdir,
+  exp = Experiment(configs.saved_config(config_path), workdir,
                    devices=devices, train_tokenizers=False)
   _ = exp.task  # The tokenizers: a missing model file is named before the checkpoint is read.
   for candidate in [step] if step is not None else reversed(steps):

@@ -38,7 +38,6 @@ things come from that source run:
   with the same vocabulary); "" means `init_from`'s.
 """
 
-import json
 import logging
 import re
 from typing import Any, Sequence
@@ -48,6 +47,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from transformer_research import configs
 from transformer_research import sharding
 from transformer_research import storage
 from transformer_research.data import tasks
@@ -93,7 +93,7 @@ def source_config(path: str) -> ml_collections.ConfigDict | None:
   config_path = epath.Path(run_directory(path)) / "config.json"
   if not config_path.exists():
     return None
-  return ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  return configs.saved_config(config_path)
 
 
 # --------------------------------------------------------------- parameters

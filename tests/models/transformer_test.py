@@ -35,11 +35,11 @@ def _expected_param_count(kind, config):
   s = variants.resolve(config)
   d, f = s.d_model, s.d_ff
   attn = 4 * (d * d + d)  # query, key, value, linear (fused qkv: same count).
-  mlp = d * f + f + f * d + d
-  ln = 2 * d
+  ln = 0 if config.norm == "none" else 2 * d
+  mlp = d * f + f + f * d + d + ln if f else 0  # With its LayerNorm.
   stack = (ln if config.norm == "pre" else 0) + (
       config.max_len * d if config.positions == "learned" else 0)
-  encoder = s.num_encoder_layers * (attn + mlp + 2 * ln) + stack
+  encoder = s.num_encoder_layers * (attn + mlp + ln) + stack
   if kind == "classify":
     hidden = config.classifier_hidden or d
     cls = d if config.pooling == "cls" else 0
@@ -47,9 +47,9 @@ def _expected_param_count(kind, config):
   v_out = V_IN if config.share_embeddings else V_OUT
   output = 0 if config.tie_output else d * v_out + v_out
   if kind == "lm":
-    return v_out * d + s.num_decoder_layers * (attn + mlp + 2 * ln) + stack + output
+    return v_out * d + s.num_decoder_layers * (attn + mlp + ln) + stack + output
   embeddings = V_IN * d if config.share_embeddings else (V_IN + V_OUT) * d
-  decoder = s.num_decoder_layers * (2 * attn + mlp + 3 * ln) + stack
+  decoder = s.num_decoder_layers * (2 * attn + mlp + 2 * ln) + stack
   return embeddings + encoder + decoder + output
 
 
@@ -61,6 +61,10 @@ CONFIGS = [
     ("lm", dict(tie_output=False, positions="learned", max_len=16, activation="gelu")),
     ("classify", {}),
     ("classify", dict(pooling="cls", classifier_hidden=7, positions="learned", max_len=16)),
+    # The ablation switches: each component off.
+    ("seq2seq", dict(d_ff=0, norm="none", positions="none", residual=False)),
+    ("lm", dict(d_ff=0)),
+    ("classify", dict(norm="none", positions="none")),
 ]
 
 
@@ -77,6 +81,28 @@ def test_shapes_dtypes_and_closed_form_parameter_count(make_config, kind, overri
   want = {"seq2seq": (2, 5, V_IN if config.share_embeddings else V_OUT),
           "lm": (2, 5, V_OUT), "classify": (2, C)}[kind]
   assert logits.shape == want and logits.dtype == jnp.float32
+
+
+def test_without_positions_an_encoder_cannot_see_token_order(make_config):
+  """positions="none" makes the classifier a bag of tokens (mean pooling):
+  permuting the input leaves its logits unchanged; with positions it does not."""
+  batch = _batch("classify", pad=False)
+  permuted = {"inputs": batch["inputs"][:, ::-1]}
+  for positions, same in (("none", True), ("sinusoidal", False)):
+    model = _build("classify", make_config(positions=positions))
+    params = model.init(jax.random.key(0), batch)
+    a, b = (model.apply(params, None, x, False) for x in (batch, permuted))
+    assert np.allclose(a, b, atol=1e-5) == same, positions
+
+
+def test_residual_switch_keeps_the_parameters_and_changes_the_function(make_config):
+  batch = _batch("seq2seq")
+  with_res, without = (_build("seq2seq", make_config(residual=r)) for r in (True, False))
+  params = with_res.init(jax.random.key(0), batch)
+  assert (jax.tree.structure(params)
+          == jax.tree.structure(without.init(jax.random.key(0), batch)))
+  assert not np.allclose(with_res.apply(params, None, batch, False),
+                         without.apply(params, None, batch, False))
 
 
 def test_parameter_paths_are_stable(make_config):

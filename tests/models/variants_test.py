@@ -31,3 +31,12 @@ def test_unknown_variant_lists_valid_names(make_config):
 def test_num_heads_must_divide_d_model(make_config):
   with pytest.raises(ValueError, match=r"model.num_heads=5 does not divide model.d_model=32"):
     variants.resolve(make_config(num_heads=5))
+
+
+def test_only_d_ff_may_be_zero(make_config):
+  """d_ff=0 removes the feed-forward sublayers (ablations); a zero width or depth
+  elsewhere is an error naming the field."""
+  assert variants.resolve(make_config(d_ff=0)).d_ff == 0
+  for field in ("d_model", "num_heads", "num_encoder_layers"):
+    with pytest.raises(ValueError, match=rf"model.{field}=0; expected an int >= 1"):
+      variants.resolve(make_config(**{field: 0}))

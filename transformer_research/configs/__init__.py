@@ -12,7 +12,10 @@ import json
 import pathlib
 from typing import Any, Mapping
 
+from etils import epath
 import ml_collections
+
+from transformer_research.configs import base
 
 NAMES = tuple(sorted(p.stem for p in pathlib.Path(__file__).parent.glob("*.py")
                      if p.stem not in ("__init__", "base")))
@@ -43,6 +46,26 @@ def load_config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_col
       raise KeyError(f"config override {key!r}: {spec} has no field {field!r} there")
     parent[field] = value
   return config
+
+
+def saved_config(path: Any) -> ml_collections.ConfigDict:
+  """A run's config.json as a config, with the fields base.py has gained since.
+
+  A run directory written before a field existed ran with that field's
+  default (new fields default to the old behaviour), so the default fills
+  it in: older runs stay loadable for evaluation, translation and warm starts.
+  """
+  def fill(saved: dict, defaults: dict) -> dict:
+    out = dict(saved)
+    for key, value in defaults.items():
+      if key not in out:
+        out[key] = value
+      elif isinstance(value, dict) and isinstance(out[key], dict):
+        out[key] = fill(out[key], value)
+    return out
+
+  saved = json.loads(epath.Path(path).read_text())
+  return ml_collections.ConfigDict(fill(saved, json.loads(base.get_config().to_json_best_effort())))
 
 
 def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:

@@ -31,12 +31,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Size overrides; -1 keeps the variant's value.
   c.model.d_model = -1
   c.model.num_heads = -1
-  c.model.d_ff = -1
+  c.model.d_ff = -1  # 0 = no feed-forward sublayers (ablations).
   c.model.num_encoder_layers = -1
   c.model.num_decoder_layers = -1
-  c.model.norm = "pre"  # "pre" (stable default) or "post" (original paper).
+  c.model.norm = "pre"  # "pre" (stable default), "post" (original paper) or "none".
+  c.model.residual = True  # False drops every block's residual connection (ablations).
   c.model.activation = "relu"  # Feed-forward nonlinearity: "relu" or "gelu".
-  c.model.positions = "sinusoidal"  # "learned", "sinusoidal" or "rope".
+  c.model.positions = "sinusoidal"  # "learned", "sinusoidal", "rope" or "none".
   c.model.max_len = 512  # Longest sequence the position table supports.
   c.model.fused_qkv = False  # One [D, 3D] projection instead of three.
   c.model.dropout_rate = 0.1

@@ -22,8 +22,10 @@ import numpy as np
 from transformer_research.models import attention
 
 ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu}
-POSITIONS = ("learned", "sinusoidal", "rope")
-NORMS = ("pre", "post")
+# "none" of each, residual=False and d_ff=0 switch a component off, for
+# ablations (the component-by-component build-up of the README).
+POSITIONS = ("learned", "sinusoidal", "rope", "none")
+NORMS = ("pre", "post", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +33,9 @@ class Options:
   """Everything a block needs, resolved once from `config.model` by `build`."""
   d_model: int
   num_heads: int
-  d_ff: int
+  d_ff: int  # 0 = no feed-forward sublayer.
   norm: str = "pre"
+  residual: bool = True
   activation: str = "relu"
   positions: str = "sinusoidal"
   max_len: int = 512
@@ -218,17 +221,20 @@ class _Block(hk.Module):
 
   @hk.transparent
   def _residual(self, x, sublayer, ln_name: str, is_training: bool):
-    """pre-LN: x + drop(f(LN(x)));  post-LN: LN(x + drop(f(x)))."""
-    rate = self.options.dropout_rate
-    if self.options.norm == "pre":
-      y, aux = sublayer(layer_norm(x, ln_name))
-      return x + attention.dropout(y, rate, is_training), aux
-    y, aux = sublayer(x)
-    return layer_norm(x + attention.dropout(y, rate, is_training), ln_name), aux
+    """pre-LN: x + drop(f(LN(x)));  post-LN: LN(x + drop(f(x)));  no norm:
+    x + drop(f(x)). Without the residual connection the `x +` goes."""
+    o = self.options
+    y, aux = sublayer(layer_norm(x, ln_name) if o.norm == "pre" else x)
+    y = attention.dropout(y, o.dropout_rate, is_training)
+    if o.residual:
+      y = x + y
+    return (layer_norm(y, ln_name) if o.norm == "post" else y), aux
 
   @hk.transparent
   def _mlp(self, x, is_training: bool) -> jnp.ndarray:
     o = self.options
+    if not o.d_ff:
+      return x
     mlp = FeedForward(o.d_ff, o.d_model, activation=o.activation,
                       compute_dtype=o.compute_dtype, name="mlp")
     x, _ = self._residual(x, lambda h: (mlp(h), None), "ln_mlp", is_training)

@@ -433,14 +433,15 @@ def _options(model_config, platform: str | None = None) -> tuple[layers.Options,
                               ("remat", c.remat, tuple(layers.REMAT_POLICIES))):
     if value not in valid:
       raise ValueError(f"model.{field}={value!r}; expected one of {list(valid)}.")
-  if not isinstance(c.scan_layers, bool):
-    raise ValueError(f"model.scan_layers={c.scan_layers!r}; expected one of [True, False].")
+  for field in ("scan_layers", "residual"):
+    if not isinstance(c[field], bool):
+      raise ValueError(f"model.{field}={c[field]!r}; expected one of [True, False].")
   if c.positions == "rope" and (sizes.d_model // sizes.num_heads) % 2:
     raise ValueError(f"model.positions='rope' needs an even head width; got "
                      f"d_model // num_heads = {sizes.d_model // sizes.num_heads}.")
   options = layers.Options(
       d_model=sizes.d_model, num_heads=sizes.num_heads, d_ff=sizes.d_ff,
-      norm=c.norm, activation=c.activation, positions=c.positions,
+      norm=c.norm, residual=c.residual, activation=c.activation, positions=c.positions,
       max_len=c.max_len, fused_qkv=c.fused_qkv, dropout_rate=c.dropout_rate,
       attention_dropout_rate=c.attention_dropout_rate,
       compute_dtype=compute_dtype(c.compute_dtype, platform), scan_layers=c.scan_layers,

@@ -17,7 +17,7 @@ class Sizes:
   Attributes:
     d_model: residual stream width D.
     num_heads: attention heads H; must divide `d_model`.
-    d_ff: hidden width of the feed-forward block.
+    d_ff: hidden width of the feed-forward block; 0 = no feed-forward block.
     num_encoder_layers: encoder blocks (seq2seq and classify).
     num_decoder_layers: decoder blocks (seq2seq and lm).
   """
@@ -61,9 +61,10 @@ def resolve(model_config: Any) -> Sizes:
     value = model_config.get(field.name, -1)
     if value == -1:
       continue
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f"model.{field.name}={value!r}; expected a positive "
-                       "int, or -1 to keep the variant's value.")
+    smallest = 0 if field.name == "d_ff" else 1  # d_ff=0: no feed-forward (ablations).
+    if not isinstance(value, int) or value < smallest:
+      raise ValueError(f"model.{field.name}={value!r}; expected an int >= {smallest}, "
+                       "or -1 to keep the variant's value.")
     overrides[field.name] = value
   sizes = dataclasses.replace(sizes, **overrides)
   if sizes.d_model % sizes.num_heads:
