@@ -39,6 +39,14 @@ def test_exact_match_and_per_length_table():
   table = evaluation.by_length([True, False, True, True], [3, 3, 12, 5], "sequence_accuracy")
   assert table == {"sequence_accuracy_len_03": 0.5, "sequence_accuracy_len_05": 1.0,
                    "sequence_accuracy_len_12": 1.0}
+  # Split at the longest training length: the in-distribution score and the
+  # generalisation score, over examples (not an average of the lengths' rows).
+  split = evaluation.by_length([True, False, True, True, False], [3, 3, 12, 5, 11], "acc",
+                               trained_max_len=10)
+  assert split["acc_trained_lengths"] == pytest.approx(2 / 3)
+  assert split["acc_longer_lengths"] == 0.5
+  only_short = evaluation.by_length([True], [3], "acc", trained_max_len=10)
+  assert "acc_longer_lengths" not in only_short and only_short["acc_trained_lengths"] == 1.0
 
 
 def test_bad_metric_inputs_raise():
@@ -101,6 +109,8 @@ def test_evaluate_seq2seq_on_a_mesh(tmp_path):
 def test_evaluate_classifier_reports_accuracy_per_length(tmp_path):
   exp, params = tiny_experiment("difference", tmp_path)
   got, _, _ = evaluation.evaluate(exp, params, "test")
-  assert set(got) == {"loss", "accuracy", *(f"accuracy_len_{n}" for n in range(11, 16))}
+  c = exp.config.data  # Trained on lengths up to 10, evaluated up to 15.
+  assert set(got) == {"loss", "accuracy", "accuracy_trained_lengths", "accuracy_longer_lengths",
+                      *(f"accuracy_len_{n:02d}" for n in range(c.eval_min_len, c.eval_max_len + 1))}
   full = evaluation.teacher_forced(exp, params, "test")
   assert 0.0 <= full["accuracy"] <= 1.0 and full["loss"] > 0

@@ -12,8 +12,15 @@ preemption without notice or the OOM killer would:
     kill_after_record=N   right after the train record of step N reached metrics.jsonl
     torn_record=N         halfway through writing the train record of step N
 
-Faults hook Orbax's commit (the rename of a step's temporary directory) and
-the one metrics writer, so nothing in the project is changed for the test.
+or, instead of a kill, makes time pass at a known rate:
+
+    clock_tick=S          the training loop's clock advances S seconds at each
+                          reading, so a time budget (train.max_minutes) runs out
+                          after a known amount of work, not of real seconds
+
+Faults hook Orbax's commit (the rename of a step's temporary directory), the
+one metrics writer and the loop module's `time`, so nothing in the project is
+changed for the test.
 """
 
 import json
@@ -61,14 +68,26 @@ def _hook_record(step: int, torn: bool) -> None:
   metrics.MetricsWriter.write = write_then_maybe_die
 
 
+def _tick_clock(seconds: float) -> None:
+  import types  # pylint: disable=g-import-not-at-top
+  from transformer_research import train_loop  # pylint: disable=g-import-not-at-top
+  readings = iter(range(10**9))
+  train_loop.time = types.SimpleNamespace(time=lambda: seconds * next(readings))
+
+
 def main(fault: str, script: str, *args: str) -> None:
   name, value = fault.split("=")
+  if name == "clock_tick":
+    _tick_clock(float(value))
+    sys.argv = [script, *args]
+    runpy.run_path(script, run_name="__main__")
+    return
   hooks = {"kill_before_commit": lambda n: _hook_commit(n, before=True),
            "kill_after_commit": lambda n: _hook_commit(n, before=False),
            "kill_after_record": lambda n: _hook_record(n, torn=False),
            "torn_record": lambda n: _hook_record(n, torn=True)}
   if name not in hooks:
-    raise SystemExit(f"fault={fault!r}: expected one of {sorted(hooks)}=STEP")
+    raise SystemExit(f"fault={fault!r}: expected one of {sorted(hooks)}=STEP or clock_tick=S")
   hooks[name](int(value))
   sys.argv = [script, *args]
   runpy.run_path(script, run_name="__main__")

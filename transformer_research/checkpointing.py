@@ -60,6 +60,7 @@ class Resumed:
   data_state: dict | None  # The iterator position; None = from the start.
   window: dict | None  # The open train-record window at the saved step.
   origin: str  # One line for the log and runs.jsonl.
+  elapsed_s: float = 0.0  # Wall time the run had used at the saved step (train.max_minutes).
 
 
 class Checkpointer:
@@ -97,7 +98,7 @@ class Checkpointer:
                                          item_handlers=_handlers())
 
   def save(self, state: TrainState, data_state: dict, window: dict,
-           eval_metrics: dict | None = None) -> None:
+           eval_metrics: dict | None = None, elapsed_s: float = 0.0) -> None:
     """Starts a (collective, possibly async) save of `state` at its step.
 
     Every process calls this: arrays are written shard by shard by their
@@ -118,7 +119,7 @@ class Checkpointer:
           train=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step,
                                        "rng": state.rng}),
           extra=ocp.args.JsonSave({"data": _same_on_every_process(data_state),
-                                   "window": window})),
+                                   "window": window, "elapsed_s": elapsed_s})),
           metrics=keep_metrics, force=True)
 
   @contextlib.contextmanager
@@ -167,7 +168,8 @@ class Checkpointer:
       train, extra = restored["train"], restored["extra"]
       state = TrainState(train["step"], restored["params"], train["opt_state"], train["rng"])
       return Resumed(state, _this_process(extra["data"]), extra.get("window"),
-                     f"resumed from {self.directory} step {step}")
+                     f"resumed from {self.directory} step {step}",
+                     float(extra.get("elapsed_s", 0.0)))
     moved = moved or sorted(str(p) for p in _corrupt_dirs(self.directory))
     if moved:
       raise ValueError(

@@ -65,17 +65,28 @@ def exact_match(hypotheses: Sequence[str],
                    for h, refs in zip(hypotheses, references)], bool)
 
 
-def by_length(correct: np.ndarray, lengths: np.ndarray, name: str) -> dict[str, float]:
+def by_length(correct: np.ndarray, lengths: np.ndarray, name: str,
+              trained_max_len: int | None = None) -> dict[str, float]:
   """Accuracy per length as flat metrics: `{name}_len_07`, ...
 
   Zero-padded lengths keep the keys sorted in JSON, TensorBoard and plots.
+  With `trained_max_len` (the longest training length), also the accuracy
+  over the lengths trained on (`{name}_trained_lengths`, what a task's target
+  is about) and over the longer ones (`{name}_longer_lengths`, how far the
+  model generalises), each where the split has such examples.
   """
   correct, lengths = np.asarray(correct, bool), np.asarray(lengths)
   if correct.shape != lengths.shape:
     raise ValueError(f"correct has shape {correct.shape} and lengths {lengths.shape}; "
                      "expected equal shapes.")
-  return {f"{name}_len_{int(n):02d}": float(correct[lengths == n].mean())
-          for n in np.unique(lengths)}
+  out = {f"{name}_len_{int(n):02d}": float(correct[lengths == n].mean())
+         for n in np.unique(lengths)}
+  if trained_max_len is not None:
+    for part, where in (("trained", lengths <= trained_max_len),
+                        ("longer", lengths > trained_max_len)):
+      if where.any():
+        out[f"{name}_{part}_lengths"] = float(correct[where].mean())
+  return out
 
 
 def _check_pairs(hypotheses, references) -> None:
@@ -118,8 +129,10 @@ def _per_length(task: Any) -> bool:
 
 
 def score_outputs(task: Any, examples: Sequence[dict[str, Any]],
-                  hypotheses: Sequence[str]) -> dict[str, float]:
-  """The task's text metrics for decoded `hypotheses` of `examples`."""
+                  hypotheses: Sequence[str], trained_max_len: int | None = None
+                  ) -> dict[str, float]:
+  """The task's text metrics for decoded `hypotheses` of `examples`
+  (`trained_max_len`: see `by_length`)."""
   refs = [ex["references"] for ex in examples]
   correct = exact_match(hypotheses, refs)
   metrics = {"sequence_accuracy": float(correct.mean()) if len(correct) else 0.0,
@@ -128,7 +141,7 @@ def score_outputs(task: Any, examples: Sequence[dict[str, Any]],
     metrics.update(bleu_and_chrf(hypotheses, refs))
   if _per_length(task):
     metrics.update(by_length(correct, [ex["length"] for ex in examples],
-                             "sequence_accuracy"))
+                             "sequence_accuracy", trained_max_len))
   return metrics
 
 
@@ -160,7 +173,8 @@ def teacher_forced(exp: experiment.Experiment, params: Any, split: str) -> dict[
   if task.kind in ("lm", "mlm"):  # mlm: of the masked tokens.
     metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))  # No overflow.
   if task.kind == "classify" and "accuracy_by_length" in task.metric_names and correct:
-    metrics.update(by_length(np.concatenate(correct), np.concatenate(lengths), "accuracy"))
+    metrics.update(by_length(np.concatenate(correct), np.concatenate(lengths), "accuracy",
+                             exp.config.data.train_max_len))
   return metrics
 
 
@@ -189,7 +203,7 @@ def evaluate(exp: experiment.Experiment, params: Any, split: str, *,
   limit = exp.config.eval.decode_examples if num_examples is None else num_examples
   examples = decode_subset(exp.task.eval_examples(split), limit, by_length=_per_length(exp.task))
   outputs = inference.translate(exp, params, [ex["source"] for ex in examples])
-  metrics.update(score_outputs(exp.task, examples, outputs))
+  metrics.update(score_outputs(exp.task, examples, outputs, exp.config.data.train_max_len))
   return metrics, examples, outputs
 
 

@@ -3,7 +3,8 @@
 It trains to `config.train.num_steps`, logging every `train.log_every_steps`,
 evaluating every `eval.every_steps` and checkpointing every
 `checkpoint.every_steps`, at the end, and on SIGTERM (preemption). Rerunning
-it on the same workdir resumes (order in `checkpointing`).
+it on the same workdir resumes (order in `checkpointing`). With a time budget
+(`train.max_minutes`) the end comes when the budget is used, if that is first.
 
 The function reads top to bottom in stages: set-up (the run's parts, from
 `experiment.Experiment`), resume (`checkpointing`), then the loop: train
@@ -68,6 +69,7 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
     rundir.RunDirectoryInUse: another run holds the run directory.
   """
   # ------------------------------------------- set-up (nothing written yet)
+  began = time.time()  # The time budget counts preparation too.
   exp = experiment.Experiment(config, workdir)
   _check_config(config, exp)
   with contextlib.ExitStack() as stack:
@@ -114,6 +116,13 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
         _Profiler(workdir, step, config.train.profile_steps)))
     window = _Window(step, carried=resumed.window)
     in_flight = _InFlight(config.train.dispatch_ahead)
+    budget = _Budget(config.train.max_minutes, began, resumed.elapsed_s,
+                     config.train.log_every_steps)
+    if budget.used() and step < num_steps:
+      logging.warning("the time budget train.max_minutes=%s is used (%s at step %d): not "
+                      "training; raise train.max_minutes to train on", config.train.max_minutes,
+                      _duration(budget.elapsed()), step)
+      num_steps = step
     start_step = step
     summary = _run_summary(exp, config)
     logging.info("%s", summary)
@@ -133,7 +142,8 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
       if step == start_step + 1:  # Compilation is not training: time from here on.
         progress.first_step(exp, batch, train_iter.get_state()["num_examples"], step_metrics)
         window.restart_clock(step)
-      final = step == num_steps
+      out_of_time = budget.reached(step)
+      final = step == num_steps or out_of_time
       preempted = preemption.reached(step)
       log_now = final or preempted or step % config.train.log_every_steps == 0
       eval_now = final or step % config.eval.every_steps == 0
@@ -161,12 +171,18 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
           progress.eval_done(split, step, eval_metrics, time.time() - started)
         if save_now:
           started = time.time()
-          ckpt.save(state, train_iter.get_state(), window.to_state(), eval_metrics)
+          ckpt.save(state, train_iter.get_state(), window.to_state(), eval_metrics,
+                    elapsed_s=budget.elapsed())
           progress.saved(step, time.time() - started, config.checkpoint.async_save)
 
       # ------------------------------------------------------------- stop
       if preempted:
         logging.warning("SIGTERM: checkpointed step %d, stopping", step)
+        break
+      if out_of_time and step < num_steps:
+        logging.warning("time budget train.max_minutes=%s used at step %d of %d (%s): "
+                        "checkpointed and evaluated, stopping", config.train.max_minutes, step,
+                        num_steps, _duration(budget.elapsed()))
         break
     ckpt.wait()
   return state
@@ -180,6 +196,9 @@ def _check_config(config: Any, exp: experiment.Experiment) -> None:
   if not isinstance(config.train.dispatch_ahead, int) or config.train.dispatch_ahead < 1:
     raise ValueError(f"config.train.dispatch_ahead={config.train.dispatch_ahead!r}: expected "
                      "an int >= 1 (steps dispatched ahead of the device)")
+  if not isinstance(config.train.max_minutes, (int, float)) or config.train.max_minutes < 0:
+    raise ValueError(f"config.train.max_minutes={config.train.max_minutes!r}: expected minutes "
+                     "> 0, or 0 for no time budget")
   if config.train.profile_steps < 0:
     raise ValueError(f"config.train.profile_steps={config.train.profile_steps}: expected 0 (no "
                      "trace) or a number of steps")
@@ -344,6 +363,35 @@ class _InFlight:
     self.steps.append(metrics)
     while len(self.steps) > self.depth:
       jax.block_until_ready(self.steps.popleft())
+
+
+class _Budget:
+  """`train.max_minutes` of wall time, preparation included, over all starts.
+
+  Each checkpoint stores the time used up to it (`elapsed`), so a restarted
+  run spends only what is left; the time between a start's last checkpoint
+  and its end (a kill) is not counted. Several processes must stop at the same
+  step: they decide at log steps, on process 0's clock.
+  """
+
+  def __init__(self, max_minutes: float, began: float, used_before: float,
+               log_every_steps: int):
+    self.limit = 60.0 * max_minutes
+    self.began, self.used_before = began, used_before
+    self.every = 1 if jax.process_count() == 1 else log_every_steps
+
+  def elapsed(self) -> float:
+    return self.used_before + time.time() - self.began
+
+  def used(self) -> bool:
+    return bool(self.limit) and self.elapsed() >= self.limit
+
+  def reached(self, step: int) -> bool:
+    if not self.limit or step % self.every:
+      return False
+    if self.every == 1:
+      return self.used()
+    return bool(multihost_utils.broadcast_one_to_all(np.bool_(self.used())))
 
 
 class _Preemption:

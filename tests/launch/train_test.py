@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import tiny_setup
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -45,3 +47,39 @@ def test_unknown_remat_policy_is_an_error_listing_the_options(tmp_path):
   assert "model.remat='some'; expected one of ['none', 'full', 'dots']" in run.stderr
   saved = os.listdir(tmp_path / "checkpoints") if (tmp_path / "checkpoints").exists() else []
   assert not [d for d in saved if d.isdigit()]  # Refused before any step was saved.
+
+
+def _train_on_a_ticking_clock(workdir, max_minutes: float) -> subprocess.CompletedProcess:
+  """launch/train.py with the loop's clock advancing 1 s at each reading (see
+  tests/fault_injection.py), so the time budget runs out after a known amount
+  of work on any machine."""
+  command = tiny_setup.train_command(workdir, **{
+      "train.num_steps": 1000, "train.max_minutes": max_minutes, "eval.every_steps": 1000,
+      "checkpoint.every_steps": 1000, "train.log_every_steps": 1000})
+  command = [sys.executable, str(ROOT / "tests" / "fault_injection.py"), "clock_tick=1",
+             *command[1:]]
+  run = subprocess.run(command, env=tiny_setup.subprocess_env(), capture_output=True,
+                       text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  return run
+
+
+def test_a_time_budget_stops_checkpoints_and_evaluates_and_counts_over_restarts(tmp_path):
+  """train.max_minutes: the run stops early with a checkpoint and an eval of the
+  step it stopped at; a restart with a larger budget continues only for the
+  difference, and once the budget is used a restart trains nothing."""
+  first = _train_on_a_ticking_clock(tmp_path, max_minutes=1)
+  stopped = tiny_setup.records(tmp_path)[-1]["step"]
+  assert 0 < stopped < 1000 and "time budget train.max_minutes=1.0 used at step" in first.stderr
+  assert sorted(r["split"] for r in tiny_setup.records(tmp_path)) == ["train", "validation"]
+  assert (tmp_path / "checkpoints" / str(stopped)).is_dir()
+
+  _train_on_a_ticking_clock(tmp_path, max_minutes=2)
+  last = tiny_setup.records(tmp_path)[-1]["step"]
+  # The second minute only: about as many steps as the first start made
+  # (a fresh 2-minute budget would give about twice as many).
+  assert 0 < last - stopped < 1.5 * stopped, (stopped, last)
+
+  again = _train_on_a_ticking_clock(tmp_path, max_minutes=2)
+  assert "is used" in again.stderr and "not training" in again.stderr
+  assert tiny_setup.records(tmp_path)[-1]["step"] == last

@@ -106,6 +106,9 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- train
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000
+  # Wall-time budget of the run, preparation included, summed over restarts:
+  # when it is used the loop checkpoints, evaluates and stops; 0 = none.
+  c.train.max_minutes = 0.0
   c.train.batch_size = 64  # Global batch, over all processes and devices.
   c.train.optimizer = "adamw"  # "adamw", "adafactor" or "sgd" (with momentum).
   c.train.learning_rate = 1e-3  # Peak learning rate, reached after warmup.
