@@ -199,6 +199,20 @@ def parse_arg(arg: str | None, default_variant: str) -> tuple[str, bool]:
   return variant, smoke
 
 
+def take_recipe(arg: str | None, recipes: tuple[str, ...]) -> tuple[str, str]:
+  """Splits a task's named recipe off the config argument.
+
+  `take_recipe("cpu,smoke", ("cpu",))` -> ("cpu", "smoke"): a recipe is a set
+  of training choices a task config applies (e.g. a time-budgeted run), kept
+  apart from the model size and the smoke switch, which `parse_arg` reads.
+  """
+  items = [a.strip() for a in (arg or "").split(",") if a.strip()]
+  chosen = [a for a in items if a in recipes]
+  if len(chosen) > 1:
+    raise ValueError(f"config argument {arg!r}: at most one recipe of {list(recipes)}")
+  return (chosen[0] if chosen else ""), ",".join(a for a in items if a not in recipes)
+
+
 def finalize(c: ml_collections.ConfigDict, smoke: bool) -> ml_collections.ConfigDict:
   """Applies the smoke-run sizes when asked for, then locks the config.
 
