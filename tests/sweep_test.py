@@ -1,0 +1,155 @@
+"""launch/sweep.py through its command line, and the pure parts of transformer_research/sweep.py."""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from transformer_research import sweep
+import tiny_setup
+
+ROOT = tiny_setup.ROOT
+CONFIG = f"{ROOT / 'configs' / 'reverse.py'}:tiny,smoke"
+
+
+def _sweep(workdir, *args: str) -> subprocess.CompletedProcess:
+  command = [sys.executable, str(ROOT / "launch" / "sweep.py"), f"--config={CONFIG}",
+             f"--workdir={workdir}", *tiny_setup.flags(), *args]
+  return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                        env=tiny_setup.subprocess_env())
+
+
+def _starts(run_dir) -> int:
+  with open(os.path.join(run_dir, "runs.jsonl")) as f:
+    return len(f.readlines())
+
+
+def test_a_sweep_trains_each_run_reports_a_failed_one_and_reruns_nothing_finished(tmp_path):
+  """One good run and one whose value train.py refuses: the good one trains and is in the
+  table and the plots, the failed one is named with its exit status and log, the sweep exits 1.
+  Rerunning the command starts no training of the finished run."""
+  first = _sweep(tmp_path, "--sweep=model.positions=sinusoidal,bogus")
+  assert first.returncode == 1, first.stderr[-3000:]
+  good, bad = tmp_path / "positions-sinusoidal", tmp_path / "positions-bogus"
+  assert (good / "checkpoints" / "4").is_dir()
+  assert "[2/2] positions-bogus: FAILED with exit status 1: error: model.positions='bogus'" in (
+      first.stdout)
+  assert (f"error: 1 of 2 runs failed: positions-bogus (exit 1, log {bad / 'train.log'})"
+          in first.stderr)
+  assert "model.positions='bogus'" in (bad / "train.log").read_text()
+  results = (tmp_path / "results.md").read_text()
+  assert results in first.stdout
+  main_table = results.split("\n\n")[1]  # The title, this table, then the per-length ones.
+  rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in main_table.splitlines()
+          if line.startswith("| positions-")}
+  assert rows["positions-sinusoidal"][1:4] == ["done", "`model.positions=sinusoidal`", "4"]
+  assert rows["positions-bogus"][1:4] == ["failed (exit 1)", "`model.positions=bogus`", ""]
+  header = main_table.splitlines()[0]
+  assert "validation loss" in header and "validation sequence_accuracy" in header
+  assert "_len_" not in header and "sequence_accuracy by length" in results
+  assert {"loss.png", "accuracy.png"} <= set(os.listdir(tmp_path / "plots"))
+
+  second = _sweep(tmp_path, "--sweep=model.positions=sinusoidal,bogus")
+  assert second.returncode == 1
+  assert "[1/2] positions-sinusoidal: finished earlier (step 4), not run again" in second.stdout
+  assert _starts(good) == 1  # train.py was not started again.
+  attempts = [json.loads(line) for line in (tmp_path / "sweep.jsonl").read_text().splitlines()]
+  assert [(a["name"], a["returncode"]) for a in attempts] == [
+      ("positions-sinusoidal", 0), ("positions-bogus", 1), ("positions-bogus", 1)]
+
+
+def test_print_gives_the_train_commands_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "sw"
+  run = _sweep(workdir, "--sweep=model.positions=learned,rope", "--sweep=train.learning_rate=1e-3,3e-3",
+               "--print")
+  assert run.returncode == 0, run.stderr[-3000:]
+  shared = tiny_setup.flags()
+  expected = [shlex.join(["python", "launch/train.py", f"--config={CONFIG}",
+                          f"--workdir={workdir / name}", *shared, f"--config.model.positions={p}",
+                          f"--config.train.learning_rate={lr}"])
+              for p in ("learned", "rope") for lr in ("1e-3", "3e-3")
+              for name in [f"positions-{p}_learning_rate-{lr}"]]
+  assert run.stdout.splitlines() == expected
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sweep=model.positions"], "--sweep='model.positions': expected FIELD=VALUE,VALUE,..."),
+    (["--run=a: model.positions=rope", "--run=a:"], "run name 'a' twice"),
+    ([], "nothing to run: expected --sweep="),
+    (["--sweep=model.positionz=rope,learned"],
+     "run 'positionz-rope': KeyError: 'positionz' Did you mean \"positions\""),
+])
+def test_bad_input_is_one_line_naming_it_and_runs_nothing(tmp_path, args, message):
+  run = _sweep(tmp_path / "sw", *args)
+  assert run.returncode == 1
+  assert run.stderr.strip().splitlines() == [run.stderr.strip()]
+  assert run.stderr.startswith("error: ") and message in run.stderr, run.stderr
+  assert not (tmp_path / "sw").exists()
+
+
+@pytest.mark.slow
+def test_two_runs_then_more_steps_resume_both(tmp_path):
+  """The README's form: two position schemes; raising num_steps resumes each from its
+  checkpoint rather than starting it over."""
+  first = _sweep(tmp_path, "--sweep=model.positions=learned,sinusoidal",
+                 "--config.train.num_steps=2")
+  assert first.returncode == 0, first.stderr[-3000:]
+  more = _sweep(tmp_path, "--sweep=model.positions=learned,sinusoidal",
+                "--config.train.num_steps=4")
+  assert more.returncode == 0, more.stderr[-3000:]
+  for name in ("positions-learned", "positions-sinusoidal"):
+    starts = [json.loads(line) for line in (tmp_path / name / "runs.jsonl").read_text().splitlines()]
+    assert len(starts) == 2 and "step 2" in starts[1]["origin"], starts[1]["origin"]
+    assert (tmp_path / name / "checkpoints" / "4").is_dir()
+    assert f"| {name} | done | `model.positions={name.split('-')[1]}` | 4 |" in more.stdout
+
+
+def test_grid_names_and_order():
+  runs = sweep.plan(["model.positions=learned,rope", "train.learning_rate=1e-3,3e-3"], [])
+  assert [r.name for r in runs] == [
+      "positions-learned_learning_rate-1e-3", "positions-learned_learning_rate-3e-3",
+      "positions-rope_learning_rate-1e-3", "positions-rope_learning_rate-3e-3"]
+  assert runs[1].overrides == (("model.positions", "learned"), ("train.learning_rate", "3e-3"))
+  # Fields that end alike are told apart by one more part of their names.
+  names = [r.name for r in sweep.plan(["model.dropout_rate=0.1", "train.dropout_rate=0"], [])]
+  assert names == ["model-dropout_rate-0.1_train-dropout_rate-0"]
+
+
+def test_values_keep_commas_inside_brackets_and_quotes():
+  assert sweep.parse_sweep("data.lengths=(1,2), (3,4)") == ("data.lengths", ["(1,2)", "(3,4)"])
+  assert sweep.split_values("'a,b',[1,(2,3)]") == ["'a,b'", "[1,(2,3)]"]
+  assert sweep.value_name("(1, 2)") == "1-2" and sweep.value_name("'rope'") == "rope"
+
+
+def test_named_runs_keep_commas_and_quotes_and_cross_the_grid():
+  run = sweep.parse_run("attn+ff: model.d_ff=0 data.class_names=\"('neg', 'pos')\" x.y=(1,2)")
+  assert run == sweep.Run("attn+ff", (("model.d_ff", "0"), ("data.class_names", "('neg', 'pos')"),
+                                      ("x.y", "(1,2)")))
+  assert sweep.parse_run("baseline:") == sweep.Run("baseline", ())
+  runs = sweep.plan(["seed=0,1"], ["a: model.d_ff=0", "b:"])
+  assert [(r.name, r.describe()) for r in runs] == [
+      ("a_seed-0", "model.d_ff=0 seed=0"), ("a_seed-1", "model.d_ff=0 seed=1"),
+      ("b_seed-0", "seed=0"), ("b_seed-1", "seed=1")]
+
+
+@pytest.mark.parametrize("sweeps, runs, message", [
+    (["model.positions="], [], "no values"),
+    (["model.positions=a,,b"], [], "an empty value"),
+    (["model.positions=a,a"], [], "a value is given twice"),
+    (["--config.model.positions=a"], [], "is not a config field"),
+    (["data.lengths=(1,2"], [], "unbalanced bracket"),
+    ([], ["no colon model.d_ff=0"], "no ':'"),
+    ([], ["a/b: model.d_ff=0"], "run name 'a/b'"),
+    ([], ["a: model.d_ff"], "'model.d_ff': expected key=value"),
+    ([], ["a: model.d_ff=0 model.d_ff=1"], "model.d_ff is set twice"),
+    (["model.d_ff=0,1"], ["a: model.d_ff=2"], "run 'a_d_ff-0' (--run and --sweep): model.d_ff"),
+    (["x.v=(1,2),[1,2]"], [], "run name 'v-1-2' twice"),
+])
+def test_malformed_plans_are_refused(sweeps, runs, message):
+  with pytest.raises(ValueError, match=None) as error:
+    sweep.plan(sweeps, runs)
+  assert message in str(error.value), str(error.value)
