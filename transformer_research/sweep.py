@@ -53,7 +53,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _BRACKETS = {"(": ")", "[": "]", "{": "}"}
 # The final-metrics table's columns, in this order, where any run has them;
 # per-length metrics (`*_len_NN`) get a table of their own.
-TABLE_METRICS = ("loss", "perplexity", "accuracy", "sequence_accuracy", "bleu", "chrf")
+# `*_trained_lengths` / `*_longer_lengths`: the synthetic tasks' in- and beyond-training figures.
+TABLE_METRICS = ("loss", "perplexity", "accuracy", "accuracy_trained_lengths",
+                 "accuracy_longer_lengths", "sequence_accuracy", "sequence_accuracy_trained_lengths",
+                 "sequence_accuracy_longer_lengths", "bleu", "chrf")
 # A config override flag, as config_flags matches them: --config.a.b=v, --noconfig.a.
 OVERRIDE = re.compile(r"^--?(no)?config\.")
 LENGTH_KEY = re.compile(r"^(\w+)_len_(\d+)$")
