@@ -1,10 +1,10 @@
 """Trains one config over several sets of overrides, one run after another, and compares them.
 
     python launch/sweep.py --config=configs/difference.py --workdir=/tmp/sw \\
-        --sweep='model.positions=learned,sinusoidal,rope' [--sweep='train.learning_rate=1e-3,3e-3'] \\
-        [--config.train.num_steps=500]      # shared by every run
+        --sweep='model.positions=learned,sinusoidal,rope' \\
+        [--sweep='train.learning_rate=1e-3,3e-3'] [--config.train.num_steps=500]  # shared
     python launch/sweep.py --config=configs/difference.py --workdir=/tmp/build_up \\
-        --run='attn: model.d_ff=0' --run='attn+ff:'
+        --run='attn: model.d_ff=0 model.positions=none' --run='attn+ff: model.positions=none'
     python launch/sweep.py ... --print      # only print the launch/train.py commands
 
 `--sweep='FIELD=V1,V2,...'` (repeatable: the cartesian product, the first flag

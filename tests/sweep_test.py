@@ -63,8 +63,8 @@ def test_a_sweep_trains_each_run_reports_a_failed_one_and_reruns_nothing_finishe
 
 def test_print_gives_the_train_commands_and_writes_nothing(tmp_path):
   workdir = tmp_path / "sw"
-  run = _sweep(workdir, "--sweep=model.positions=learned,rope", "--sweep=train.learning_rate=1e-3,3e-3",
-               "--print")
+  run = _sweep(workdir, "--sweep=model.positions=learned,rope",
+               "--sweep=train.learning_rate=1e-3,3e-3", "--print")
   assert run.returncode == 0, run.stderr[-3000:]
   shared = tiny_setup.flags()
   expected = [shlex.join(["python", "launch/train.py", f"--config={CONFIG}",
@@ -102,7 +102,7 @@ def test_two_runs_then_more_steps_resume_both(tmp_path):
                 "--config.train.num_steps=4")
   assert more.returncode == 0, more.stderr[-3000:]
   for name in ("positions-learned", "positions-sinusoidal"):
-    starts = [json.loads(line) for line in (tmp_path / name / "runs.jsonl").read_text().splitlines()]
+    starts = [json.loads(line) for line in (tmp_path / name / "runs.jsonl").open()]
     assert len(starts) == 2 and "step 2" in starts[1]["origin"], starts[1]["origin"]
     assert (tmp_path / name / "checkpoints" / "4").is_dir()
     assert f"| {name} | done | `model.positions={name.split('-')[1]}` | 4 |" in more.stdout

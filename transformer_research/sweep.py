@@ -55,8 +55,9 @@ _BRACKETS = {"(": ")", "[": "]", "{": "}"}
 # per-length metrics (`*_len_NN`) get a table of their own.
 # `*_trained_lengths` / `*_longer_lengths`: the synthetic tasks' in- and beyond-training figures.
 TABLE_METRICS = ("loss", "perplexity", "accuracy", "accuracy_trained_lengths",
-                 "accuracy_longer_lengths", "sequence_accuracy", "sequence_accuracy_trained_lengths",
-                 "sequence_accuracy_longer_lengths", "bleu", "chrf")
+                 "accuracy_longer_lengths", "sequence_accuracy",
+                 "sequence_accuracy_trained_lengths", "sequence_accuracy_longer_lengths", "bleu",
+                 "chrf")
 # A config override flag, as config_flags matches them: --config.a.b=v, --noconfig.a.
 OVERRIDE = re.compile(r"^--?(no)?config\.")
 LENGTH_KEY = re.compile(r"^(\w+)_len_(\d+)$")
@@ -367,11 +368,11 @@ def summarise(outcomes: Sequence[Outcome], sweep_dir: str, title: str) -> str:
              if any(metric in records.get(split, {}) for records in finals.values())]
   rows = []
   for o in outcomes:
-    step = final_step(os.path.join(sweep_dir, o.run.name))
+    step, records = final_step(os.path.join(sweep_dir, o.run.name)), finals[o.run.name]
     rows.append([o.run.name, o.status, f"`{o.run.describe()}`" if o.run.overrides else "",
                  "" if step is None else f"{step:,}",
                  format_seconds(wall_time(sweep_dir, o.run.name))] +
-                [_number(finals[o.run.name].get(split, {}).get(metric)) for split, metric in columns])
+                [_number(records.get(split, {}).get(metric)) for split, metric in columns])
   text = [f"# {title}", "",
           _table(["run", "status", "overrides", "step", "wall time"] +
                  [f"{split} {metric}" for split, metric in columns], rows)]
