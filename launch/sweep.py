@@ -59,6 +59,8 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]} (overrides: --config.FIELD=VALUE)")
   workdir = _WORKDIR.value
+  if not workdir:
+    raise ValueError("--workdir='': expected a sweep directory")
   if storage.is_remote(workdir):
     raise ValueError(f"--workdir={workdir}: a sweep directory must be local (each run's log is "
                      "written there as it runs); the runs of --print may use a bucket")

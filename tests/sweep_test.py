@@ -17,7 +17,7 @@ CONFIG = f"{ROOT / 'configs' / 'reverse.py'}:tiny,smoke"
 
 def _sweep(workdir, *args: str) -> subprocess.CompletedProcess:
   command = [sys.executable, str(ROOT / "launch" / "sweep.py"), f"--config={CONFIG}",
-             f"--workdir={workdir}", *tiny_setup.flags(), *args]
+             *([f"--workdir={workdir}"] if workdir else []), *tiny_setup.flags(), *args]
   return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
                         env=tiny_setup.subprocess_env())
 
@@ -76,16 +76,19 @@ def test_print_gives_the_train_commands_and_writes_nothing(tmp_path):
   assert not workdir.exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--sweep=model.positions"], "--sweep='model.positions': expected FIELD=VALUE,VALUE,..."),
-    (["--run=a: model.positions=rope", "--run=a:"], "run name 'a' twice"),
-    ([], "nothing to run: expected --sweep="),
+@pytest.mark.parametrize("args, message, status", [
+    (["--sweep=model.positions"], "--sweep='model.positions': expected FIELD=VALUE,VALUE,...", 1),
+    (["--sweep=model.positions="], "--sweep='model.positions=': no values", 1),
+    (["--run=a: model.positions=rope", "--run=a:"], "run name 'a' twice", 1),
+    ([], "nothing to run: expected --sweep=", 1),
     (["--sweep=model.positionz=rope,learned"],
-     "run 'positionz-rope': KeyError: 'positionz' Did you mean \"positions\""),
+     "run 'positionz-rope': KeyError: 'positionz' Did you mean \"positions\"", 1),
+    (["--workdir="], "--workdir='': expected a sweep directory", 1),
+    (["--sweep=model.positions=rope"], "Flag --workdir must have a value", 2),
 ])
-def test_bad_input_is_one_line_naming_it_and_runs_nothing(tmp_path, args, message):
-  run = _sweep(tmp_path / "sw", *args)
-  assert run.returncode == 1
+def test_bad_input_is_one_line_naming_it_and_runs_nothing(tmp_path, args, message, status):
+  run = _sweep(None if status == 2 else tmp_path / "sw", *args)
+  assert run.returncode == status
   assert run.stderr.strip().splitlines() == [run.stderr.strip()]
   assert run.stderr.startswith("error: ") and message in run.stderr, run.stderr
   assert not (tmp_path / "sw").exists()
