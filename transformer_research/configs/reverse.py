@@ -2,11 +2,13 @@
 
 Launch:
   python launch/train.py --config=configs/reverse.py --workdir=/tmp/reverse
+  python launch/evaluate.py --workdir=/tmp/reverse --split=test --num_examples=-1
   (`configs/reverse.py:tiny,smoke` is a seconds-long smoke run on CPU.)
 
-Expected result: not yet measured here. A `small` model should reach
-sequence accuracy near 1.0 on test lengths <= 10 within a few thousand
-steps; lengths 11-20 (never trained on) show how far it generalises.
+Expected result (measured, 2-core CPU, ~10 min of training): test sequence
+accuracy 100% (797 of 797) on the trained lengths 1-10
+(`sequence_accuracy_trained_lengths`), 0% on lengths 11-20, never trained on:
+sinusoidal absolute positions do not extrapolate here.
 """
 
 import ml_collections
