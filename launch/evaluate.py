@@ -31,6 +31,8 @@ _SOURCE_FILE = flags.DEFINE_string("source_file", None, "Evaluate these source s
                                    "(one per line) instead of --split.")
 _REFERENCE_FILE = flags.DEFINE_string("reference_file", None, "References of --source_file: "
                                       "one line per source, tab-separated.")
+_BEAM = flags.DEFINE_integer("beam_size", None, "Decode with this beam (1 = greedy) instead of "
+                             "the run's eval.beam_size; report eval_<split>_<step>_beam<N>.md.")
 
 
 def main(argv: list[str]) -> None:
@@ -39,7 +41,8 @@ def main(argv: list[str]) -> None:
   runtime.keep_freed_memory()  # Before the jax backend starts (see runtime.py).
   record, report = evaluation.evaluate_run(
       _WORKDIR.value, _SPLIT.value, _STEP.value, _NUM_EXAMPLES.value,
-      source_file=_SOURCE_FILE.value, reference_file=_REFERENCE_FILE.value)
+      source_file=_SOURCE_FILE.value, reference_file=_REFERENCE_FILE.value,
+      beam_size=_BEAM.value)
   for key, value in record.items():
     print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
   if report:

@@ -49,6 +49,13 @@ def test_exact_match_and_per_length_table():
   assert "acc_longer_lengths" not in only_short and only_short["acc_trained_lengths"] == 1.0
 
 
+def test_bleu_by_source_length_buckets_sentences_by_their_words():
+  examples = [{"source": " ".join("w" * n), "references": ["a b c d"]} for n in (2, 3, 7, 30)]
+  rows = evaluation.bleu_by_source_length(examples, ["a b c d", "x y z", "a b c d", "a b c d"])
+  assert [(name, n) for name, n, _, _ in rows] == [("1-5", 2), ("6-10", 1), ("21+", 1)]
+  assert rows[1][2] == pytest.approx(100.0) and rows[0][2] < 100.0
+
+
 def test_bad_metric_inputs_raise():
   with pytest.raises(ValueError, match="2 hypotheses for 1 reference lists"):
     evaluation.bleu_and_chrf(["a", "b"], [["a"]])

@@ -57,6 +57,26 @@ def bleu_and_chrf(hypotheses: Sequence[str],
           "chrf": sacrebleu.corpus_chrf(list(hypotheses), streams).score}
 
 
+# Source-length buckets (words) of the report's BLEU-by-length table.
+LENGTH_BUCKETS = ((1, 5), (6, 10), (11, 15), (16, 20), (21, None))
+
+
+def bleu_by_source_length(examples: Sequence[dict[str, Any]],
+                          hypotheses: Sequence[str]) -> list[tuple[str, int, float, float]]:
+  """(bucket, sentences, BLEU, chrF) per source length in words, for the
+  report: corpus BLEU over a whole split hides where a model breaks down."""
+  words = [len(ex["source"].split()) for ex in examples]
+  rows = []
+  for low, high in LENGTH_BUCKETS:
+    picked = [i for i, n in enumerate(words) if n >= low and (high is None or n <= high)]
+    if picked:
+      scores = bleu_and_chrf([hypotheses[i] for i in picked],
+                             [examples[i]["references"] for i in picked])
+      name = f"{low}-{high}" if high else f"{low}+"
+      rows.append((name, len(picked), scores["bleu"], scores["chrf"]))
+  return rows
+
+
 def exact_match(hypotheses: Sequence[str],
                 references: Sequence[Sequence[str]]) -> np.ndarray:
   """[N] bool: the output equals one of its references (outer spaces ignored)."""
@@ -239,7 +259,8 @@ def read_pairs(source_file: str, reference_file: str | None) -> list[dict[str, s
 
 def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
                  num_examples: int | None = None, *, source_file: str | None = None,
-                 reference_file: str | None = None) -> tuple[dict[str, Any], str | None]:
+                 reference_file: str | None = None, beam_size: int | None = None
+                 ) -> tuple[dict[str, Any], str | None]:
   """Standalone evaluation of a saved run (launch/evaluate.py).
 
   Restores the checkpoint, computes every metric of the task on `split` (or
@@ -256,6 +277,8 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
     source_file, reference_file: a translation run evaluated on these files
       instead of `split` (`read_pairs`); the record's split is
       `file_<source file name>`. Only the run directory and the files are read.
+    beam_size: decode with this beam (1 = greedy) instead of the run's
+      `eval.beam_size`; the report is then `eval_<split>_<step>_beam<N>.md`.
 
   Returns:
     The record written and the report path (None on processes other than 0).
@@ -263,6 +286,11 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
   run = experiment.load_run(workdir, step)
   exp = run.experiment
   task, e = exp.task, exp.config.eval
+  suffix = ""
+  if beam_size is not None and beam_size != e.beam_size:
+    if beam_size < 1:
+      raise ValueError(f"beam_size={beam_size}: expected 1 (greedy) or more")
+    e.beam_size, suffix = beam_size, f"_beam{beam_size}"  # Before anything is compiled.
   if source_file:
     if task.kind != "seq2seq":
       raise ValueError(f"source_file={source_file!r}: this run's model has kind="
@@ -286,7 +314,7 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
   writer.close()
   if jax.process_index() != 0:
     return record, None
-  path = epath.Path(workdir) / f"eval_{split}_{run.step}.md"
+  path = epath.Path(workdir) / f"eval_{split}_{run.step}{suffix}.md"
   path.write_text(format_report(run, split, record, examples, outputs))
   return record, str(path)
 
@@ -301,6 +329,11 @@ def format_report(run: Any, split: str, record: dict[str, Any],
            "| --- | --- |"]
   lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
             for k, v in record.items() if k not in ("step", "split")]
+  if outputs is not None and "bleu" in record:
+    lines += ["", "## BLEU by source length (words)", "",
+              "| source words | sentences | BLEU | chrF |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {n} | {bleu:.2f} | {chrf:.2f} |"
+              for name, n, bleu, chrf in bleu_by_source_length(examples, outputs)]
   if outputs is not None:
     lines += ["", "## Samples", ""]
     for ex, out in list(zip(examples, outputs))[:c.eval.num_samples]:

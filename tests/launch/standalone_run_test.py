@@ -213,6 +213,11 @@ def test_command_line_round_trip_without_data(tmp_path):
                   f"--reference_file={reference}", env=env)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert "split: file_en" in evaluated.stdout and "bleu:" in evaluated.stdout
+  greedy = cli("launch/evaluate.py", f"--workdir={workdir}", f"--source_file={source}",
+               f"--reference_file={reference}", "--beam_size=1", env=env)
+  assert greedy.returncode == 0, greedy.stderr[-3000:]
+  (report,) = workdir.glob("eval_file_en_*_beam1.md")  # Next to the beam-4 report.
+  assert "beam 1," in report.read_text() and "## BLEU by source length" in report.read_text()
   exported = cli("launch/export.py", f"--workdir={workdir}", f"--out={tmp_path / 'export'}",
                  env=env)
   assert exported.returncode == 0, exported.stderr[-3000:]
