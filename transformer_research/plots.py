@@ -90,14 +90,21 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], out_dir: str) -> list[str
     if not lines:
       continue
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    # Overlays: a colour per run, a line style per split, so a run's train and
+    # eval curves read as one run.
+    colours = {run: f"C{i % 10}" for i, run in enumerate(runs)}
+    styles = {split: ("-", "--", ":", "-.")[i % 4] for i, split in
+              enumerate(sorted({split for _, split, *_ in lines}, key=lambda s: s != "train"))}
     for run, split, metric, points in lines:
       steps = sorted(points)
       label = f"{run}: {split} {metric}" if several else f"{split} {metric}"
       ax.plot(steps, [points[s] for s in steps], marker="." if len(steps) < 50 else None,
-              label=label)
+              label=label, color=colours[run] if several else None,
+              linestyle=styles[split] if several else "-")
     if log_y and all(v > 0 for *_, points in lines for v in points.values()):
       ax.set_yscale("log")
-    _style(ax, f"{title}: {', '.join(runs)}", "step", ylabel)
+    names = ", ".join(runs)
+    _style(ax, f"{title}: {names if len(names) <= 60 else f'{len(runs)} runs'}", "step", ylabel)
     written.append(_save(fig, epath.Path(out_dir) / file_name))
   return written
 
