@@ -1,15 +1,17 @@
 """Classify whether the first number is larger: "4014-293" -> 1.
 
-Trained on numbers of up to 10 digits, tested on 11-15 digits only
-(length generalisation of an encoder classifier).
+Trained on numbers of up to 10 digits, tested on 1-15 digits (11-15: the
+length generalisation of an encoder classifier).
 
 Launch:
   python launch/train.py --config=configs/difference.py --workdir=/tmp/difference
+  python launch/evaluate.py --workdir=/tmp/difference --split=test --num_examples=-1
   (`configs/difference.py:tiny,smoke` is a seconds-long smoke run on CPU.)
 
-Expected result: not yet measured here. Accuracy near 1.0 in
-distribution; on 11-15 digits anything well above 0.5 means the model
-compares digit by digit rather than memorising lengths.
+Expected result (measured, 2-core CPU, 8 min of training on a shared
+machine): test accuracy 96.5% on lengths 1-10 (`accuracy_trained_lengths`;
+the 99% target is not reached yet), 60.8% on 11-15: above chance, so the
+model partly compares digit by digit rather than memorising lengths.
 """
 
 import ml_collections
