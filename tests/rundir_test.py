@@ -95,14 +95,18 @@ def test_how_the_same_model_is_computed_or_fed_may_change_its_layout_may_not():
                                                             {"model.scan_layers": True}), "/run")
 
 
-def test_a_field_added_since_the_run_started_is_fine_at_its_default():
+def test_a_field_added_since_the_run_started_is_fine_at_its_default(tmp_path):
   config = configs.load_config("reverse:tiny,smoke")
   older = _saved(config)
   del older["model"]["pooling"]  # As if the run predates the field.
-  assert rundir.check_continues(older, config, "/run") == []
-  with pytest.raises(ValueError, match="model.pooling=None; this config has 'cls'"):
-    rundir.check_continues(older, configs.load_config("reverse:tiny,smoke",
-                                                      {"model.pooling": "cls"}), "/run")
+  (tmp_path / "config.json").write_text(json.dumps(older))
+  previous = rundir.previous_config(str(tmp_path))
+  assert previous.model.pooling == "mean"  # The behaviour the run had: the default.
+  assert rundir.check_continues(previous, config, "/run") == []
+  with pytest.raises(ValueError, match="model.pooling='mean'; this config has 'cls'"):
+    rundir.check_continues(previous, configs.load_config("reverse:tiny,smoke",
+                                                         {"model.pooling": "cls"}), "/run")
+  assert rundir.previous_config(str(tmp_path / "new")) is None
 
 
 def test_the_transfer_fields_a_resume_may_and_may_not_change():

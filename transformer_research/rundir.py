@@ -40,7 +40,6 @@ import numpy as np
 
 from transformer_research import configs
 from transformer_research import storage
-from transformer_research.configs import base
 
 # Fields a resumed run may not change: they define the model and the data it
 # learns from. Paths to the same data may move, and eval-only data may change;
@@ -194,15 +193,19 @@ def _process_start(pid: int) -> str:
       return "alive"
 
 
-def previous_config(workdir: str) -> dict | None:
-  """WORKDIR/config.json as a dict, or None for a new run directory."""
+def previous_config(workdir: str) -> Any | None:
+  """WORKDIR/config.json as a config, or None for a new run directory.
+
+  Fields the configs gained after the run started hold their defaults
+  (`configs.saved_config`): the run ran with the behaviour they default to.
+  """
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
     return None
-  return json.loads(path.read_text())
+  return configs.saved_config(path)
 
 
-def check_continues(previous: dict | None, config: Any, workdir: str) -> list[str]:
+def check_continues(previous: Any | None, config: Any, workdir: str) -> list[str]:
   """Refuses a config that would train another model in `workdir`.
 
   Returns:
@@ -214,14 +217,9 @@ def check_continues(previous: dict | None, config: Any, workdir: str) -> list[st
   if previous is None:
     return []
   old, new = configs.flatten(previous), configs.flatten(config)
-  # A field added to the configs since the run started did not exist then: at
-  # its default it changes nothing (new fields default to the old behaviour).
-  defaults = configs.flatten(base.get_config())
   changed = []
   for name in sorted(set(old) | set(new)):
     if old.get(name) == new.get(name):
-      continue
-    if name not in old and name in defaults and new.get(name) == defaults[name]:
       continue
     section, _, field = name.partition(".")
     fixed = ((section in _FIXED_SECTIONS and
