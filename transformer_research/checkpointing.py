@@ -245,6 +245,26 @@ def checkpoint_steps(workdir: str) -> list[int]:
   return steps
 
 
+def time_used_s(workdir: str, step: int) -> float:
+  """The wall time a run had used at its checkpoint of `step` (0 if it predates the record)."""
+  manager = ocp.CheckpointManager(
+      storage.absolute(workdir) / "checkpoints",
+      options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers={"extra": ocp.JsonCheckpointHandler()})
+  extra = manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))["extra"]
+  manager.close()
+  return float(extra.get("elapsed_s", 0.0))
+
+
+def budget_used(elapsed_s: float, max_minutes: float) -> bool:
+  """Whether `elapsed_s` of wall time uses up `train.max_minutes` (0: no budget).
+
+  The one rule for both the loop (stop now) and `launch/sweep.py` (a run
+  stopped by its budget is finished), so they never disagree.
+  """
+  return bool(max_minutes) and elapsed_s >= 60.0 * max_minutes
+
+
 def check_compatible(saved: Any, expected: Any, where: str, item: str) -> None:
   """Refuses a checkpoint item whose leaves differ from the config's.
 

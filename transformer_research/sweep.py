@@ -23,8 +23,9 @@ values that only the model can judge fail in that run.
 Each run trains in `SWEEPDIR/<name>/` (its log: `SWEEPDIR/<name>/train.log`);
 `SWEEPDIR/sweep.jsonl` records every attempt (command, exit status, wall
 time). A run is skipped when it is finished: its `config.json` is the config
-the sweep would train and its checkpoint of step `train.num_steps` exists
-(Orbax names a step directory only once it is complete). Anything else is
+the sweep would train (fields added to the configs since it started read at
+their defaults) and its latest complete checkpoint is of step
+`train.num_steps` or used up the `train.max_minutes` budget. Anything else is
 started again, and `launch/train.py` resumes it from its latest checkpoint.
 """
 
@@ -44,8 +45,10 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
+from transformer_research import checkpointing
 from transformer_research import configs
 from transformer_research import plots
+from transformer_research import rundir
 from transformer_research import storage
 
 _KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -241,11 +244,14 @@ def printable(command: Sequence[str]) -> str:
 
 def is_finished(run_dir: str, config: Any) -> bool:
   """Whether `run_dir` holds a finished run of exactly `config` (module docstring)."""
-  path = epath.Path(run_dir)
-  if not (path / "config.json").exists():
+  previous = rundir.previous_config(run_dir)
+  if previous is None or configs.flatten(previous) != configs.flatten(config):
     return False
-  same = configs.flatten(json.loads((path / "config.json").read_text())) == configs.flatten(config)
-  return same and (path / "checkpoints" / str(config.train.num_steps)).is_dir()
+  steps = checkpointing.checkpoint_steps(run_dir)
+  if not steps:
+    return False
+  return steps[-1] >= config.train.num_steps or checkpointing.budget_used(
+      checkpointing.time_used_s(run_dir, steps[-1]), config.train.max_minutes)
 
 
 @dataclasses.dataclass

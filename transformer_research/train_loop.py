@@ -376,7 +376,7 @@ class _Budget:
 
   def __init__(self, max_minutes: float, began: float, used_before: float,
                log_every_steps: int):
-    self.limit = 60.0 * max_minutes
+    self.max_minutes = max_minutes
     self.began, self.used_before = began, used_before
     self.every = 1 if jax.process_count() == 1 else log_every_steps
 
@@ -384,10 +384,10 @@ class _Budget:
     return self.used_before + time.time() - self.began
 
   def used(self) -> bool:
-    return bool(self.limit) and self.elapsed() >= self.limit
+    return checkpointing.budget_used(self.elapsed(), self.max_minutes)
 
   def reached(self, step: int) -> bool:
-    if not self.limit or step % self.every:
+    if not self.max_minutes or step % self.every:
       return False
     if self.every == 1:
       return self.used()

@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import tiny_setup
+from transformer_research import configs
+from transformer_research import sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -83,3 +85,8 @@ def test_a_time_budget_stops_checkpoints_and_evaluates_and_counts_over_restarts(
   again = _train_on_a_ticking_clock(tmp_path, max_minutes=2)
   assert "is used" in again.stderr and "not training" in again.stderr
   assert tiny_setup.records(tmp_path)[-1]["step"] == last
+  # So launch/sweep.py counts the run finished rather than restarting it forever.
+  overrides = {**tiny_setup.TASK_OVERRIDES, "train.num_steps": 1000, "eval.every_steps": 1000,
+               "checkpoint.every_steps": 1000, "train.log_every_steps": 1000}
+  assert sweep.is_finished(str(tmp_path), configs.load_config(
+      "reverse:tiny,smoke", {**overrides, "train.max_minutes": 2.0}))
