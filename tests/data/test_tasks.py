@@ -145,6 +145,33 @@ def test_text_tasks_read_local_files(tmp_path, name):
     assert {e["label"] for e in validation} == {0, 1}
 
 
+@pytest.mark.parametrize("name,train_split", [("imdb", "train"), ("lm_imdb", "unsupervised"),
+                                               ("imdb_mlm", "unsupervised")])
+def test_imdb_tasks_learn_text_from_the_unlabelled_reviews_and_labels_from_train(
+    tmp_path, monkeypatch, name, train_split):
+  """The TFDS source: both language models use the 50,000 unlabelled reviews (train and
+  validation carved from them), the classifier the labelled train split; all test on test."""
+  asked = []
+  words = "good bad movie film plot actor great awful story fun".split()
+  rng = np.random.default_rng(0)
+
+  def fake_imdb(split, data_dir=None, *, with_label=True):
+    del data_dir
+    asked.append(split)
+    assert with_label == (name == "imdb"), split
+    return [{"text": " ".join(rng.choice(words, 30)), **({"label": i % 2} if with_label else {})}
+            for i in range(50)]
+
+  monkeypatch.setattr(sources, "imdb", fake_imdb)
+  config = _config(name)
+  config.data.vocab_size = 30
+  task = _build(config, tmp_path)
+  next(task.train_iterator(4, process_index=0, process_count=1))
+  task.eval_examples("validation")
+  task.eval_examples("test")
+  assert set(asked) == {f"{train_split}[:90%]", f"{train_split}[90%:]", "test"}
+
+
 def test_a_classifier_of_class_folders_takes_its_classes_from_the_config(tmp_path):
   words = {"neg": "bad awful dull", "neutral": "fine okay plain", "pos": "good great fun"}
   rng = np.random.default_rng(0)

@@ -1,7 +1,10 @@
 """Decoder-only language model on IMDB review text.
 
-Reviews are tokenized with an 8k SentencePiece model, cut into 256-token
-chunks and packed. Local data: `--config.data.train_path=... --config.data.eval_path=...`.
+It learns from IMDB's 50,000 unlabelled reviews (TFDS `unsupervised`; the
+last tenth is the validation split) and is tested on the 25,000 test reviews,
+labels unused. Reviews are tokenized with an 8k SentencePiece model, cut into
+256-token chunks and packed. Local data: `--config.data.train_path=...
+--config.data.eval_path=...`.
 
 Launch:
   python launch/train.py --config=configs/lm_imdb.py --workdir=/tmp/lm_imdb

@@ -368,8 +368,9 @@ def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Seq
         cut = len(records) - len(records) // 10  # Last tenth held out for validation.
         cache[split] = records[:cut] if split == "train" else records[cut:]
     else:
-      # The masked LM pre-trains on the 50,000 unlabelled reviews only.
-      train = "unsupervised" if spec(name).kind == "mlm" else "train"
+      # The language models (masked and causal) learn text from the 50,000
+      # unlabelled reviews; the classifier learns its labels from train.
+      train = "train" if name == "imdb" else "unsupervised"
       tfds_split = {"train": f"{train}[:90%]", "validation": f"{train}[90%:]",
                     "test": "test"}[split]
       cache[split] = sources.imdb(tfds_split, with_label=name == "imdb", **tfds_dirs)
