@@ -8,10 +8,12 @@ Launch:
   python launch/evaluate.py --workdir=/tmp/difference --split=test --num_examples=-1
   (`configs/difference.py:tiny,smoke` is a seconds-long smoke run on CPU.)
 
-Expected result (measured, 2-core CPU, 8 min of training on a shared
-machine): test accuracy 96.5% on lengths 1-10 (`accuracy_trained_lengths`;
-the 99% target is not reached yet), 60.8% on 11-15: above chance, so the
-model partly compares digit by digit rather than memorising lengths.
+Expected result (measured with the two commands above, 2-core CPU, 11 min of
+training): test accuracy 99.6% on lengths 1-10 (`accuracy_trained_lengths`,
+1,000 examples), 68.8% on 11-15: above chance, so the model partly compares
+digit by digit rather than memorising lengths. The 3,000-step rsqrt recipe
+this replaced reached 96.5%: the cosine decay's last steps are what fit the
+numbers that differ only in their last digits.
 """
 
 import ml_collections
@@ -27,7 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.task = "difference"
   c.data.max_input_len = 31  # Two 15-digit numbers and "-".
   c.data.eval_max_len = 15
-  c.train.num_steps = 3000
+  c.train.num_steps = 10000
+  c.train.schedule = "cosine"  # Decayed to 0: the last steps fit the small margins.
+  c.train.learning_rate = 2e-3
   c.eval.every_steps = 1000
   c.train.batch_size = 64
   return base.finalize(c, smoke)
