@@ -10,7 +10,9 @@ Launch:
   python launch/train.py --config=configs/lm_imdb.py --workdir=/tmp/lm_imdb
   (`configs/lm_imdb.py:tiny,smoke` is a seconds-long smoke run on CPU.)
 
-Expected result: not yet measured here; report validation perplexity.
+Expected result (measured on the 2-core CPU, README results (b)): the `mini`
+model after 2,000 steps of 32 rows (27 min) has test perplexity 183.4 on the
+25,000 test reviews; the default `small` 10,000-step run is not measured.
 """
 
 import ml_collections
