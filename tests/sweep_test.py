@@ -61,6 +61,23 @@ def test_a_sweep_trains_each_run_reports_a_failed_one_and_reruns_nothing_finishe
       ("positions-sinusoidal", 0), ("positions-bogus", 1), ("positions-bogus", 1)]
 
 
+def test_a_run_stopped_by_its_time_budget_is_finished_and_not_started_again(tmp_path):
+  """The sweep's run is first trained on a ticking clock, so its train.max_minutes budget ends
+  it early; the sweep must count it finished, not start train.py again (it would train nothing)."""
+  budget = {"train.num_steps": 1000, "train.max_minutes": 1, "eval.every_steps": 1000,
+            "checkpoint.every_steps": 1000, "train.log_every_steps": 1000}
+  trained = subprocess.run(tiny_setup.ticking_clock_command(tmp_path / "short", **budget),
+                           env=tiny_setup.subprocess_env(), capture_output=True, text=True,
+                           timeout=300)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  stopped = tiny_setup.records(tmp_path / "short")[-1]["step"]
+  assert 0 < stopped < 1000
+  run = _sweep(tmp_path, "--run=short: " + " ".join(f"{k}={v}" for k, v in budget.items()))
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert f"[1/1] short: finished earlier (step {stopped}), not run again" in run.stdout
+  assert _starts(tmp_path / "short") == 1
+
+
 def test_print_gives_the_train_commands_and_writes_nothing(tmp_path):
   workdir = tmp_path / "sw"
   run = _sweep(workdir, "--sweep=model.positions=learned,rope",

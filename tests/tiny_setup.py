@@ -86,6 +86,14 @@ def train_command(workdir, **overrides) -> list[str]:
           *flags(**overrides)]
 
 
+def ticking_clock_command(workdir, **overrides) -> list[str]:
+  """`train_command` with the loop's clock advancing 1 s at each reading
+  (tests/fault_injection.py), so a time budget runs out after a known amount of
+  work on any machine."""
+  return [sys.executable, str(ROOT / "tests" / "fault_injection.py"), "clock_tick=1",
+          *train_command(workdir, **overrides)[1:]]
+
+
 # Train-record fields that depend on wall-clock time, so two runs never agree on them.
 TIMING = ("steps_per_sec", "tokens_per_sec", "mfu", "data_wait_ms")
 

@@ -242,16 +242,19 @@ def printable(command: Sequence[str]) -> str:
   return shlex.join(head + list(command[1:]))
 
 
-def is_finished(run_dir: str, config: Any) -> bool:
-  """Whether `run_dir` holds a finished run of exactly `config` (module docstring)."""
+def finished_step(run_dir: str, config: Any) -> int | None:
+  """The last step of a finished run of exactly `config` in `run_dir`, else None (module docstring)."""
   previous = rundir.previous_config(run_dir)
   if previous is None or configs.flatten(previous) != configs.flatten(config):
-    return False
+    return None
   steps = checkpointing.checkpoint_steps(run_dir)
   if not steps:
-    return False
-  return steps[-1] >= config.train.num_steps or checkpointing.budget_used(
-      checkpointing.time_used_s(run_dir, steps[-1]), config.train.max_minutes)
+    return None
+  last = steps[-1]
+  if last >= config.train.num_steps or checkpointing.budget_used(
+      checkpointing.time_used_s(run_dir, last), config.train.max_minutes):
+    return last
+  return None
 
 
 @dataclasses.dataclass
@@ -277,8 +280,9 @@ def execute(runs: Sequence[Run], commands: Sequence[list[str]], parsed: Sequence
     run_dir = os.path.join(sweep_dir, run.name)
     log = os.path.join(run_dir, "train.log")
     prefix = f"[{i}/{len(runs)}] {run.name}"
-    if is_finished(run_dir, config):
-      say(f"{prefix}: finished earlier (step {config.train.num_steps}), not run again")
+    last = finished_step(run_dir, config)
+    if last is not None:
+      say(f"{prefix}: finished earlier (step {last}), not run again")
       outcomes.append(Outcome(run, "finished earlier", 0, log))
       continue
     say(f"{prefix}: training ({run.describe() or 'shared overrides only'}); log {log}")

@@ -7,8 +7,6 @@ import subprocess
 import sys
 
 import tiny_setup
-from transformer_research import configs
-from transformer_research import sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -52,14 +50,10 @@ def test_unknown_remat_policy_is_an_error_listing_the_options(tmp_path):
 
 
 def _train_on_a_ticking_clock(workdir, max_minutes: float) -> subprocess.CompletedProcess:
-  """launch/train.py with the loop's clock advancing 1 s at each reading (see
-  tests/fault_injection.py), so the time budget runs out after a known amount
-  of work on any machine."""
-  command = tiny_setup.train_command(workdir, **{
+  """launch/train.py whose time budget runs out after a known amount of work."""
+  command = tiny_setup.ticking_clock_command(workdir, **{
       "train.num_steps": 1000, "train.max_minutes": max_minutes, "eval.every_steps": 1000,
       "checkpoint.every_steps": 1000, "train.log_every_steps": 1000})
-  command = [sys.executable, str(ROOT / "tests" / "fault_injection.py"), "clock_tick=1",
-             *command[1:]]
   run = subprocess.run(command, env=tiny_setup.subprocess_env(), capture_output=True,
                        text=True, timeout=300)
   assert run.returncode == 0, run.stderr[-3000:]
@@ -85,8 +79,3 @@ def test_a_time_budget_stops_checkpoints_and_evaluates_and_counts_over_restarts(
   again = _train_on_a_ticking_clock(tmp_path, max_minutes=2)
   assert "is used" in again.stderr and "not training" in again.stderr
   assert tiny_setup.records(tmp_path)[-1]["step"] == last
-  # So launch/sweep.py counts the run finished rather than restarting it forever.
-  overrides = {**tiny_setup.TASK_OVERRIDES, "train.num_steps": 1000, "eval.every_steps": 1000,
-               "checkpoint.every_steps": 1000, "train.log_every_steps": 1000}
-  assert sweep.is_finished(str(tmp_path), configs.load_config(
-      "reverse:tiny,smoke", {**overrides, "train.max_minutes": 2.0}))
