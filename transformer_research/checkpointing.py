@@ -168,8 +168,7 @@ class Checkpointer:
       train, extra = restored["train"], restored["extra"]
       state = TrainState(train["step"], restored["params"], train["opt_state"], train["rng"])
       return Resumed(state, _this_process(extra["data"]), extra.get("window"),
-                     f"resumed from {self.directory} step {step}",
-                     float(extra.get("elapsed_s", 0.0)))
+                     f"resumed from {self.directory} step {step}", _elapsed_s(extra))
     moved = moved or sorted(str(p) for p in _corrupt_dirs(self.directory))
     if moved:
       raise ValueError(
@@ -247,12 +246,16 @@ def checkpoint_steps(workdir: str) -> list[int]:
 
 def time_used_s(workdir: str, step: int) -> float:
   """The wall time a run had used at its checkpoint of `step` (0 if it predates the record)."""
-  manager = ocp.CheckpointManager(
-      storage.absolute(workdir) / "checkpoints",
-      options=ocp.CheckpointManagerOptions(read_only=True),
-      item_handlers={"extra": ocp.JsonCheckpointHandler()})
+  manager = ocp.CheckpointManager(storage.absolute(workdir) / "checkpoints",
+                                  options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_handlers=_handlers())
   extra = manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))["extra"]
   manager.close()
+  return _elapsed_s(extra)
+
+
+def _elapsed_s(extra: dict) -> float:
+  """The wall time recorded in a checkpoint's `extra` item (0 before it was recorded)."""
   return float(extra.get("elapsed_s", 0.0))
 
 
