@@ -316,3 +316,17 @@ def test_local_data_without_a_usable_example_stops_before_tokenizer_training(tmp
   refused(run, f"{data}: no usable example (text field 'sentence', label field 'label'; "
                "columns found: ['label', 'sentence']; skipped lines: no_text=2 (first at line 2))")
   assert not list((tmp_path / "run").glob("spm_*"))
+
+
+def test_a_vocabulary_larger_than_the_text_allows_is_one_line_naming_the_key(tmp_path):
+  data = tmp_path / "sentiment.tsv"  # A first try on a small local file.
+  data.write_text("label\ttext\n" + "".join(f"{i % 2}\tgood bad film {i}\n" for i in range(40)))
+  command = tiny_setup.train_command(tmp_path / "run", **{"data.train_path": data,
+                                                          "data.eval_path": data})
+  command[2] = f"--config={tiny_setup.ROOT / 'configs' / 'imdb.py'}:tiny,smoke"
+  run = subprocess.run(command, env=tiny_setup.subprocess_env(), capture_output=True, text=True,
+                       timeout=300)
+  error = refused(run, "data.vocab_size=500: the training text for ")
+  head, most = error.rsplit("; set data.vocab_size <= ", 1)
+  assert most.isdigit() and f"has pieces for at most {most}" in head
+  assert not list((tmp_path / "run").glob("spm_*"))

@@ -215,12 +215,20 @@ def train_sentencepiece(texts: Iterable[str], path: os.PathLike | str, vocab_siz
   if vocab_size < 8:
     raise ValueError(f"vocab_size={vocab_size}: expected at least 8")
   model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
-      model_type=model_type, character_coverage=character_coverage,
-      byte_fallback=byte_fallback, input_sentence_size=max_sentences,
-      shuffle_input_sentence=True, pad_id=PAD_ID, eos_id=_SPM_EOS,
-      unk_id=_SPM_UNK, bos_id=_SPM_BOS, minloglevel=2)
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
+        model_type=model_type, character_coverage=character_coverage,
+        byte_fallback=byte_fallback, input_sentence_size=max_sentences,
+        shuffle_input_sentence=True, pad_id=PAD_ID, eos_id=_SPM_EOS,
+        unk_id=_SPM_UNK, bos_id=_SPM_BOS, minloglevel=2)
+  except RuntimeError as e:
+    # A small corpus (a first try on local files) has fewer pieces than asked for.
+    most = re.search(r"Vocabulary size too high .* a value <= (\d+)", str(e))
+    if most is None:
+      raise
+    raise ValueError(f"data.vocab_size={vocab_size}: the training text for {path} has pieces "
+                     f"for at most {most.group(1)}; set data.vocab_size <= {most.group(1)}") from e
   write_atomically(path, model.getvalue())
 
 
