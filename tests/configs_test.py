@@ -91,16 +91,25 @@ def test_tiny_is_a_size_and_smoke_is_a_run_length():
   assert (both.model.variant, both.train.num_steps, both.data.vocab_size) == ("tiny", 20, 500)
 
 
-def test_a_recipe_is_a_third_independent_choice():
-  """`wmt_spa:cpu` is the time-budgeted recipe, combinable with a size and smoke."""
-  cpu = _parse(f"--config={CONFIGS}/wmt_spa.py:cpu")
-  assert cpu.to_dict() == configs.load_config("wmt_spa:cpu").to_dict()
-  assert (cpu.train.max_minutes, cpu.model.variant) == (40.0, "small")
-  assert configs.load_config("wmt_spa").train.max_minutes == 0  # No budget by default.
-  both = configs.load_config("wmt_spa:tiny,cpu,smoke")
+@pytest.mark.parametrize("name, default_variant", [("wmt_spa", "small"), ("imdb", "mini")])
+def test_a_recipe_is_a_third_independent_choice(name, default_variant):
+  """`<task>:cpu` is the time-budgeted recipe, combinable with a size and smoke."""
+  cpu = _parse(f"--config={CONFIGS}/{name}.py:cpu")
+  assert cpu.to_dict() == configs.load_config(f"{name}:cpu").to_dict()
+  assert (cpu.train.max_minutes, cpu.model.variant) == (40.0, default_variant)
+  assert configs.load_config(name).train.max_minutes == 0  # No budget by default.
+  both = configs.load_config(f"{name}:tiny,cpu,smoke")
   assert (both.train.max_minutes, both.model.variant, both.train.num_steps) == (40.0, "tiny", 20)
   with pytest.raises(ValueError, match=r"config argument 'cpu' \(in 'cpu'\)"):
     configs.load_config("reverse:cpu")  # A recipe only where a task has one.
+
+
+def test_the_imdb_recipe_keeps_its_best_checkpoints_by_validation_accuracy():
+  """The test figure of `imdb:cpu` is of the checkpoint chosen on validation."""
+  cpu = configs.load_config("imdb:cpu")
+  assert (cpu.checkpoint.best_metric, cpu.checkpoint.best_mode, cpu.eval.split) == (
+      "accuracy", "max", "validation")
+  assert cpu.data.max_input_len <= cpu.model.max_len  # The position table covers a review.
 
 
 def test_a_bad_config_argument_is_an_error_naming_it():

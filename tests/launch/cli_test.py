@@ -5,6 +5,7 @@ holds exactly what users get); the CLIs run as subprocesses where what is
 tested is the command line itself (stdin, exit status, messages).
 """
 
+import gzip
 import json
 import os
 import pathlib
@@ -126,3 +127,35 @@ def test_lm_continues_prompts(tmp_path):
   assert two[0] != two[8]
   with pytest.raises(ValueError, match="max_len=2: expected more than the longest prompt"):
     inference.generate_text(exp, params, ["the movie was a long film"], max_len=2)
+
+
+def test_the_imdb_cpu_recipe_runs_as_the_readme_says_on_local_files(tmp_path):
+  """`imdb.py:cpu` from the command line: trains on JSON-lines reviews, keeps the
+  checkpoint best by validation accuracy next to the latest, and evaluate.py
+  scores the test file (the README's two commands, at smoke size)."""
+  rng = np.random.default_rng(0)
+  words = ["movie", "plot", "actor", "story", "music", "ending", "scene", "film", "the", "was"]
+  for name, n in (("train", 400), ("test", 64)):
+    with gzip.open(tmp_path / f"{name}.jsonl.gz", "wt") as f:
+      for label in rng.integers(0, 2, n):
+        text = rng.choice(words + [["awful", "boring"], ["great", "fun"]][label], 20)
+        f.write(json.dumps({"text": " ".join(text), "label": int(label)}) + "\n")
+  run = tmp_path / "run"
+  train = subprocess.run(
+      [sys.executable, str(REPO / "launch" / "train.py"), "--config=configs/imdb.py:tiny,cpu,smoke",
+       f"--workdir={run}", f"--config.data.train_path={tmp_path / 'train.jsonl.gz'}",
+       f"--config.data.eval_path={tmp_path / 'test.jsonl.gz'}", "--config.data.vocab_size=40",
+       "--config.train.num_steps=40", "--config.checkpoint.max_to_keep=1"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert train.returncode == 0, train.stderr[-3000:]
+  records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  validation = {r["step"]: r["accuracy"] for r in records if r["split"] == "validation"}
+  assert sorted(validation) == [10, 20, 30, 40]
+  kept = {int(p.name) for p in (run / "checkpoints").iterdir()}
+  top = max(validation.values())
+  best_steps = {step for step, accuracy in validation.items() if accuracy == top}
+  assert 40 in kept and len(kept - {40}) <= 1  # The latest, for resuming, and one best.
+  assert (kept - {40}) <= best_steps and (kept != {40} or 40 in best_steps)
+  evaluate = cli("evaluate.py", f"--workdir={run}", "--split=test", "--num_examples=-1")
+  assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+  assert "accuracy: " in evaluate.stdout and (run / "eval_test_40.md").is_file()

@@ -11,18 +11,34 @@ Launch:
   python launch/train.py --config=configs/imdb.py --workdir=/tmp/imdb
   (`configs/imdb.py:tiny,smoke` is a seconds-long smoke run on CPU.)
 
-Expected result: not yet measured here; a small Transformer from scratch
-typically reaches about 85% test accuracy.
+The `cpu` recipe (`--config=configs/imdb.py:cpu`) is the 40-minute budget of
+a 2-core CPU: the `mini` model (the size can still be given: `:small,cpu`)
+over a review's first 512 tokens (9% of test reviews are longer) of a 32k
+SentencePiece vocabulary of lowercased text without punctuation (nearer whole
+words), batch 32 for ~4 epochs, cosine from 1e-3, dropout 0.3, attention
+dropout 0.1 and weight decay against the overfitting of 22,500 training
+reviews (training accuracy passes 95% in the fourth epoch), and the
+checkpoints kept by validation accuracy.
+
+Expected result (measured, README results table): `:cpu` reaches test
+accuracy 87.3% (all 25,000 test reviews; the target of 88% is not reached)
+when its budget stops it at step 2,588 of 2,800 on a 2-core CPU, validation
+accuracy 89.2% there; then
+  python launch/evaluate.py --workdir=/tmp/imdb --split=test --num_examples=-1
 """
 
 import ml_collections
 
 from transformer_research.configs import base
 
+RECIPES = ("cpu",)
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "small"."""
-  variant, smoke = base.parse_arg(arg, default_variant="small")
+  """`arg`: the `cpu` recipe, a model variant and/or `smoke` (see
+  `base.parse_arg`); default "small" ("mini" with `cpu`)."""
+  recipe, arg = base.take_recipe(arg, RECIPES)
+  variant, smoke = base.parse_arg(arg, default_variant="mini" if recipe == "cpu" else "small")
   c = base.get_config()
   c.model.variant = variant
   c.data.task = "imdb"
@@ -30,4 +46,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.vocab_size = 8000
   c.train.num_steps = 5000
   c.train.batch_size = 64
+  if recipe == "cpu":
+    c.data.max_input_len = 512
+    c.data.vocab_size = 32000
+    c.data.standardize = True
+    c.model.dropout_rate = 0.3
+    c.model.attention_dropout_rate = 0.1  # With standardize: ~1.1 steps/s, not 1.75.
+    c.train.max_minutes = 40.0
+    c.train.num_steps = 2800  # On 2 cores the budget ends it near step 2,600 (lr 1.5% of peak).
+    c.train.batch_size = 32
+    c.train.schedule = "cosine"
+    c.train.weight_decay = 0.1
+    c.eval.every_steps = 700  # ~An epoch; 13 s a validation pass.
+    c.checkpoint.every_steps = 700
+    c.checkpoint.best_metric = "accuracy"
   return base.finalize(c, smoke)
