@@ -141,12 +141,11 @@ def test_the_imdb_cpu_recipe_runs_as_the_readme_says_on_local_files(tmp_path):
         text = rng.choice(words + [["awful", "boring"], ["great", "fun"]][label], 20)
         f.write(json.dumps({"text": " ".join(text), "label": int(label)}) + "\n")
   run = tmp_path / "run"
-  train = subprocess.run(
-      [sys.executable, str(REPO / "launch" / "train.py"), "--config=configs/imdb.py:tiny,cpu,smoke",
-       f"--workdir={run}", f"--config.data.train_path={tmp_path / 'train.jsonl.gz'}",
-       f"--config.data.eval_path={tmp_path / 'test.jsonl.gz'}", "--config.data.vocab_size=40",
-       "--config.train.num_steps=40", "--config.checkpoint.max_to_keep=1"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+  train = cli("train.py", f"--config={REPO / 'configs' / 'imdb.py'}:tiny,cpu,smoke",
+              f"--workdir={run}", f"--config.data.train_path={tmp_path / 'train.jsonl.gz'}",
+              f"--config.data.eval_path={tmp_path / 'test.jsonl.gz'}",
+              "--config.data.vocab_size=40", "--config.train.num_steps=40",
+              "--config.checkpoint.max_to_keep=1")
   assert train.returncode == 0, train.stderr[-3000:]
   records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
   validation = {r["step"]: r["accuracy"] for r in records if r["split"] == "validation"}
