@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 import tiny_setup
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -79,3 +80,42 @@ def test_a_time_budget_stops_checkpoints_and_evaluates_and_counts_over_restarts(
   again = _train_on_a_ticking_clock(tmp_path, max_minutes=2)
   assert "is used" in again.stderr and "not training" in again.stderr
   assert tiny_setup.records(tmp_path)[-1]["step"] == last
+
+
+def _launch(script: str, *flags: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, str(ROOT / "launch" / script), *flags],
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_addition_with_index_hints_and_random_offsets_trains_and_evaluates(tmp_path):
+  """The length-generalisation options as the addition config documents them:
+  set on the command line, kept in config.json, and used by evaluate.py,
+  which rebuilds the model from that file."""
+  train = _launch(
+      "train.py", f"--config={ROOT / 'configs' / 'addition.py'}:tiny,smoke",
+      f"--workdir={tmp_path}", "--config.train.num_steps=2", "--config.eval.every_steps=1000",
+      "--config.model.positions=learned", "--config.model.max_len=64",
+      "--config.model.position_restart_ids=(13,)", "--config.model.position_offset_max=16")
+  assert train.returncode == 0, train.stderr[-3000:]
+  model = json.load(open(tmp_path / "config.json"))["model"]
+  assert model["position_restart_ids"] == [13] and model["position_offset_max"] == 16
+
+  evaluate = _launch("evaluate.py", f"--workdir={tmp_path}", "--split=test", "--num_examples=40")
+  assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+  last = tiny_setup.records(tmp_path)[-1]
+  assert last["split"] == "test" and last["step"] == 2
+  assert {"sequence_accuracy_trained_lengths", "sequence_accuracy_longer_lengths"} <= set(last)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.position_restart_ids=0",
+     "model.position_restart_ids=(0,); expected a tuple of token ids > 0"),
+    ("--config.model.position_offset_max=-3", "model.position_offset_max=-3; expected an int >= 0"),
+])
+def test_bad_position_options_are_refused_before_anything_is_trained(tmp_path, override, message):
+  run = _launch("train.py", f"--config={ROOT / 'configs' / 'addition.py'}:tiny,smoke",
+                f"--workdir={tmp_path}", override)
+  assert run.returncode != 0 and message in run.stderr, run.stderr[-3000:]
+  assert not (tmp_path / "metrics.jsonl").exists()
+  assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")

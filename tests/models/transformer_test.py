@@ -95,6 +95,61 @@ def test_without_positions_an_encoder_cannot_see_token_order(make_config):
     assert np.allclose(a, b, atol=1e-5) == same, positions
 
 
+def test_restarted_positions_count_each_number_from_its_first_digit():
+  plus = 13
+  tokens = jnp.array([[3, 4, 5, plus, 6, 7, 0, 0],
+                      [3, plus, 4, plus, 5, 6, 7, 0]])
+  positions = jnp.broadcast_to(jnp.arange(8), tokens.shape)
+  np.testing.assert_array_equal(
+      models.transformer.restart_positions(positions, tokens, (plus,)),
+      [[0, 1, 2, 3, 0, 1, 2, 3], [0, 1, 0, 1, 0, 1, 2, 3]])
+  # Packed rows restart at their segments too: "34+5" then "3+44".
+  packed = jnp.array([[3, 4, plus, 5, 3, plus, 4, 4]])
+  np.testing.assert_array_equal(
+      models.transformer.restart_positions(jnp.array([[0, 1, 2, 3, 0, 1, 2, 3]]), packed, (plus,)),
+      [[0, 1, 2, 0, 0, 1, 0, 1]])
+  np.testing.assert_array_equal(
+      models.transformer.restart_positions(positions, tokens, ()), positions)
+
+
+def test_with_restarts_the_order_of_equally_long_numbers_is_invisible(make_config):
+  """Each number's digits count from 0, so "12+34" and "34+12" give a mean-pooling
+  classifier the same (token, position) pairs: equal logits, which plain
+  positions tell apart."""
+  plus = 13
+  batch = {"inputs": np.array([[4, 5, plus, 6, 7]], np.int32)}
+  swapped = {"inputs": np.array([[6, 7, plus, 4, 5]], np.int32)}
+  for restart_ids, same in (((plus,), True), ((), False)):
+    model = _build("classify", make_config(position_restart_ids=restart_ids))
+    params = model.init(jax.random.key(0), batch)
+    a, b = (model.apply(params, None, x, False) for x in (batch, swapped))
+    assert np.allclose(a, b, atol=1e-5) == same, restart_ids
+
+
+@pytest.mark.parametrize("kind", ["seq2seq", "lm", "classify"])
+def test_random_position_offsets_apply_only_while_training(make_config, kind):
+  """An offset maximum changes training (a shift drawn per row from the rng)
+  but not evaluation; under RoPE, which sees only differences, a shared shift
+  changes nothing even in training."""
+  batch = _batch(kind)
+  config = lambda **overrides: make_config(dropout_rate=0.0, **overrides)
+  plain, shifted = _build(kind, config()), _build(kind, config(position_offset_max=50))
+  params = plain.init(jax.random.key(0), batch)
+  train = lambda model, seed: model.apply(params, jax.random.key(seed), batch, True)
+  np.testing.assert_array_equal(shifted.apply(params, None, batch, False),
+                                plain.apply(params, None, batch, False))
+  np.testing.assert_array_equal(train(plain, 1), train(plain, 2))  # No dropout.
+  assert not np.allclose(train(shifted, 1), train(shifted, 2))
+  np.testing.assert_array_equal(train(shifted, 1), train(shifted, 1))
+  if kind != "classify":  # RoPE is in self-attention; a classifier's pooling is not relative.
+    rope, rope_shifted = (_build(kind, config(positions="rope", position_offset_max=n))
+                          for n in (0, 50))
+    rope_params = rope.init(jax.random.key(0), batch)
+    np.testing.assert_allclose(rope_shifted.apply(rope_params, jax.random.key(1), batch, True),
+                               rope.apply(rope_params, jax.random.key(1), batch, True),
+                               atol=1e-4)
+
+
 def test_residual_switch_keeps_the_parameters_and_changes_the_function(make_config):
   batch = _batch("seq2seq")
   with_res, without = (_build("seq2seq", make_config(residual=r)) for r in (True, False))
@@ -293,6 +348,15 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(make_config):
     models.build(make_config(), "mt", input_vocab_size=3, target_vocab_size=3)
   with pytest.raises(ValueError, match=r"model.positions='alibi'; expected one of"):
     _build("lm", make_config(positions="alibi"))
+  with pytest.raises(ValueError, match=r"sequence length 6 \+ model.position_offset_max=4 exceeds "
+                                       r"model.max_len=8.*at most 4 tokens"):
+    shifted = _build("seq2seq", make_config(positions="learned", max_len=8, position_offset_max=4))
+    shifted.apply(params, jax.random.key(0), batch, True)
+  with pytest.raises(ValueError, match=r"model.position_offset_max=-1; expected an int >= 0"):
+    _build("lm", make_config(position_offset_max=-1))
+  with pytest.raises(ValueError, match=r"model.position_restart_ids=\(0,\); expected a tuple of "
+                                       r"token ids > 0"):
+    _build("classify", make_config(position_restart_ids=(0,)))
   with pytest.raises(ValueError, match=r"model.remat='some'; expected one of \['none', 'full', 'dots'\]"):
     _build("lm", make_config(remat="some"))
   with pytest.raises(ValueError, match=r"model.scan_layers='yes'; expected one of \[True, False\]"):

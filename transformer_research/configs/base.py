@@ -39,6 +39,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.activation = "relu"  # Feed-forward nonlinearity: "relu" or "gelu".
   c.model.positions = "sinusoidal"  # "learned", "sinusoidal", "rope" or "none".
   c.model.max_len = 512  # Longest sequence the position table supports.
+  # Length generalisation (models/transformer.py): encoder positions restart at 0
+  # after these token ids (per-number digit positions for arithmetic, "index
+  # hints"); () = 0..S-1. And while training, each row's positions are shifted
+  # by a random integer in [0, position_offset_max] (randomised positions); 0 = none.
+  c.model.position_restart_ids = ()
+  c.model.position_offset_max = 0
   c.model.fused_qkv = False  # One [D, 3D] projection instead of three.
   c.model.dropout_rate = 0.1
   c.model.attention_dropout_rate = 0.0

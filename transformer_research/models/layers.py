@@ -39,6 +39,12 @@ class Options:
   activation: str = "relu"
   positions: str = "sinusoidal"
   max_len: int = 512
+  # Index hints and randomised positions (length generalisation, see
+  # transformer.py): encoder positions restart at 0 after these token ids, and
+  # while training every row's positions are shifted by a random offset in
+  # [0, position_offset_max].
+  position_restart_ids: tuple[int, ...] = ()
+  position_offset_max: int = 0
   fused_qkv: bool = False
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
@@ -165,11 +171,12 @@ class PositionEmbedding(hk.Module):
     """Args: x [B, T, D]; positions [B, T] int. Returns [B, T, D]."""
     kind, d_model = self.options.positions, self.options.d_model
     if kind == "learned":
-      max_len = self.options.max_len
-      if x.shape[1] > max_len:
-        raise ValueError(f"sequence length {x.shape[1]} exceeds model.max_len="
-                         f"{max_len}, the size of the learned position table; "
-                         f"expected at most {max_len} tokens.")
+      max_len, offset = self.options.max_len, self.options.position_offset_max
+      if x.shape[1] + offset > max_len:
+        plus_offset = f" + model.position_offset_max={offset}" if offset else ""
+        raise ValueError(f"sequence length {x.shape[1]}{plus_offset} exceeds model.max_len="
+                         f"{max_len}, the size of the learned position table; expected at "
+                         f"most {max_len - offset} tokens.")
       table = hk.get_parameter("embeddings", [max_len, d_model], jnp.float32,
                                init=hk.initializers.TruncatedNormal(stddev=0.02))
       return x + jnp.take(table, positions, axis=0).astype(x.dtype)

@@ -21,6 +21,18 @@ Packed rows: when a batch carries `<key>_segmentation` and `<key>_position`,
 masks keep segments apart and positions restart per segment, so a packed row
 computes what its examples would compute alone.
 
+Positions for length generalisation (`Options.position_restart_ids`,
+`position_offset_max`): with restart ids, an encoder's positions also restart
+at 0 after each of those tokens, so in "321+54" the digits of both numbers
+count 0, 1, 2 from their least significant end, as the decoder's output digits
+do: digit i of each operand and of the sum share position i (the index hints
+of Abacus embeddings, McLeish et al. 2024). With an offset maximum N, training
+shifts each row's positions, encoder and decoder alike, by a random integer in
+[0, N] (randomised positions, Ruoss et al. 2023): the positions of lengths
+longer than the trained ones get trained too, and a model that relates
+positions must do it by their difference. Evaluation and decoding use no
+shift, so a decoding step's position stays its cache index.
+
 Shape glossary:
   B: batch.  S: source length.  T: target length.  D: model width.
   H: heads.  V: vocabulary size.  C: classes.  L: cache length.
@@ -45,6 +57,38 @@ def _positions(batch: Batch, key: str) -> jnp.ndarray:
     return batch[f"{key}_position"]
   tokens = batch[key]
   return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+
+
+def restart_positions(positions: jnp.ndarray, tokens: jnp.ndarray,
+                      restart_ids: tuple[int, ...]) -> jnp.ndarray:
+  """`positions` [B, S] that also restart at 0 after every token in `restart_ids`.
+
+  A run starts at the later of its segment's start (positions restart there
+  already, packed or not) and the token after the last restart token; the
+  restart token itself ends the run it follows.
+  """
+  if not restart_ids:
+    return positions
+  index = jnp.arange(tokens.shape[1])  # [S]
+  after_restart = jnp.where(jnp.isin(tokens, jnp.asarray(restart_ids)), index + 1, 0)
+  after_restart = jax.lax.cummax(after_restart, axis=1)  # [B, S] inclusive
+  after_restart = jnp.pad(after_restart[:, :-1], ((0, 0), (1, 0)))  # ... exclusive
+  return index - jnp.maximum(index - positions, after_restart)
+
+
+def _encoder_positions(batch: Batch, key: str, options: layers.Options) -> jnp.ndarray:
+  """[B, S] positions of an encoder's input `batch[key]`, restarted at the
+  options' restart ids."""
+  return restart_positions(_positions(batch, key), batch[key], options.position_restart_ids)
+
+
+def _training_offset(options: layers.Options, batch_size: int, is_training: bool):
+  """[B, 1] random position shifts in [0, options.position_offset_max] while
+  training (one per row, shared by its encoder and decoder), else 0."""
+  if not is_training or not options.position_offset_max:
+    return 0
+  return jax.random.randint(hk.next_rng_key(), (batch_size, 1), 0,
+                            options.position_offset_max + 1)
 
 
 class _OutputMixin:
@@ -104,24 +148,26 @@ class Transformer(_OutputMixin, hk.Module):
     return self._built
 
   @hk.transparent
-  def encode(self, batch: Batch, is_training: bool = False) -> jnp.ndarray:
-    """Returns the memory [B, S, D] for `batch["inputs"]` [B, S]."""
+  def encode(self, batch: Batch, is_training: bool = False, offset=0) -> jnp.ndarray:
+    """Returns the memory [B, S, D] for `batch["inputs"]` [B, S]; `offset`
+    ([B, 1] or 0) shifts the positions (see `_training_offset`)."""
     source, _, encoder, _ = self._parts()
     inputs = batch["inputs"]
     mask = masks.encoder_mask(inputs, batch.get("inputs_segmentation"))  # [B, 1, S, S]
-    return encoder(source(inputs), mask, _positions(batch, "inputs"),
-                   is_training=is_training)
+    positions = _encoder_positions(batch, "inputs", self.options) + offset
+    return encoder(source(inputs), mask, positions, is_training=is_training)
 
   @hk.transparent
   def __call__(self, batch: Batch, is_training: bool) -> jnp.ndarray:
     """Teacher-forced logits [B, T, V] float32."""
     _, target, _, decoder = self._parts()
-    memory = self.encode(batch, is_training)  # [B, S, D]
     targets, seg = batch["targets"], batch.get("targets_segmentation")
+    offset = _training_offset(self.options, targets.shape[0], is_training)
+    memory = self.encode(batch, is_training, offset)  # [B, S, D]
     decoder_inputs = masks.shift_right(targets, seg)  # [B, T]
     y, _ = decoder(
         target(decoder_inputs), masks.decoder_mask(targets, seg),
-        _positions(batch, "targets"), is_training=is_training, memory=memory,
+        _positions(batch, "targets") + offset, is_training=is_training, memory=memory,
         memory_mask=masks.memory_mask(targets, batch["inputs"], seg,
                                       batch.get("inputs_segmentation")))
     return self._logits(y, target, self.target_vocab_size)
@@ -180,8 +226,9 @@ class TransformerLM(_OneStack):
     """Next-token logits [B, T, V] float32 (position t predicts targets[t])."""
     embed, decoder = self._parts()
     targets, seg = batch["targets"], batch.get("targets_segmentation")
+    offset = _training_offset(self.options, targets.shape[0], is_training)
     y, _ = decoder(embed(masks.shift_right(targets, seg)),
-                   masks.decoder_mask(targets, seg), _positions(batch, "targets"),
+                   masks.decoder_mask(targets, seg), _positions(batch, "targets") + offset,
                    is_training=is_training)
     return self._logits(y, embed, self.vocab_size)
 
@@ -222,7 +269,8 @@ class EncoderClassifier(hk.Module):
       cls = layers.TokenEmbedding(1, o.d_model, compute_dtype=o.compute_dtype, name="cls")
       x = jnp.concatenate([cls(jnp.zeros_like(inputs[:, :1])), x], axis=1)  # [B, 1+S, D]
       inputs = jnp.pad(inputs, ((0, 0), (1, 0)), constant_values=1)  # CLS is never pad.
-    positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
+    positions = (_encoder_positions({"inputs": inputs}, "inputs", o)
+                 + _training_offset(o, inputs.shape[0], is_training))
     encoder = layers.Encoder(o, self.num_layers)
     x = encoder(x, masks.encoder_mask(inputs), positions, is_training=is_training)
     if self.pooling == "cls":
@@ -251,7 +299,9 @@ class EncoderMLM(_OneStack):
                                   name="embed")
     inputs = batch["inputs"]
     mask = masks.encoder_mask(inputs, batch.get("inputs_segmentation"))  # [B, 1, S, S]
-    x = layers.Encoder(o, self.num_layers)(embed(inputs), mask, _positions(batch, "inputs"),
+    positions = (_encoder_positions(batch, "inputs", o)
+                 + _training_offset(o, inputs.shape[0], is_training))
+    x = layers.Encoder(o, self.num_layers)(embed(inputs), mask, positions,
                                            is_training=is_training)  # [B, S, D]
     if "mlm_positions" in batch:
       x = jnp.take_along_axis(x, batch["mlm_positions"][..., None], axis=1)  # [B, P, D]
@@ -442,11 +492,28 @@ def _options(model_config, platform: str | None = None) -> tuple[layers.Options,
   options = layers.Options(
       d_model=sizes.d_model, num_heads=sizes.num_heads, d_ff=sizes.d_ff,
       norm=c.norm, residual=c.residual, activation=c.activation, positions=c.positions,
-      max_len=c.max_len, fused_qkv=c.fused_qkv, dropout_rate=c.dropout_rate,
+      max_len=c.max_len, position_restart_ids=_restart_ids(c.position_restart_ids),
+      position_offset_max=_non_negative("model.position_offset_max", c.position_offset_max),
+      fused_qkv=c.fused_qkv, dropout_rate=c.dropout_rate,
       attention_dropout_rate=c.attention_dropout_rate,
       compute_dtype=compute_dtype(c.compute_dtype, platform), scan_layers=c.scan_layers,
       remat=c.remat)
   return options, sizes
+
+
+def _restart_ids(value) -> tuple[int, ...]:
+  """`model.position_restart_ids` as a tuple of token ids (pad 0 is never one)."""
+  ids = tuple(value) if isinstance(value, (tuple, list)) else None
+  if ids is None or not all(isinstance(i, int) and i > 0 for i in ids):
+    raise ValueError(f"model.position_restart_ids={value!r}; expected a tuple of token "
+                     "ids > 0 (the pad id 0 cannot restart a count)")
+  return ids
+
+
+def _non_negative(name: str, value) -> int:
+  if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    raise ValueError(f"{name}={value!r}; expected an int >= 0.")
+  return value
 
 
 def _positive(name: str, value) -> int:
