@@ -104,6 +104,20 @@ def test_a_recipe_is_a_third_independent_choice(name, default_variant):
     configs.load_config("reverse:cpu")  # A recipe only where a task has one.
 
 
+def test_the_addition_index_hints_recipe_restarts_positions_at_the_plus_sign():
+  """`addition:index_hints` restarts positions after the id the task gives "+"
+  (not a copied number) and shifts them while training; the default does neither."""
+  hints = _parse(f"--config={CONFIGS}/addition.py:index_hints")
+  assert hints.to_dict() == configs.load_config("addition:index_hints").to_dict()
+  tokenizer, _ = tasks._char_tokenizers("addition", hints.data)
+  assert hints.model.position_restart_ids == tuple(tokenizer.encode("+"))
+  assert hints.model.position_offset_max == 16
+  plain = configs.load_config("addition")
+  assert (plain.model.position_restart_ids, plain.model.position_offset_max) == ((), 0)
+  smoke = configs.load_config("addition:tiny,index_hints,smoke")
+  assert (smoke.model.variant, smoke.model.position_offset_max) == ("tiny", 16)
+
+
 def test_the_imdb_recipe_keeps_its_best_checkpoints_by_validation_accuracy():
   """The test figure of `imdb:cpu` is of the checkpoint chosen on validation."""
   cpu = configs.load_config("imdb:cpu")
