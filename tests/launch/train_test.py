@@ -88,15 +88,21 @@ def _launch(script: str, *flags: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_addition_with_index_hints_and_random_offsets_trains_and_evaluates(tmp_path):
+@pytest.mark.parametrize("config_arg, overrides", [
+    ("tiny,index_hints,smoke", ()),  # The recipe, as the README gives it.
+    ("tiny,smoke", ("--config.model.positions=learned", "--config.model.max_len=64",
+                    "--config.model.position_restart_ids=(13,)",
+                    "--config.model.position_offset_max=16")),  # The same by overrides.
+], ids=["recipe", "overrides"])
+def test_addition_with_index_hints_and_random_offsets_trains_and_evaluates(
+    tmp_path, config_arg, overrides):
   """The length-generalisation options as the addition config documents them:
   set on the command line, kept in config.json, and used by evaluate.py,
   which rebuilds the model from that file."""
   train = _launch(
-      "train.py", f"--config={ROOT / 'configs' / 'addition.py'}:tiny,smoke",
+      "train.py", f"--config={ROOT / 'configs' / 'addition.py'}:{config_arg}",
       f"--workdir={tmp_path}", "--config.train.num_steps=2", "--config.eval.every_steps=1000",
-      "--config.model.positions=learned", "--config.model.max_len=64",
-      "--config.model.position_restart_ids=(13,)", "--config.model.position_offset_max=16")
+      *overrides)
   assert train.returncode == 0, train.stderr[-3000:]
   model = json.load(open(tmp_path / "config.json"))["model"]
   assert model["position_restart_ids"] == [13] and model["position_offset_max"] == 16
