@@ -109,7 +109,7 @@ def test_the_addition_index_hints_recipe_restarts_positions_at_the_plus_sign():
   (not a copied number) and shifts them while training; the default does neither."""
   hints = _parse(f"--config={CONFIGS}/addition.py:index_hints")
   assert hints.to_dict() == configs.load_config("addition:index_hints").to_dict()
-  tokenizer, _ = tasks._char_tokenizers("addition", hints.data)
+  tokenizer, _ = tasks.char_tokenizers("addition", hints.data)
   assert hints.model.position_restart_ids == tuple(tokenizer.encode("+"))
   assert hints.model.position_offset_max == 16
   plain = configs.load_config("addition")

@@ -26,7 +26,7 @@ accuracy on numbers of up to 10 digits / of 11-20 digits
 import ml_collections
 
 from transformer_research.configs import base
-from transformer_research.data import tokenizers
+from transformer_research.data import tasks
 
 RECIPES = ("index_hints",)
 
@@ -48,7 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Each number's digits count 0, 1, 2... from the least significant, as the
     # sum's do, so digit i of both operands and of the sum share position i;
     # random shifts of up to 16 train the positions of longer numbers too.
-    plus_id, = tokenizers.digit_tokenizer("+").encode("+")
+    task_tokenizer, _ = tasks.char_tokenizers("addition", c.data)
+    plus_id, = task_tokenizer.encode("+")
     c.model.position_restart_ids = (plus_id,)
     c.model.position_offset_max = 16
     c.train.num_steps = 12000  # 8,000 gave 98.0% on the trained lengths; 12,000 gave 99.1%.

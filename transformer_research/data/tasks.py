@@ -394,8 +394,13 @@ def _text_fingerprint(data: ml_collections.ConfigDict,
   return {"split": split, "examples": len(records), "sha256": digest.hexdigest()}
 
 
-def _char_tokenizers(name: str, data: ml_collections.ConfigDict
-                     ) -> tuple[tok_lib.Tokenizer, tok_lib.Tokenizer | None]:
+def char_tokenizers(name: str, data: ml_collections.ConfigDict
+                    ) -> tuple[tok_lib.Tokenizer, tok_lib.Tokenizer | None]:
+  """The (input, target) tokenizers of a synthetic task (target None: a label).
+
+  Public because a config may need a token id (`addition:index_hints` restarts
+  positions after "+"): it asks here rather than rebuilding the vocabulary.
+  """
   if name in ("reverse", "sort"):
     tok = tok_lib.CharTokenizer(synthetic.ALPHABET[:data.num_symbols])
     return tok, tok
@@ -486,7 +491,7 @@ def vocab_sizes(config: ml_collections.ConfigDict) -> VocabSizes:
   name, data = config.data.task, config.data
   task_spec = spec(name)
   if task_spec.tokenizer == "char":
-    in_tok, tgt_tok = _char_tokenizers(name, data)
+    in_tok, tgt_tok = char_tokenizers(name, data)
     sizes = (in_tok.vocab_size, tgt_tok.vocab_size if tgt_tok else None)
   else:
     sizes = (_text_vocab_size(data),) * 2
@@ -529,7 +534,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *, train_token
   task_spec = spec(name)
   if task_spec.tokenizer == "char":
     raw = _synthetic_raw(name, data, config.seed)
-    in_tok, tgt_tok = _char_tokenizers(name, data)
+    in_tok, tgt_tok = char_tokenizers(name, data)
   else:
     raw = _text_raw(name, data)
     pi, pc = pipeline.default_process(process_index, process_count)
