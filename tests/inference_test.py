@@ -2,8 +2,10 @@
 
 The naive decoder reruns `model.apply` on the whole prefix every step, so any
 mistake in the key/value cache, the positions or the memory mask shows up as
-a different token.
+a different token. One test reads the compiled decode loop: what a step copies.
 """
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -154,3 +156,32 @@ def test_beam_with_sampling_is_refused(setup):
   with pytest.raises(ValueError, match="beam_size=4 with temperature=0.7"):
     inference.make_generate_fn(model, eos_id=EOS, max_len=MAX_LEN, beam_size=4,
                                temperature=0.7)
+
+
+def _while_body(hlo: str) -> str:
+  """The text of the (one) while loop body in a compiled module's HLO."""
+  body = re.search(r"body=(%[\w.\-]+)", hlo).group(1)
+  start = hlo.index(f"\n{body} ")
+  return hlo[start:hlo.index("\n}\n", start)]
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_the_decode_loop_reads_the_cross_attention_keys_as_they_were_laid_out(beam_size):
+  """Keys and values of the source are laid out once, before the loop: no step
+  transposes or copies them (XLA used to move that transpose into the loop,
+  one copy of every layer's keys and values per step). Unrolled layers only:
+  a scanned stack slices each layer's keys out of the stacked ones per step."""
+  model = models.build(model_config(), "seq2seq", input_vocab_size=VOCAB,
+                       target_vocab_size=VOCAB)
+  sources = jnp.asarray(np.random.default_rng(0).integers(2, VOCAB, (3, 5)), jnp.int32)
+  params = model.init(jax.random.key(0), {"inputs": sources, "targets": sources})
+  fn = inference.make_generate_fn(model, eos_id=EOS, max_len=MAX_LEN, beam_size=beam_size)
+  body = _while_body(fn.lower(params, sources).compile().as_text())
+  heads = model.sizes.num_heads
+  kv_dims = sorted((3, 5, heads, model.sizes.d_model // heads))  # [B, S, H, Dh] in any order
+  written = [line.split(" = ")[0].strip() for line in body.splitlines()
+             if (m := re.search(r" = f32\[([\d,]+)\]\{[\d,]*\} (\w[\w-]*)\(", line))
+             and sorted(map(int, m.group(1).split(","))) == kv_dims
+             and m.group(2) not in ("get-tuple-element", "bitcast", "parameter")]
+  assert len(re.findall(r"cross_attn/.*dot_general", body)) >= 2 * model.sizes.num_decoder_layers
+  assert not written, written

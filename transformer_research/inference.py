@@ -77,7 +77,10 @@ def make_generate_fn(model: Any, *, eos_id: int, max_len: int, beam_size: int = 
     if model.kind == "seq2seq":
       # The encoder and every layer's cross-attention keys and values, once per
       # source; the K beams of a source (rows of the callback, [B*K]) share it.
-      context = model.decode_context(params, inputs)
+      # The barrier makes XLA lay the keys and values out here, once: without
+      # it XLA moved their head-major transposes into the decode loop, and every
+      # step copied every layer's cross-attention keys and values (on CPU).
+      context = jax.lax.optimization_barrier(model.decode_context(params, inputs))
       step = lambda tok, cache: model.decode_step(params, tok, cache, context)
       source = decoding.tile_beams(inputs, k)  # [B*K, S]
       full = lambda toks: model.apply(params, None, {"inputs": source, "targets": toks})
