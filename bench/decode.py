@@ -1,10 +1,10 @@
 """Decoding speed: cached greedy and beam-4 on fixed shapes, real lengths and a whole split.
 
     python bench/decode.py [--config=configs/wmt_spa.py] [--spa_eng_zip=PATH] [--workdir=RUN]
-        [--tables=fixed,lengths,split] [--max_len=32] [--batch_size=32] [--source_len=32]
+        [--tables=fixed,step,ops,lengths,split] [--max_len=32] [--batch_size=32] [--source_len=32]
         [--batch_sizes=32,256] [--num_sentences=512] [--repeats=3] [--naive_beam]
 
-Prints the config, the device and three tables:
+Prints the config, the device and five tables:
 
 * fixed: one batch of `--batch_size` random sources padded to `--source_len`
   (about half of it real tokens), decoded to `--max_len` tokens by
@@ -13,6 +13,14 @@ Prints the config, the device and three tables:
   - naive greedy (/ beam-4 with --naive_beam): `model.apply` on the whole
     source and target prefix at every step, as a decoder without a cache must.
   The shapes of the README's first decode figure, so old and new code compare.
+* step: the time of one step of cached greedy and beam-4 on the fixed
+  batch (from decodes of `--max_len` steps and of one), its FLOP/s (XLA's
+  count for the decoder step), and the time of the matmuls a step must do,
+  each jitted alone at the same shapes (less the cost of a jitted call): the
+  rest is everything else.
+* ops: where a step's time goes, from a `jax.profiler` trace of one
+  decode of the fixed batch: the time per step of each kind of operation
+  (named by the HLO's op_name) and of the slowest operations.
 * lengths: sentences/s and tokens/s of cached greedy and beam-4 at each of
   `--batch_sizes`, on `--num_sentences` sources with real lengths, batched as
   translate.py batches them (`batching`: sorted by length, padded to bucket
@@ -32,7 +40,12 @@ per full-length sentence. A trained run stops at its EOS, as in use. Timed
 figures exclude compilation (one warm-up pass); the best of `--repeats`.
 """
 
+import collections
+import glob
+import gzip
+import json
 import os
+import re
 import tempfile
 import time
 import zipfile
@@ -55,7 +68,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run: its config, para
                                "tokenizer instead of random ones.")
 _ZIP = flags.DEFINE_string("spa_eng_zip", None, "spa-eng.zip: real sentences for the "
                            "lengths and split tables.")
-_TABLES = flags.DEFINE_list("tables", ["fixed", "lengths", "split"], "Tables to print.")
+_TABLES = flags.DEFINE_list("tables", ["fixed", "step", "ops", "lengths", "split"],
+                            "Tables to print.")
 _MAX_LEN = flags.DEFINE_integer("max_len", 32, "Tokens generated per sentence (fixed, lengths).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences decoded together (fixed).")
 _SOURCE_LEN = flags.DEFINE_integer("source_len", 32, "Padded source length (fixed; about "
@@ -101,6 +115,78 @@ def fixed_table(exp, params, eos: int) -> None:
   if "naive beam-4" in results:
     print(f"cached beam-4 is {results['naive beam-4'] / results['cached beam-4']:.1f}x "
           "naive beam-4")
+
+
+def step_table(exp, params, eos: int) -> None:
+  sizes, c = exp.model.sizes, exp.config
+  d, ff, vocab = sizes.d_model, sizes.d_ff, exp.vocab.target
+  projections = [(d, 3 * d)] if c.model.fused_qkv else [(d, d)] * 3  # Self-attention q, k, v.
+  layer = projections + [(d, d)] * 3 + [(d, ff), (ff, d)]  # Outputs, cross query, feed-forward.
+  rng = np.random.default_rng(0)
+  b, s, steps = _BATCH.value, _SOURCE_LEN.value, _MAX_LEN.value
+  inputs = rng.integers(2, exp.vocab.input, (b, s)).astype(np.int32)
+  print(f"\nstep: one step of the decode loop = (time of {steps} steps - time of 1) / "
+        f"{steps - 1}, batch={b} source_len={s}; matmuls: {sizes.num_decoder_layers} x "
+        f"{layer} + [{d}, {vocab}] at the step's rows, each jitted alone")
+  print(f"{'method':<15} {'rows':>5} {'step ms':>8} {'GFLOP/s':>8} {'matmuls ms':>11} "
+        f"{'rest ms':>8}")
+  for name, beam in (("cached greedy", 1), ("cached beam-4", 4)):
+    rows = b * beam
+    timed = [best_time(lambda n=n: exp.generate_fn(eos_id=eos, max_len=n, beam_size=beam)(
+        params, inputs), _REPEATS.value)[0] for n in (1, steps)]
+    seconds = (timed[1] - timed[0]) / (steps - 1)
+    context = jax.jit(exp.model.decode_context)(params, inputs)
+    step = jax.jit(exp.model.decode_step).lower(
+        params, np.ones((rows,), np.int32), exp.model.init_cache(rows, steps), context).compile()
+    flop = step.cost_analysis()["flops"]  # XLA's count for one step of `rows` rows.
+    def matmul_seconds(k, n):
+      """One jitted matmul, less the cost of calling a jitted function at all."""
+      x, w = (jax.numpy.asarray(rng.normal(size=shape), np.float32) for shape in ((rows, k), (k, n)))
+      matmul, call = jax.jit(lambda x, w: x @ w), jax.jit(lambda x, w: x[0, 0] + w[0, 0])
+      return max(best_time(lambda: matmul(x, w), 20 * _REPEATS.value)[0]
+                 - best_time(lambda: call(x, w), 20 * _REPEATS.value)[0], 0.0)
+    matmuls = (sizes.num_decoder_layers * sum(matmul_seconds(k, n) for k, n in layer)
+               + matmul_seconds(d, vocab))
+    print(f"{name:<15} {rows:>5} {seconds * 1e3:>8.2f} {flop / seconds / 1e9:>8.1f} "
+          f"{matmuls * 1e3:>11.2f} {(seconds - matmuls) * 1e3:>8.2f}")
+
+
+# Kinds of operations in a decode step, by the op_name XLA keeps (first match wins).
+_OP_KINDS = (("output projection", "target_embed"), ("feed-forward", "/mlp/"),
+             ("attention", "attn/vmap"), ("projections", "dot_general"),
+             ("beam reordering", "_take"), ("top-k", "top_k"), ("log-softmax", "log_softmax"))
+
+
+def ops_table(exp, params, eos: int) -> None:
+  b, s, steps = _BATCH.value, _SOURCE_LEN.value, _MAX_LEN.value
+  inputs = np.random.default_rng(0).integers(2, exp.vocab.input, (b, s)).astype(np.int32)
+  print(f"\nops: ms per step of each kind of operation, batch={b} source_len={s} "
+        f"max_len={steps} (one traced decode; the trace slows it a little)")
+  for name, beam in (("cached greedy", 1), ("cached beam-4", 4)):
+    generate = exp.generate_fn(eos_id=eos, max_len=steps, beam_size=beam)
+    op_names = {}
+    for line in generate.lower(params, inputs).compile().as_text().splitlines():
+      if (match := re.match(r"\s*(?:ROOT )?%([\w.\-]+) = .*op_name=\"([^\"]+)\"", line)):
+        op_names[match.group(1)] = match.group(2)
+    jax.block_until_ready(generate(params, inputs))
+    with tempfile.TemporaryDirectory() as trace_dir:
+      jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+      jax.block_until_ready(generate(params, inputs))
+      jax.profiler.stop_trace()
+      trace, = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+      with gzip.open(trace) as f:
+        events = json.load(f)["traceEvents"]
+    per_op = collections.Counter()
+    for e in events:
+      if e.get("ph") == "X" and "/while/body/" in op_names.get(e["name"], ""):
+        per_op[e["name"]] += e["dur"] / 1e3 / steps  # ms per step
+    kinds = collections.Counter()
+    for op, ms in per_op.items():
+      kinds[next((k for k, key in _OP_KINDS if key in op_names[op]), "other")] += ms
+    print(f"{name}: {sum(kinds.values()):.2f} ms a step: " +
+          ", ".join(f"{k} {ms:.2f}" for k, ms in kinds.most_common()))
+    for op, ms in per_op.most_common(5):
+      print(f"  {ms:6.3f} ms  {op_names[op].split('/while/body/')[1][-70:]}")
 
 
 def test_sentences(path: str) -> tuple[list[str], list[tuple[int, str, str]]]:
@@ -196,6 +282,10 @@ def main(argv: list[str]) -> None:
   sentences, pairs = test_sentences(_ZIP.value) if _ZIP.value else (None, None)
   if "fixed" in _TABLES.value:
     fixed_table(exp, params, eos)
+  if "step" in _TABLES.value:
+    step_table(exp, params, eos)
+  if "ops" in _TABLES.value:
+    ops_table(exp, params, eos)
   if "lengths" in _TABLES.value:
     lengths_table(exp, params, eos, *source_rows(exp, sentences, pairs, _NUM.value),
                   trained=run is not None)
