@@ -151,9 +151,11 @@ def step_table(exp, params, eos: int) -> None:
           f"{matmuls * 1e3:>11.2f} {(seconds - matmuls) * 1e3:>8.2f}")
 
 
-# Kinds of operations in a decode step, by the op_name XLA keeps (first match wins).
+# Kinds of operations in a decode step, by a pattern of the op_name XLA keeps
+# (first match wins): attention is dot_product_attention (vmap) or the grouped
+# einsums of `attention.attend`.
 _OP_KINDS = (("output projection", "target_embed"), ("feed-forward", "/mlp/"),
-             ("attention", "attn/vmap"), ("projections", "dot_general"),
+             ("attention", r"attn/(vmap|bhg)"), ("projections", "dot_general"),
              ("beam reordering", "_take"), ("top-k", "top_k"), ("log-softmax", "log_softmax"))
 
 
@@ -182,7 +184,8 @@ def ops_table(exp, params, eos: int) -> None:
         per_op[e["name"]] += e["dur"] / 1e3 / steps  # ms per step
     kinds = collections.Counter()
     for op, ms in per_op.items():
-      kinds[next((k for k, key in _OP_KINDS if key in op_names[op]), "other")] += ms
+      kinds[next((k for k, pattern in _OP_KINDS if re.search(pattern, op_names[op])),
+                 "other")] += ms
     print(f"{name}: {sum(kinds.values()):.2f} ms a step: " +
           ", ".join(f"{k} {ms:.2f}" for k, ms in kinds.most_common()))
     for op, ms in per_op.most_common(5):
