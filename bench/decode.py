@@ -165,9 +165,11 @@ def ops_table(exp, params, eos: int) -> None:
   print(f"\nops: ms per step of each kind of operation, batch={b} source_len={s} "
         f"max_len={steps} (one traced decode; the trace slows it a little)")
   for name, beam in (("cached greedy", 1), ("cached beam-4", 4)):
-    generate = exp.generate_fn(eos_id=eos, max_len=steps, beam_size=beam)
+    # The trace names the executable's HLO ops: trace the one whose text is read.
+    generate = exp.generate_fn(eos_id=eos, max_len=steps, beam_size=beam).lower(
+        params, inputs).compile()
     op_names = {}
-    for line in generate.lower(params, inputs).compile().as_text().splitlines():
+    for line in generate.as_text().splitlines():
       if (match := re.match(r"\s*(?:ROOT )?%([\w.\-]+) = .*op_name=\"([^\"]+)\"", line)):
         op_names[match.group(1)] = match.group(2)
     jax.block_until_ready(generate(params, inputs))

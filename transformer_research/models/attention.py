@@ -137,7 +137,7 @@ def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) ->
   query rows b * G ... b * G + G - 1 (batch-major) attend to key row b. The
   beams of one source (`decoding.tile_beams`) are such a group, so a source's
   cross-attention keys are stored once, not once per beam: a group's G queries
-  (Tq = 1) become the query axis, which changes nothing since queries do not
+  are folded into the query axis, which changes nothing since queries do not
   interact.
 
   Args:
