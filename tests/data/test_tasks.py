@@ -194,6 +194,52 @@ def test_a_classifier_of_class_folders_takes_its_classes_from_the_config(tmp_pat
   assert sorted(e["label"] for e in test) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
   assert all(set(e["source"].split()) <= set(words[["neg", "neutral", "pos"][e["label"]]].split())
              for e in test)
+def test_head_tail_truncation_keeps_a_long_reviews_first_quarter_and_last_three_quarters(
+    tmp_path):
+  assert tasks.cut(list(range(10)), 8, "head_tail") == [0, 1, 4, 5, 6, 7, 8, 9]
+  assert tasks.cut(list(range(10)), 8, "head") == list(range(8))
+  assert tasks.cut(list(range(5)), 8, "head_tail") == list(range(5))
+  config = _imdb_files(tmp_path)
+  config.data.truncation = "head_tail"
+  task = _build(config, tmp_path)
+  text = task.eval_examples("test")[0]["source"]
+  ids = task.encode_inputs(text)
+  assert len(ids) > 16
+  batch = next(task.eval_batches("test", 7, process_index=0, process_count=1))
+  assert batch["inputs"][0].tolist() == ids[:4] + ids[-12:]
+
+
+def test_bad_truncation_or_validation_share_is_an_error_naming_it(tmp_path):
+  config = _imdb_files(tmp_path)
+  config.data.truncation = "tail"
+  with pytest.raises(ValueError, match=r"config.data.truncation='tail'; expected one of "
+                                       r"\('head', 'head_tail'\)"):
+    _build(config, tmp_path)
+  config = _imdb_files(tmp_path)
+  config.data.validation_fraction = 1.0
+  with pytest.raises(ValueError, match=r"config.data.validation_fraction=1.0; expected"):
+    _build(config, tmp_path)
+
+
+@pytest.mark.parametrize("share,held_out", [(0.1, 6), (0.05, 3)])
+def test_validation_fraction_is_the_share_of_train_held_out(tmp_path, monkeypatch, share,
+                                                             held_out):
+  config = _imdb_files(tmp_path)  # 60 training records.
+  config.data.validation_fraction = share
+  task = _build(config, tmp_path)
+  validation = {e["source"] for e in task.eval_examples("validation")}
+  train = task._raw("train")
+  assert len(validation) == held_out and len(train) == 60 - held_out
+  assert not validation & {r["text"] for r in train}
+  asked = []
+  monkeypatch.setattr(sources, "imdb", lambda split, data_dir=None, with_label=True:
+                      asked.append(split) or [])
+  config = _config("imdb")
+  config.data.validation_fraction = share
+  tasks._text_raw("imdb", config.data)("validation")
+  assert asked == [f"train[{100 - 100 * share:g}%:]"]
+
+
 def _imdb_files(tmp_path, n: int = 60):
   words = "good bad movie film plot actor great awful story fun".split()
   rng = np.random.default_rng(0)
@@ -249,5 +295,13 @@ def test_tokenized_cache_is_reused_only_with_the_same_tokenizer_and_data(tmp_pat
   rebuilt_because(configs.load_config("imdb:tiny,smoke", {
       **{f"data.{k}": config.data[k] for k in ("train_path", "eval_path")},
       "data.max_input_len": 12, "data.vocab_size": 32}), "tokenizers changed")
+  rebuilt_because(configs.load_config("imdb:tiny,smoke", {
+      **{f"data.{k}": config.data[k] for k in ("train_path", "eval_path")},
+      "data.max_input_len": 12, "data.vocab_size": 32, "data.truncation": "head_tail"}),
+      "truncation changed")
+  rebuilt_because(configs.load_config("imdb:tiny,smoke", {
+      **{f"data.{k}": config.data[k] for k in ("train_path", "eval_path")},
+      "data.max_input_len": 12, "data.vocab_size": 32, "data.truncation": "head_tail",
+      "data.validation_fraction": 0.2}), "data changed")
   cache_file.write_bytes(cache_file.read_bytes()[:100])  # Torn write / corrupt file.
   rebuilt_because(config, "unreadable")

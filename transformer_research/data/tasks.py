@@ -25,7 +25,8 @@ tokenizer's EOS, inputs carry no EOS (`Task.encode_inputs` is the one way to
 turn a source sentence into model inputs, so decoding uses the same path),
 pad is 0. Long examples are handled per kind: a seq2seq pair longer than the
 limit is skipped (counted); a classification text is cut to its first
-`max_input_len` tokens (the usual IMDB practice); an LM document is cut into
+`max_input_len` tokens (the usual IMDB practice) or to its head and tail
+(`data.truncation`); an LM document is cut into
 chunks of `max_target_len` tokens, the last one ending with EOS; a masked-LM
 document into chunks of `max_input_len` tokens (no EOS: they are encoder
 inputs), whose batches are masked as they are made (`masking.py`).
@@ -50,6 +51,16 @@ from transformer_research.data import text_files
 from transformer_research.data import tokenizers as tok_lib
 
 EVAL_SPLITS = ("validation", "test")
+TRUNCATIONS = ("head", "head_tail")
+
+
+def cut(ids: list[int], max_len: int, truncation: str) -> list[int]:
+  """A classification text's ids cut to `max_len`: its head, or its first
+  quarter and last three quarters ("head_tail")."""
+  if len(ids) <= max_len or truncation == "head":
+    return ids[:max_len]
+  head = max_len // 4
+  return ids[:head] + ids[len(ids) - (max_len - head):]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +174,8 @@ class Task:
     self.input_vocab_size = input_tokenizer.vocab_size if input_tokenizer else None
     self.target_vocab_size = target_tokenizer.vocab_size if target_tokenizer else None
     self.num_classes = num_classes(data)
+    if data.get("truncation", "head") not in TRUNCATIONS:
+      raise ValueError(f"config.data.truncation={data.truncation!r}; expected one of {TRUNCATIONS}")
     self.data = data  # config.data
     self._seed, self._source_raw = seed, raw
     self._added: dict[str, Sequence[Mapping[str, Any]]] = {}
@@ -211,7 +224,8 @@ class Task:
       label = int(record["label"])
       if not 0 <= label < self.num_classes:
         raise ValueError(f"label={label}; expected 0..{self.num_classes - 1}")
-      inputs = self.encode_inputs(record["text"])[:self.data.max_input_len]
+      inputs = cut(self.encode_inputs(record["text"]), self.data.max_input_len,
+                   self.data.get("truncation", "head"))  # .get: older config.json.
       return {"inputs": inputs, "label": label, "length": len(inputs), **extra}
     if self.kind == "mlm":  # Every chunk of a document: pre-training uses all the text.
       ids, n = self.encode_inputs(record["text"]), self.data.max_input_len
@@ -232,6 +246,7 @@ class Task:
       else:
         key = {"task": self.name, "split": split, "kind": self.kind, "limit": limit,
                "max_lengths": self._max_lengths,
+               "truncation": self.data.get("truncation", "head"),
                "tokenizers": [t.fingerprint if t else None
                               for t in (self.input_tokenizer, self.target_tokenizer)],
                "data": self._data_fingerprint(split)}
@@ -337,6 +352,10 @@ def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Seq
   from transformer_research.data import sources  # Deferred: pulls in TFDS.
   cache: dict[str, Sequence[Mapping[str, Any]]] = {}
   tfds_dirs = dict(data_dir=data.tfds_data_dir or None)
+  held_out = data.get("validation_fraction", 0.1)  # .get: older config.json.
+  if not 0 < held_out < 1:
+    raise ValueError(f"config.data.validation_fraction={held_out!r}; expected a share "
+                     "of train in (0, 1)")
 
   def raw(split: str) -> Sequence[Mapping[str, Any]]:
     if split in cache:
@@ -365,13 +384,14 @@ def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Seq
           order = np.random.default_rng(0).permutation(len(records))
           cache["local_train"] = [records[i] for i in order]
         records = cache["local_train"]
-        cut = len(records) - len(records) // 10  # Last tenth held out for validation.
-        cache[split] = records[:cut] if split == "train" else records[cut:]
+        kept = len(records) - round(len(records) * held_out)
+        cache[split] = records[:kept] if split == "train" else records[kept:]
     else:
       # The language models (masked and causal) learn text from the 50,000
       # unlabelled reviews; the classifier learns its labels from train.
       train = "train" if name == "imdb" else "unsupervised"
-      tfds_split = {"train": f"{train}[:90%]", "validation": f"{train}[90%:]",
+      kept = f"{100 - 100 * held_out:g}%"
+      tfds_split = {"train": f"{train}[:{kept}]", "validation": f"{train}[{kept}:]",
                     "test": "test"}[split]
       cache[split] = sources.imdb(tfds_split, with_label=name == "imdb", **tfds_dirs)
     return cache[split]
@@ -383,7 +403,8 @@ def _text_fingerprint(data: ml_collections.ConfigDict,
   """What identifies a text task's raw split: the TFDS files, or the local files."""
   if data.train_path:  # Local files, carved into train / validation in _text_raw.
     paths = [data.train_path] + ([data.eval_path] if data.eval_path else [])
-    return {"split": split, "files": text_files.fingerprint(paths)}
+    return {"split": split, "files": text_files.fingerprint(paths),
+            "validation_fraction": data.get("validation_fraction", 0.1)}
   records = raw(split)
   if hasattr(records, "fingerprint"):  # sources.Source: TFDS files, no record read.
     return records.fingerprint()
