@@ -323,9 +323,10 @@ def format_report(run: Any, split: str, record: dict[str, Any],
                   examples: Sequence[dict[str, Any]], outputs: Sequence[str] | None) -> str:
   """Markdown: what was evaluated, the metrics, then a few examples."""
   c = run.experiment.config
-  lines = [f"# {c.data.task}: {split} at step {run.step}", "",
-           f"model `{c.model.variant}` ({run.experiment.kind}); beam {c.eval.beam_size}, "
-           f"length penalty {c.eval.length_penalty}", "", "| metric | value |",
+  about = f"model `{c.model.variant}` ({run.experiment.kind})"
+  if outputs is not None:  # Only decoding has a beam; a classifier's report would mislead.
+    about += f"; beam {c.eval.beam_size}, length penalty {c.eval.length_penalty}"
+  lines = [f"# {c.data.task}: {split} at step {run.step}", "", about, "", "| metric | value |",
            "| --- | --- |"]
   lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
             for k, v in record.items() if k not in ("step", "split")]

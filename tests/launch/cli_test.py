@@ -52,6 +52,7 @@ def test_evaluate_run_appends_record_and_writes_report(workdir):
   assert report == os.path.join(workdir, "eval_test_1.md")
   text = pathlib.Path(report).read_text()
   assert "| sequence_accuracy |" in text and "- **input**:" in text
+  assert "; beam 1, length penalty 0.6\n" in text  # How the outputs were decoded.
 
 
 def test_translate_reads_stdin_and_keeps_blank_lines(workdir):
@@ -158,3 +159,5 @@ def test_the_imdb_cpu_recipe_runs_as_the_readme_says_on_local_files(tmp_path):
   evaluate = cli("evaluate.py", f"--workdir={run}", "--split=test", "--num_examples=-1")
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   assert "accuracy: " in evaluate.stdout and (run / "eval_test_40.md").is_file()
+  report = (run / "eval_test_40.md").read_text()
+  assert "model `tiny` (classify)\n" in report and "beam" not in report  # Nothing decoded.
