@@ -20,7 +20,10 @@ BLEU 44.3 / chrF 63.1 (beam 4, all 15,336 test sentences, all references)
 after 1,200 steps, 38 minutes on an idle 2-core CPU from the command to the
 last step; then
   python launch/evaluate.py --workdir=/tmp/wmt --split=test --num_examples=-1
-The full recipe (10,000 steps) is not measured yet.
+The same recipe run longer, `--config.train.num_steps=2400
+--config.train.max_minutes=65` (the cosine then spans 2,400 steps), reaches
+test BLEU 48.3 / chrF 66.1 (greedy 46.8) in 50.5 minutes. The full recipe
+(10,000 steps) is not measured yet.
 """
 
 import ml_collections
