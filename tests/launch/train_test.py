@@ -125,3 +125,23 @@ def test_bad_position_options_are_refused_before_anything_is_trained(tmp_path, o
   assert run.returncode != 0 and message in run.stderr, run.stderr[-3000:]
   assert not (tmp_path / "metrics.jsonl").exists()
   assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.data.truncation=tail",
+     "config.data.truncation='tail'; expected one of ('head', 'head_tail')"),
+    ("--config.data.validation_fraction=0", "config.data.validation_fraction=0.0; expected a share"),
+])
+def test_bad_truncation_or_validation_share_is_refused_before_anything_is_written(
+    tmp_path, override, message):
+  """imdb on local files, as the README runs it, with a value that does not exist."""
+  reviews = tmp_path / "reviews.jsonl"
+  reviews.write_text("".join(json.dumps({"text": f"a {word} film", "label": i % 2}) + "\n"
+                             for i, word in enumerate(["good", "bad", "fine", "dull"] * 5)))
+  run = _launch("train.py", f"--config={ROOT / 'configs' / 'imdb.py'}:tiny,smoke",
+                f"--workdir={tmp_path / 'run'}", f"--config.data.train_path={reviews}",
+                f"--config.data.eval_path={reviews}", override)
+  assert run.returncode != 0 and message in run.stderr, run.stderr[-3000:]
+  assert not (tmp_path / "run" / "metrics.jsonl").exists()
+  assert not (tmp_path / "run" / "checkpoints").exists() or not os.listdir(
+      tmp_path / "run" / "checkpoints")

@@ -174,8 +174,7 @@ class Task:
     self.input_vocab_size = input_tokenizer.vocab_size if input_tokenizer else None
     self.target_vocab_size = target_tokenizer.vocab_size if target_tokenizer else None
     self.num_classes = num_classes(data)
-    if data.get("truncation", "head") not in TRUNCATIONS:
-      raise ValueError(f"config.data.truncation={data.truncation!r}; expected one of {TRUNCATIONS}")
+    self.truncation = _truncation(data)
     self.data = data  # config.data
     self._seed, self._source_raw = seed, raw
     self._added: dict[str, Sequence[Mapping[str, Any]]] = {}
@@ -224,8 +223,7 @@ class Task:
       label = int(record["label"])
       if not 0 <= label < self.num_classes:
         raise ValueError(f"label={label}; expected 0..{self.num_classes - 1}")
-      inputs = cut(self.encode_inputs(record["text"]), self.data.max_input_len,
-                   self.data.get("truncation", "head"))  # .get: older config.json.
+      inputs = cut(self.encode_inputs(record["text"]), self.data.max_input_len, self.truncation)
       return {"inputs": inputs, "label": label, "length": len(inputs), **extra}
     if self.kind == "mlm":  # Every chunk of a document: pre-training uses all the text.
       ids, n = self.encode_inputs(record["text"]), self.data.max_input_len
@@ -246,7 +244,7 @@ class Task:
       else:
         key = {"task": self.name, "split": split, "kind": self.kind, "limit": limit,
                "max_lengths": self._max_lengths,
-               "truncation": self.data.get("truncation", "head"),
+               "truncation": self.truncation,
                "tokenizers": [t.fingerprint if t else None
                               for t in (self.input_tokenizer, self.target_tokenizer)],
                "data": self._data_fingerprint(split)}
@@ -347,15 +345,29 @@ def _synthetic_raw(name: str, data: ml_collections.ConfigDict,
   return raw
 
 
+def _truncation(data: ml_collections.ConfigDict) -> str:
+  """`data.truncation`, checked; "head" for an older config.json without it."""
+  truncation = data.get("truncation", "head")
+  if truncation not in TRUNCATIONS:
+    raise ValueError(f"config.data.truncation={truncation!r}; expected one of {TRUNCATIONS}")
+  return truncation
+
+
+def _validation_fraction(data: ml_collections.ConfigDict) -> float:
+  """`data.validation_fraction`, checked; 0.1 for an older config.json without it."""
+  held_out = data.get("validation_fraction", 0.1)
+  if not 0 < held_out < 1:
+    raise ValueError(f"config.data.validation_fraction={held_out!r}; expected a share "
+                     "of train in (0, 1)")
+  return held_out
+
+
 def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Sequence[Mapping[str, Any]]]:
   """Raw records per split; validation is carved from train where a dataset has none."""
   from transformer_research.data import sources  # Deferred: pulls in TFDS.
   cache: dict[str, Sequence[Mapping[str, Any]]] = {}
   tfds_dirs = dict(data_dir=data.tfds_data_dir or None)
-  held_out = data.get("validation_fraction", 0.1)  # .get: older config.json.
-  if not 0 < held_out < 1:
-    raise ValueError(f"config.data.validation_fraction={held_out!r}; expected a share "
-                     "of train in (0, 1)")
+  held_out = _validation_fraction(data)
 
   def raw(split: str) -> Sequence[Mapping[str, Any]]:
     if split in cache:
@@ -404,7 +416,7 @@ def _text_fingerprint(data: ml_collections.ConfigDict,
   if data.train_path:  # Local files, carved into train / validation in _text_raw.
     paths = [data.train_path] + ([data.eval_path] if data.eval_path else [])
     return {"split": split, "files": text_files.fingerprint(paths),
-            "validation_fraction": data.get("validation_fraction", 0.1)}
+            "validation_fraction": _validation_fraction(data)}
   records = raw(split)
   if hasattr(records, "fingerprint"):  # sources.Source: TFDS files, no record read.
     return records.fingerprint()
@@ -553,6 +565,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *, train_token
   """
   name, data = config.data.task, config.data
   task_spec = spec(name)
+  _truncation(data)  # A bad value is refused before a tokenizer is trained.
   if task_spec.tokenizer == "char":
     raw = _synthetic_raw(name, data, config.seed)
     in_tok, tgt_tok = char_tokenizers(name, data)
