@@ -194,6 +194,8 @@ def test_a_classifier_of_class_folders_takes_its_classes_from_the_config(tmp_pat
   assert sorted(e["label"] for e in test) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
   assert all(set(e["source"].split()) <= set(words[["neg", "neutral", "pos"][e["label"]]].split())
              for e in test)
+
+
 def test_head_tail_truncation_keeps_a_long_reviews_first_quarter_and_last_three_quarters(
     tmp_path):
   assert tasks.cut(list(range(10)), 8, "head_tail") == [0, 1, 4, 5, 6, 7, 8, 9]

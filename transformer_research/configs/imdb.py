@@ -22,7 +22,7 @@ training accuracy passes 95% in the third epoch), and the checkpoints kept by
 validation accuracy.
 
 Expected result (measured, README results table): `:cpu` reaches test
-accuracy 88.2% (all 25,000 test reviews) when its budget stops it at step
+accuracy 88.15% (all 25,000 test reviews) when its budget stops it at step
 2,154 of 2,800 on a 2-core CPU (0.92 steps/s), validation accuracy 89.5%
 there; then
   python launch/evaluate.py --workdir=/tmp/imdb --split=test --num_examples=-1
