@@ -6,7 +6,9 @@
 Lowers and compiles the real train step and decode step (`experiment.Experiment`
 on the topology's devices, see `transformer_research/aot.py`) and prints, per
 device: parameter, optimizer-state and temporary bytes (XLA's
-`memory_analysis()`), the chip's HBM, and "fits" or "does not fit" (exit 1).
+`memory_analysis()`), the seconds lowering and compiling took (the TPU
+compiler's own time, e.g. to compare `model.scan_layers`), the chip's HBM, and
+"fits" or "does not fit" (exit 1).
 Needs libtpu (`pip install -e '.[tpu]'`); without it (or with `--cpu`) the
 programs compile for one fake CPU device per chip and the figures are
 CPU-layout estimates. `--compare_mesh` compiles a second mesh and prints the
@@ -46,8 +48,8 @@ def _line(what: str, memory: aot.Memory, hbm: int) -> bool:
   fits = memory.peak <= hbm
   print(f"  {what}: params {_gib(memory.params)} | optimizer state {_gib(memory.opt_state)} | "
         f"arguments {_gib(memory.arguments)} | outputs {_gib(memory.outputs)} | temporaries "
-        f"{_gib(memory.temporary)} | peak {_gib(memory.peak)} of {_gib(hbm)} HBM: "
-        f"{'fits' if fits else 'DOES NOT FIT'}")
+        f"{_gib(memory.temporary)} | compiled in {memory.compile_seconds:.1f} s | peak "
+        f"{_gib(memory.peak)} of {_gib(hbm)} HBM: {'fits' if fits else 'DOES NOT FIT'}")
   return fits
 
 

@@ -17,7 +17,8 @@ memory figures are CPU-layout estimates (no TPU padding or fusion), and
 import dataclasses
 import importlib.util
 import re
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -138,6 +139,7 @@ class Memory:
   arguments: int  # Everything passed in (state + batch), from memory_analysis().
   outputs: int  # Outputs not aliased to donated arguments.
   temporary: int  # XLA's scratch: activations, gradients, collectives buffers.
+  compile_seconds: float  # Lowering + compiling: what a run waits for before step 0.
 
   @property
   def peak(self) -> int:
@@ -167,25 +169,24 @@ class DoesNotFit(Exception):
     self.params, self.opt_state = params, opt_state
 
 
-def _compile(lowered: Any, params: Any, opt_state: Any) -> Memory:
-  """Compiles and reads the memory figures; raises DoesNotFit on XLA's out-of-HBM error."""
+def _compile(lower: Callable[[], Any], params: Any, opt_state: Any) -> Memory:
+  """Lowers and compiles, timed, and reads the memory figures; raises DoesNotFit on
+  XLA's out-of-HBM error."""
+  start = time.perf_counter()
   try:
-    compiled = lowered.compile()
+    compiled = lower().compile()
   except Exception as e:  # pylint: disable=broad-except  (JaxRuntimeError)
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     line = next((l for l in str(e).splitlines() if "RESOURCE_EXHAUSTED" in l), str(e))
     raise DoesNotFit(line.split("RESOURCE_EXHAUSTED:", 1)[-1].strip()[:300],
                      per_device_bytes(params), per_device_bytes(opt_state)) from None
-  return _memory(compiled, params, opt_state)
-
-
-def _memory(compiled: Any, params: Any, opt_state: Any) -> Memory:
+  seconds = time.perf_counter() - start
   ma = compiled.memory_analysis()
   outputs = max(int(ma.output_size_in_bytes) - int(ma.alias_size_in_bytes), 0)
   return Memory(params=per_device_bytes(params), opt_state=per_device_bytes(opt_state),
                 arguments=int(ma.argument_size_in_bytes), outputs=outputs,
-                temporary=int(ma.temp_size_in_bytes))
+                temporary=int(ma.temp_size_in_bytes), compile_seconds=seconds)
 
 
 def train_step_memory(exp: experiment.Experiment) -> Memory:
@@ -196,7 +197,7 @@ def train_step_memory(exp: experiment.Experiment) -> Memory:
   """
   state = exp.abstract_state
   batch = abstract_batch(exp.config, exp.kind, exp.mesh, exp.config.train.batch_size)
-  return _compile(exp.train_step.lower(state, batch), state.params, state.opt_state)
+  return _compile(lambda: exp.train_step.lower(state, batch), state.params, state.opt_state)
 
 
 def decode_memory(exp: experiment.Experiment, batch_size: int) -> Memory | None:
@@ -212,7 +213,7 @@ def decode_memory(exp: experiment.Experiment, batch_size: int) -> Memory | None:
   inputs = jax.ShapeDtypeStruct((batch_size, length), np.int32,
                                 sharding=sharding.batch_sharding(exp.mesh))
   params = exp.abstract_state.params
-  return _compile(generate.lower(params, inputs), params, {})
+  return _compile(lambda: generate.lower(params, inputs), params, {})
 
 
 def parameter_count(exp: experiment.Experiment) -> int:

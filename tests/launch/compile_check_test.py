@@ -43,6 +43,7 @@ def test_train_and_decode_steps_compile_for_a_tpu_topology():
   decode = next(line for line in out.splitlines() if "decode, batch 16, beam 4" in line)
   assert train.endswith("of 16.00 GiB HBM: fits") and decode.endswith("HBM: fits")
   assert 0 < _gib(train, "params") and 0 < _gib(train, "temporaries")
+  assert float(re.search(r"compiled in ([\d.]+) s", train).group(1)) > 0
   assert "CPU-layout estimates" not in out
 
 

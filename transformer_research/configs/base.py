@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   # One hk.layer_stack per stack instead of Python-unrolled blocks: compile
   # time stays flat with depth; parameters get a leading [layers] dimension
   # under encoder/layers/layer/... (so checkpoints of the two layouts differ).
+  # On TPU pair it with remat: the compiler rematerialises across unrolled
+  # blocks but not across a scan, so `big` on one v5e chip needs 2.5x the
+  # temporaries of unrolled blocks without remat (README, TPU table).
   c.model.scan_layers = False
   # Rematerialise each block in the backward pass: "none", "full" (keep only
   # block inputs) or "dots" (keep weight-matmul outputs): memory for compute.
