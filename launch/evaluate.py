@@ -1,6 +1,6 @@
 """Evaluates a saved checkpoint of a run on one split, or on local files.
 
-    python launch/evaluate.py --workdir=/tmp/wmt [--split=test] [--step=N]
+    python launch/evaluate.py --workdir=/tmp/wmt [--split=test] [--step=N] [--average_last=3]
     python launch/evaluate.py --workdir=/tmp/wmt --source_file=en.txt --reference_file=es.txt
 
 Appends the eval record to WORKDIR/metrics.jsonl and writes a readable report,
@@ -10,7 +10,8 @@ sentences of a split (a fixed random subset) unless `--num_examples` says
 otherwise (-1 = the whole split). With `--source_file` (one sentence per line)
 and `--reference_file` (its references on the same line, tab-separated), every
 line is scored and the record's split is `file_<source file name>`: only the
-run directory and the two files are read, no dataset.
+run directory and the two files are read, no dataset. `--average_last=N`
+evaluates the mean of the last N checkpoints' parameters (up to `--step`).
 """
 
 
@@ -33,6 +34,9 @@ _REFERENCE_FILE = flags.DEFINE_string("reference_file", None, "References of --s
                                       "one line per source, tab-separated.")
 _BEAM = flags.DEFINE_integer("beam_size", None, "Decode with this beam (1 = greedy) instead of "
                              "the run's eval.beam_size; report eval_<split>_<step>_beam<N>.md.")
+_AVERAGE = flags.DEFINE_integer("average_last", 1, "Average the parameters of --step (default "
+                                "the latest) and the N - 1 checkpoints saved before it; report "
+                                "eval_<split>_<step>_avg<N>.md.")
 
 
 def main(argv: list[str]) -> None:
@@ -42,7 +46,7 @@ def main(argv: list[str]) -> None:
   record, report = evaluation.evaluate_run(
       _WORKDIR.value, _SPLIT.value, _STEP.value, _NUM_EXAMPLES.value,
       source_file=_SOURCE_FILE.value, reference_file=_REFERENCE_FILE.value,
-      beam_size=_BEAM.value)
+      beam_size=_BEAM.value, average_last=_AVERAGE.value)
   for key, value in record.items():
     print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
   if report:

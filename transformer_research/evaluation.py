@@ -259,8 +259,8 @@ def read_pairs(source_file: str, reference_file: str | None) -> list[dict[str, s
 
 def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
                  num_examples: int | None = None, *, source_file: str | None = None,
-                 reference_file: str | None = None, beam_size: int | None = None
-                 ) -> tuple[dict[str, Any], str | None]:
+                 reference_file: str | None = None, beam_size: int | None = None,
+                 average_last: int = 1) -> tuple[dict[str, Any], str | None]:
   """Standalone evaluation of a saved run (launch/evaluate.py).
 
   Restores the checkpoint, computes every metric of the task on `split` (or
@@ -279,18 +279,21 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
       `file_<source file name>`. Only the run directory and the files are read.
     beam_size: decode with this beam (1 = greedy) instead of the run's
       `eval.beam_size`; the report is then `eval_<split>_<step>_beam<N>.md`.
+    average_last: N > 1 evaluates the mean parameters of `step` and the N - 1
+      checkpoints saved before it (`experiment.load_run`); the record names
+      them (`averaged_steps`) and the report is `eval_<split>_<step>_avg<N>.md`.
 
   Returns:
     The record written and the report path (None on processes other than 0).
   """
-  run = experiment.load_run(workdir, step)
+  run = experiment.load_run(workdir, step, average_last=average_last)
   exp = run.experiment
   task, e = exp.task, exp.config.eval
-  suffix = ""
+  suffix = f"_avg{average_last}" if run.averaged_steps else ""
   if beam_size is not None and beam_size != e.beam_size:
     if beam_size < 1:
       raise ValueError(f"beam_size={beam_size}: expected 1 (greedy) or more")
-    e.beam_size, suffix = beam_size, f"_beam{beam_size}"  # Before anything is compiled.
+    e.beam_size, suffix = beam_size, suffix + f"_beam{beam_size}"  # Before anything is compiled.
   if source_file:
     if task.kind != "seq2seq":
       raise ValueError(f"source_file={source_file!r}: this run's model has kind="
@@ -310,7 +313,8 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
     examples = [dict(ex, source=p + " ...") for ex, p in zip(examples, prompts)]
   writer = metrics_lib.MetricsWriter(workdir)
   # "writer" tells a resumed training run to keep this record (metrics.py).
-  record = writer.write(run.step, split, {**metrics, "writer": "evaluate.py"})
+  averaged = {"averaged_steps": ",".join(map(str, run.averaged_steps))} if run.averaged_steps else {}
+  record = writer.write(run.step, split, {**metrics, **averaged, "writer": "evaluate.py"})
   writer.close()
   if jax.process_index() != 0:
     return record, None
@@ -324,6 +328,8 @@ def format_report(run: Any, split: str, record: dict[str, Any],
   """Markdown: what was evaluated, the metrics, then a few examples."""
   c = run.experiment.config
   about = f"model `{c.model.variant}` ({run.experiment.kind})"
+  if run.averaged_steps:
+    about += f"; parameters averaged over steps {', '.join(map(str, run.averaged_steps))}"
   if outputs is not None:  # Only decoding has a beam; a classifier's report would mislead.
     about += f"; beam {c.eval.beam_size}, length penalty {c.eval.length_penalty}"
   lines = [f"# {c.data.task}: {split} at step {run.step}", "", about, "", "| metric | value |",

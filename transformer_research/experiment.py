@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from etils import epath
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from transformer_research import checkpointing
@@ -174,9 +175,12 @@ class Run:
   experiment: Experiment
   params: Any  # Restored onto `experiment.mesh`.
   step: int
+  # With `load_run(average_last=N)`: the N steps whose parameters were
+  # averaged into `params` (`step` is the last); () for one checkpoint.
+  averaged_steps: tuple[int, ...] = ()
 
 
-def load_run(workdir: str, step: int | None = None, *,
+def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
              devices: Sequence[jax.Device] | None = None) -> Run:
   """Restores the config, tokenizers, model and parameters of a training run.
 
@@ -190,14 +194,22 @@ def load_run(workdir: str, step: int | None = None, *,
     step: the checkpoint step; None = the newest one that can be read (a
       warning names it when a newer one cannot). Nothing is moved or
       changed: a run may be training in `workdir`.
+    average_last: N > 1 averages the parameters of that step and the N - 1
+      saved before it (Vaswani et al., 2017, averaged the last 5 checkpoints
+      of their base models): the mean of nearby points of a noisy
+      trajectory usually scores better than any one of them.
     devices: the devices to restore onto (the mesh); default `jax.devices()`.
 
   Raises:
-    ValueError: no config.json or no (readable) checkpoint in `workdir`, or
-      `step` was not saved, each naming what was found.
+    ValueError: no config.json or no (readable) checkpoint in `workdir`,
+      `step` was not saved, or fewer than `average_last` checkpoints up to
+      it, each naming what was found.
     FileNotFoundError: a tokenizer model missing from `workdir`, naming its
       path.
   """
+  if average_last < 1:
+    raise ValueError(f"average_last={average_last!r}: expected the number of checkpoints "
+                     "to average, >= 1 (1 = the step alone)")
   storage.check_workdir(workdir)
   config_path = epath.Path(workdir) / "config.json"
   steps = checkpointing.checkpoint_steps(workdir)
@@ -214,18 +226,45 @@ def load_run(workdir: str, step: int | None = None, *,
   _ = exp.task  # The tokenizers: a missing model file is named before the checkpoint is read.
   for candidate in [step] if step is not None else reversed(steps):
     try:
-      params = checkpointing.restore_params(
-          epath.Path(workdir) / "checkpoints" / str(candidate), exp.abstract_state.params)
+      params = _restore_step(workdir, candidate, exp)
     except checkpointing.IncompatibleCheckpoint:
       raise
-    except Exception as e:  # Truncated or missing files.
+    except ValueError as e:
       if step is not None:
-        raise ValueError(f"checkpoint step {step} in {workdir} cannot be read ({e})") from e
-      logging.warning("checkpoint step %d in %s cannot be read (%s); trying the previous one",
-                      candidate, workdir, e)
+        raise
+      logging.warning("%s; trying the previous one", e)
       continue
     if candidate != steps[-1]:
       logging.warning("using step %d, the newest checkpoint of %s that can be read",
                       candidate, workdir)
-    return Run(exp, params, candidate)
+    if average_last == 1:
+      return Run(exp, params, candidate)
+    averaged = tuple(s for s in steps if s <= candidate)[-average_last:]
+    if len(averaged) < average_last:
+      raise ValueError(
+          f"average_last={average_last}: {workdir} has {len(averaged)} checkpoint(s) up to "
+          f"step {candidate} ({list(averaged)}); expected at least {average_last} (a run "
+          "keeps config.checkpoint.max_to_keep of them)")
+    trees = [_restore_step(workdir, s, exp) for s in averaged[:-1]] + [params]
+    return Run(exp, _mean(trees), candidate, averaged)
   raise ValueError(f"no checkpoint in {workdir} can be read (steps {steps}).")
+
+
+def _restore_step(workdir: str, step: int, exp: Experiment) -> Any:
+  """The parameters saved at `step`; ValueError naming the step if its files cannot be
+  read (IncompatibleCheckpoint if they do not fit the config's model)."""
+  try:
+    return checkpointing.restore_params(
+        epath.Path(workdir) / "checkpoints" / str(step), exp.abstract_state.params)
+  except checkpointing.IncompatibleCheckpoint:
+    raise
+  except Exception as e:  # Truncated or missing files.
+    raise ValueError(f"checkpoint step {step} in {workdir} cannot be read ({e})") from e
+
+
+@jax.jit
+def _mean(trees: list[Any]) -> Any:
+  """Leaf-wise mean of parameter trees, summed in float32, each leaf in its own dtype
+  and sharding."""
+  return jax.tree.map(lambda *xs: (sum(x.astype(jnp.float32) for x in xs) / len(xs))
+                      .astype(xs[0].dtype), *trees)

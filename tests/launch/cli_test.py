@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -161,3 +162,61 @@ def test_the_imdb_cpu_recipe_runs_as_the_readme_says_on_local_files(tmp_path):
   assert "accuracy: " in evaluate.stdout and (run / "eval_test_40.md").is_file()
   report = (run / "eval_test_40.md").read_text()
   assert "model `tiny` (classify)\n" in report and "beam" not in report  # Nothing decoded.
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(tmp_path_factory):
+  """A `reverse:tiny` run that kept its checkpoints of steps 1, 2 and 3."""
+  path = str(tmp_path_factory.mktemp("reverse3"))
+  config = tiny_config("reverse")
+  config.train.num_steps, config.checkpoint.every_steps = 3, 1
+  train_loop.train_and_evaluate(config, path)
+  assert [int(p.name) for p in sorted(pathlib.Path(path, "checkpoints").iterdir())] == [1, 2, 3]
+  return path
+
+
+def test_evaluate_averages_the_last_checkpoints(three_checkpoints):
+  """`--average_last=3` scores the mean of steps 1-3's parameters, says so in the record
+  and in its own report, and leaves the single-checkpoint report alone."""
+  run = pathlib.Path(three_checkpoints)
+  result = cli("evaluate.py", f"--workdir={run}", "--average_last=3", "--num_examples=8")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "averaged_steps: 1,2,3" in result.stdout
+  record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+  assert record["step"] == 3 and record["averaged_steps"] == "1,2,3"
+  report = (run / "eval_test_3_avg3.md").read_text()
+  assert "parameters averaged over steps 1, 2, 3" in report
+  assert not (run / "eval_test_3.md").exists()
+
+  averaged = experiment.load_run(str(run), average_last=3)
+  singles = [experiment.load_run(str(run), step).params for step in (1, 2, 3)]
+  assert averaged.step == 3 and averaged.averaged_steps == (1, 2, 3)
+  for got, *each in zip(jax.tree.leaves(averaged.params), *map(jax.tree.leaves, singles)):
+    np.testing.assert_allclose(got, np.mean(each, axis=0), rtol=1e-6, atol=1e-7)
+  assert not np.array_equal(jax.tree.leaves(averaged.params)[0], jax.tree.leaves(singles[2])[0])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--average_last=4"], "average_last=4: {run} has 3 checkpoint(s) up to step 3 ([1, 2, 3]); "
+                           "expected at least 4"),
+    (["--average_last=3", "--step=2"], "average_last=3: {run} has 2 checkpoint(s) up to step 2"),
+    (["--average_last=0"], "average_last=0: expected the number of checkpoints to average, >= 1"),
+    (["--average_last=3", "corrupt"], "checkpoint step 1 in {run} cannot be read"),
+])
+def test_averaging_what_cannot_be_averaged_is_one_line_and_writes_nothing(
+    three_checkpoints, tmp_path, args, message):
+  run = tmp_path / "run"
+  shutil.copytree(three_checkpoints, run)
+  if "corrupt" in args:  # Truncate step 1's parameter files; steps 2 and 3 are intact.
+    args = [a for a in args if a != "corrupt"]
+    for path in (run / "checkpoints" / "1" / "params").rglob("*"):
+      if path.is_file():
+        path.write_bytes(b"")
+  before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+  result = cli("evaluate.py", f"--workdir={run}", "--num_examples=8", *args)
+  assert result.returncode == 1, result.stdout[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and message.format(run=run) in errors[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+  assert after == before  # No record, no report, nothing moved.
