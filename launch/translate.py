@@ -18,6 +18,8 @@ from transformer_research import inference
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
+_AVERAGE = flags.DEFINE_integer("average_last", 1, "Use the mean parameters of --step "
+                                "(default the latest) and the N - 1 checkpoints saved before it.")
 _BEAM = flags.DEFINE_integer("beam_size", None, "Beam size; default config.eval.beam_size "
                              "(seq2seq) or 1 (lm).")
 _MAX_LENGTH = flags.DEFINE_integer("max_length", None, "Tokens to generate at most (an LM's "
@@ -36,7 +38,7 @@ def main(argv: list[str]) -> None:
     texts = sys.stdin.read().splitlines()
   if not any(t.strip() for t in texts):
     raise ValueError("empty input: expected a text argument or one text per line on stdin.")
-  run = experiment.load_run(_WORKDIR.value, _STEP.value)
+  run = experiment.load_run(_WORKDIR.value, _STEP.value, average_last=_AVERAGE.value)
   outputs = inference.generate_text(
       run.experiment, run.params, texts, beam_size=_BEAM.value, max_len=_MAX_LENGTH.value,
       temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,

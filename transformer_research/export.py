@@ -42,8 +42,8 @@ def _tokenizer_file(tok: Any, what: str) -> Any:
   return tok
 
 
-def export_run(workdir: str, out: str, *, step: int | None = None, beam_size: int | None = None,
-               platforms: Sequence[str] | None = None) -> str:
+def export_run(workdir: str, out: str, *, step: int | None = None, average_last: int = 1,
+               beam_size: int | None = None, platforms: Sequence[str] | None = None) -> str:
   """Writes the translator of a saved translation run to `out`; returns the manifest path.
 
   Args:
@@ -51,6 +51,8 @@ def export_run(workdir: str, out: str, *, step: int | None = None, beam_size: in
     out: the export directory, local (serve.py reads it with the standard
       library alone); created, files of an earlier export replaced.
     step: checkpoint step; None = the latest.
+    average_last: export the mean parameters of `step` and the N - 1
+      checkpoints saved before it (`experiment.load_run`).
     beam_size: default `config.eval.beam_size`.
     platforms: what the artifact is lowered for, e.g. ("cpu", "cuda"); default
       this machine's backend.
@@ -58,7 +60,7 @@ def export_run(workdir: str, out: str, *, step: int | None = None, beam_size: in
   Raises:
     ValueError: not a translation run, or a tokenizer export cannot carry.
   """
-  run = experiment.load_run(workdir, step)
+  run = experiment.load_run(workdir, step, average_last=average_last)
   exp = run.experiment
   task, c = exp.task, exp.config
   if task.kind != "seq2seq":
@@ -103,7 +105,8 @@ def export_run(workdir: str, out: str, *, step: int | None = None, beam_size: in
       "max_input_len": c.data.max_input_len, "bucket_widths": list(widths),
       "batch_size": e.batch_size, "platforms": list(exported.platforms),
       "run": {"workdir": workdir if storage.is_remote(workdir) else os.path.abspath(workdir),
-              "step": run.step, "task": c.data.task, "variant": c.model.variant},
+              "step": run.step, "averaged_steps": list(run.averaged_steps),
+              "task": c.data.task, "variant": c.model.variant},
       "files": {name: serve.sha256(os.path.join(out, name)) for name in files},
   }
   path = os.path.join(out, serve.MANIFEST)

@@ -196,6 +196,17 @@ def test_evaluate_averages_the_last_checkpoints(three_checkpoints):
   assert not np.array_equal(jax.tree.leaves(averaged.params)[0], jax.tree.leaves(singles[2])[0])
 
 
+def test_translate_with_the_averaged_parameters(three_checkpoints):
+  """translate.py --average_last=3 decodes with the same parameters evaluate.py scores."""
+  result = cli("translate.py", f"--workdir={three_checkpoints}", "--average_last=3", "123", "4567")
+  assert result.returncode == 0, result.stderr[-3000:]
+  run = experiment.load_run(three_checkpoints, average_last=3)
+  assert result.stdout.splitlines() == inference.generate_text(run.experiment, run.params,
+                                                               ["123", "4567"])
+  refused = cli("translate.py", f"--workdir={three_checkpoints}", "--average_last=4", "123")
+  assert refused.returncode == 1 and "average_last=4: " in refused.stderr, refused.stderr[-2000:]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--average_last=4"], "average_last=4: {run} has 3 checkpoint(s) up to step 3 ([1, 2, 3]); "
                            "expected at least 4"),

@@ -42,7 +42,7 @@ _WORDS = {"the": "el", "a": "un", "red": "rojo", "big": "grande", "small": "pequ
 OVERRIDES = {"model.num_encoder_layers": 1, "model.num_decoder_layers": 1,
              "data.vocab_size": 60, "data.max_input_len": 16, "data.max_target_len": 24,
              "train.num_steps": 2, "eval.every_steps": 2, "eval.decode_examples": 0,
-             "checkpoint.every_steps": 2, "eval.beam_size": 2, "eval.batch_size": 8}
+             "checkpoint.every_steps": 1, "eval.beam_size": 2, "eval.batch_size": 8}
 # Modules the exported translator must not need.
 NOT_IN_SERVE = ("haiku", "ml_collections", "orbax", "optax", "chex", "absl", "tensorflow",
                 "tensorflow_datasets", "sacrebleu", "transformer_research.models",
@@ -169,7 +169,19 @@ def test_export_records_its_settings_and_files(exported):
                                    "24": "translate_24.jax_exported"}
   assert sorted(manifest["files"]) == ["params.npz", "spm.model", "translate_16.jax_exported",
                                        "translate_24.jax_exported"]
-  assert manifest["run"]["step"] == 2
+  assert manifest["run"]["step"] == 2 and manifest["run"]["averaged_steps"] == []
+
+
+def test_an_averaged_export_carries_the_mean_parameters_and_says_so(run_dir, no_data, tmp_path):
+  out = str(tmp_path / "averaged")
+  export.export_run(run_dir, out, average_last=2)
+  manifest = json.loads(pathlib.Path(out, serve.MANIFEST).read_text())
+  assert manifest["run"]["step"] == 2 and manifest["run"]["averaged_steps"] == [1, 2]
+  saved = np.load(pathlib.Path(out, serve.PARAMS_FILE))
+  steps = [jax.tree.leaves(experiment.load_run(run_dir, s).params) for s in (1, 2)]
+  for i, (one, two) in enumerate(zip(*steps)):
+    np.testing.assert_allclose(saved[f"{i:04d}"], (np.asarray(one) + np.asarray(two)) / 2,
+                               rtol=1e-6, atol=1e-7)
 
 
 def test_export_dir_with_a_missing_or_altered_file_is_an_error_naming_it(exported, tmp_path):
