@@ -245,8 +245,12 @@ def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
           f"average_last={average_last}: {workdir} has {len(averaged)} checkpoint(s) up to "
           f"step {candidate} ({list(averaged)}); expected at least {average_last} (a run "
           "keeps config.checkpoint.max_to_keep of them)")
-    trees = [_restore_step(workdir, s, exp) for s in averaged[:-1]] + [params]
-    return Run(exp, _mean(trees), candidate, averaged)
+    # A running sum: two parameter sets in memory at a time, however many are averaged.
+    total = _add_share(None, params, 1 / average_last)
+    for earlier in averaged[:-1]:
+      total = _add_share(total, _restore_step(workdir, earlier, exp), 1 / average_last)
+    mean = jax.tree.map(lambda t, x: t.astype(x.dtype), total, params)
+    return Run(exp, mean, candidate, averaged)
   raise ValueError(f"no checkpoint in {workdir} can be read (steps {steps}).")
 
 
@@ -262,9 +266,9 @@ def _restore_step(workdir: str, step: int, exp: Experiment) -> Any:
     raise ValueError(f"checkpoint step {step} in {workdir} cannot be read ({e})") from e
 
 
-@jax.jit
-def _mean(trees: list[Any]) -> Any:
-  """Leaf-wise mean of parameter trees, summed in float32, each leaf in its own dtype
-  and sharding."""
-  return jax.tree.map(lambda *xs: (sum(x.astype(jnp.float32) for x in xs) / len(xs))
-                      .astype(xs[0].dtype), *trees)
+@functools.partial(jax.jit, donate_argnums=0)
+def _add_share(total: Any | None, tree: Any, share: float) -> Any:
+  """`total + share * tree` leaf by leaf in float32 (`tree` alone when `total` is None),
+  keeping each leaf's sharding: one step of `load_run`'s running mean."""
+  scaled = jax.tree.map(lambda x: x.astype(jnp.float32) * share, tree)
+  return scaled if total is None else jax.tree.map(jnp.add, total, scaled)
