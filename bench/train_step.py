@@ -8,8 +8,8 @@ device and MFU, where
 
 The peak is the device's datasheet figure for the compute dtype
 (`flops.PEAK_FLOPS`) on accelerators; on CPU it is measured in the same run (a
-large float32 matmul on the same devices, before and after the timed steps,
-the higher kept), and the output says which. Batches are synthetic with the
+large matmul in the compute dtype on the same devices, before and after the
+timed steps, the higher kept), and the output says which. Batches are synthetic with the
 config's shapes (full rows, no padding: as packed training rows), so no data
 is needed. `--compile_only` stops after compiling (layout comparisons of big
 models: `--config.model.scan_layers`, `--config.model.remat`).

@@ -63,3 +63,13 @@ def test_loop_peak_uses_configured_value_per_device():
 def test_unknown_kind_is_refused():
   with pytest.raises(ValueError, match="kind='vision'"):
     flops.train_flops_per_step("vision", tiny_setup.model(tiny_setup.config()).sizes, 1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("compute_dtype,probed", [("auto", "float32"), ("float32", "float32"),
+                                                  ("bfloat16", "bfloat16")])
+def test_cpu_peak_is_probed_in_the_compute_dtype(compute_dtype, probed):
+  """A CPU's bfloat16 matmuls may run 5x its float32 ones (AMX): MFU of a bfloat16
+  step against a float32 probe would be 5x too high."""
+  mesh = sharding.make_mesh(tiny_setup.config().mesh)
+  peak = flops.device_peak(mesh, compute_dtype, probe_size=256, repeats=1)
+  assert peak.source.startswith(f"measured, {probed} 256^3 matmul on ") and peak.flops_per_device > 0

@@ -129,8 +129,9 @@ def datasheet_peak(device_kind: str, compute_dtype: str) -> float | None:
   return None
 
 
-def peak_matmul_flops(mesh: jax.sharding.Mesh, n: int, repeats: int = 5) -> float:
-  """Best of `repeats` float32 N x N x N matmuls, in FLOP/s over all mesh devices.
+def peak_matmul_flops(mesh: jax.sharding.Mesh, n: int, repeats: int = 5,
+                      dtype: str = "float32") -> float:
+  """Best of `repeats` N x N x N matmuls in `dtype`, in FLOP/s over all mesh devices.
 
   Every device of the mesh multiplies its own matrix (the leading dimension
   is split over all mesh axes), so the figure is the whole mesh's peak. The
@@ -140,7 +141,7 @@ def peak_matmul_flops(mesh: jax.sharding.Mesh, n: int, repeats: int = 5) -> floa
   count = mesh.devices.size
   spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
   # Made on the devices, so every process of a multi-host mesh can run it.
-  a = jax.jit(lambda: jnp.ones((count, n, n), jnp.float32), out_shardings=spec)()
+  a = jax.jit(lambda: jnp.ones((count, n, n), dtype), out_shardings=spec)()
   matmul = jax.jit(lambda x: jnp.einsum("bij,bjk->bik", x, x), out_shardings=spec)
   matmul(a).block_until_ready()  # Compile and first-run allocations.
   best = float("inf")
@@ -159,7 +160,9 @@ def device_peak(mesh: jax.sharding.Mesh, compute_dtype: str, probe_size: int = 2
     mesh: the devices that run the step (all of one kind).
     compute_dtype: `config.model.compute_dtype` ("auto" is resolved for the
       mesh's platform, as the model resolves it).
-    probe_size, repeats: the float32 matmul probe, where one is needed.
+    probe_size, repeats: the matmul probe, where one is needed: in the compute
+      dtype, since a CPU's bfloat16 and float32 matmuls can differ by 5x
+      (AMX: 1.5 against 0.3 TFLOP/s on the 2-core machine of the README).
   """
   device = mesh.devices.flat[0]
   if compute_dtype == "auto":
@@ -169,10 +172,10 @@ def device_peak(mesh: jax.sharding.Mesh, compute_dtype: str, probe_size: int = 2
     return Peak(listed, f"datasheet, {device.device_kind}, {compute_dtype}")
   if device.platform != "cpu":
     logging.warning("flops: no datasheet peak for device kind %r and %s (flops.PEAK_FLOPS); "
-                    "MFU is relative to a measured float32 matmul instead", device.device_kind,
-                    compute_dtype)
-  measured = peak_matmul_flops(mesh, probe_size, repeats) / mesh.devices.size
-  return Peak(measured, f"measured, float32 {probe_size}^3 matmul on {device.device_kind}")
+                    "MFU is relative to a measured %s matmul instead", device.device_kind,
+                    compute_dtype, compute_dtype)
+  measured = peak_matmul_flops(mesh, probe_size, repeats, compute_dtype) / mesh.devices.size
+  return Peak(measured, f"measured, {compute_dtype} {probe_size}^3 matmul on {device.device_kind}")
 
 
 def loop_peak_flops(peak_flops_per_device: float, mesh: jax.sharding.Mesh,

@@ -128,10 +128,13 @@ def _tied_logits_forward(x, table):
 
 
 def _tied_logits_backward(residuals, g):
-  x, table = residuals
-  g = g.astype(x.dtype)  # [B, T, V]
-  dx = jnp.einsum("btv,vd->btd", g, table, preferred_element_type=jnp.float32)
-  dtable = jnp.einsum("btd,btv->dv", x, g, preferred_element_type=jnp.float32).T  # [V, D]
+  x, table = residuals  # g: [B, T, V] float32, as the logits.
+  dx = jnp.einsum("btv,vd->btd", g.astype(x.dtype), table, preferred_element_type=jnp.float32)
+  # The table's gradient sums over every token: float32 operands, as XLA computes
+  # the other weight gradients. (With bfloat16 operands and a float32 result,
+  # XLA:CPU compiles this dot but fails running it: "Unsupported element type
+  # for DotThunk::Execute: BF16 x BF16 = F32".)
+  dtable = jnp.einsum("btd,btv->dv", x.astype(jnp.float32), g).T  # [V, D]
   return dx.astype(x.dtype), dtable.astype(table.dtype)
 
 
