@@ -142,7 +142,12 @@ def peak_matmul_flops(mesh: jax.sharding.Mesh, n: int, repeats: int = 5,
   spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
   # Made on the devices, so every process of a multi-host mesh can run it.
   a = jax.jit(lambda: jnp.ones((count, n, n), dtype), out_shardings=spec)()
-  matmul = jax.jit(lambda x: jnp.einsum("bij,bjk->bik", x, x), out_shardings=spec)
+  # Accumulated and returned in float32, as the model's dense layers do: for
+  # bfloat16 on XLA:CPU that is also what selects the fast (AMX) kernel; a
+  # bfloat16 result ran at a sixth of its speed on the README's machine.
+  matmul = jax.jit(lambda x: jnp.einsum("bij,bjk->bik", x, x,
+                                        preferred_element_type=jnp.float32),
+                   out_shardings=spec)
   matmul(a).block_until_ready()  # Compile and first-run allocations.
   best = float("inf")
   for _ in range(repeats):
