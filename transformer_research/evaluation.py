@@ -313,8 +313,9 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
     examples = [dict(ex, source=p + " ...") for ex, p in zip(examples, prompts)]
   writer = metrics_lib.MetricsWriter(workdir)
   # "writer" tells a resumed training run to keep this record (metrics.py).
-  averaged = {"averaged_steps": ",".join(map(str, run.averaged_steps))} if run.averaged_steps else {}
-  record = writer.write(run.step, split, {**metrics, **averaged, "writer": "evaluate.py"})
+  if run.averaged_steps:  # A string, so plots do not draw it as a metric.
+    metrics["averaged_steps"] = ",".join(map(str, run.averaged_steps))
+  record = writer.write(run.step, split, {**metrics, "writer": "evaluate.py"})
   writer.close()
   if jax.process_index() != 0:
     return record, None

@@ -245,11 +245,13 @@ def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
           f"average_last={average_last}: {workdir} has {len(averaged)} checkpoint(s) up to "
           f"step {candidate} ({list(averaged)}); expected at least {average_last} (a run "
           "keeps config.checkpoint.max_to_keep of them)")
-    # A running sum: two parameter sets in memory at a time, however many are averaged.
+    # A running sum: two parameter sets in memory at a time (the sum and the
+    # one being added), however many are averaged.
     total = _add_share(None, params, 1 / average_last)
+    del params
     for earlier in averaged[:-1]:
       total = _add_share(total, _restore_step(workdir, earlier, exp), 1 / average_last)
-    mean = jax.tree.map(lambda t, x: t.astype(x.dtype), total, params)
+    mean = jax.tree.map(lambda t, x: t.astype(x.dtype), total, exp.abstract_state.params)
     return Run(exp, mean, candidate, averaged)
   raise ValueError(f"no checkpoint in {workdir} can be read (steps {steps}).")
 

@@ -322,7 +322,7 @@ _BATCH_KEYS = {
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # "auto": bfloat16 where the matrix units are built for it, float32 on CPU:
 # most CPUs emulate bfloat16 matmuls, and on one with AMX, where they run ~5x
-# float32's, a wmt_spa step gained 12% and a decode 7-24% (README benchmarks).
+# float32's, a wmt_spa train step gained ~13% and a decode 6-31% (README benchmarks).
 _AUTO_BF16_PLATFORMS = ("tpu", "gpu", "cuda", "rocm")
 
 
