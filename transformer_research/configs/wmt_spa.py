@@ -23,7 +23,9 @@ last step; then
 The same recipe run longer, `--config.train.num_steps=2400
 --config.train.max_minutes=65` (the cosine then spans 2,400 steps), reaches
 test BLEU 48.3 / chrF 66.1 (greedy 46.8) in 50.5 minutes. The full recipe
-(10,000 steps) is not measured yet.
+(10,000 steps) is not measured to its end: stopped by a 75-minute budget at
+step 1,710 (2.4 s a step on a 2-core CPU with AMX) it gives test BLEU 44.3 /
+chrF 63.3, validation BLEU still rising.
 """
 
 import ml_collections
