@@ -225,6 +225,13 @@ def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
                    devices=devices, train_tokenizers=False)
   _ = exp.task  # The tokenizers: a missing model file is named before the checkpoint is read.
   for candidate in [step] if step is not None else reversed(steps):
+    # Checked before anything is restored: an older candidate has fewer still.
+    averaged = tuple(s for s in steps if s <= candidate)[-average_last:]
+    if len(averaged) < average_last:
+      raise ValueError(
+          f"average_last={average_last}: {workdir} has {len(averaged)} checkpoint(s) up to "
+          f"step {candidate} ({list(averaged)}); expected at least {average_last} (a run "
+          "keeps config.checkpoint.max_to_keep of them)")
     try:
       params = _restore_step(workdir, candidate, exp)
     except checkpointing.IncompatibleCheckpoint:
@@ -239,12 +246,6 @@ def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
                       candidate, workdir)
     if average_last == 1:
       return Run(exp, params, candidate)
-    averaged = tuple(s for s in steps if s <= candidate)[-average_last:]
-    if len(averaged) < average_last:
-      raise ValueError(
-          f"average_last={average_last}: {workdir} has {len(averaged)} checkpoint(s) up to "
-          f"step {candidate} ({list(averaged)}); expected at least {average_last} (a run "
-          "keeps config.checkpoint.max_to_keep of them)")
     # A running sum: two parameter sets in memory at a time (the sum and the
     # one being added), however many are averaged.
     total = _add_share(None, params, 1 / average_last)
