@@ -11,10 +11,12 @@ decoded in batches. Output: one line per input line (blank for blank input).
 import sys
 
 from absl import flags
+from etils import epath
 
 from transformer_research import cli
 from transformer_research import experiment
 from transformer_research import inference
+from transformer_research import runtime
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
@@ -38,6 +40,8 @@ def main(argv: list[str]) -> None:
     texts = sys.stdin.read().splitlines()
   if not any(t.strip() for t in texts):
     raise ValueError("empty input: expected a text argument or one text per line on stdin.")
+  # The run's compiled programs (runtime.py): a second call does not compile the decoder again.
+  runtime.cache_compilations(str(epath.Path(_WORKDIR.value) / "compilation_cache"))
   run = experiment.load_run(_WORKDIR.value, _STEP.value, average_last=_AVERAGE.value)
   outputs = inference.generate_text(
       run.experiment, run.params, texts, beam_size=_BEAM.value, max_len=_MAX_LENGTH.value,

@@ -17,8 +17,10 @@ and the `bench/` scripts call it first thing; a notebook can too.
 `cache_compilations(directory)`: JAX's persistent compilation cache, so a
 restarted run loads its compiled init and train step instead of compiling
 them again (on the 2-core CPU the `wmt_spa` small step compiles in 10-25 s,
-most of a restart). `launch/train.py` points it at `WORKDIR/compilation_cache`,
-unless `JAX_COMPILATION_CACHE_DIR` names a cache of the user's own (one
+most of a restart). `launch/train.py`, `evaluate.py` and `translate.py` point it
+at `WORKDIR/compilation_cache`, so evaluating a run loads the decoder its
+training evals compiled (a read-only run directory costs a warning, not an
+error: JAX treats a cache it cannot write as a miss), unless `JAX_COMPILATION_CACHE_DIR` names a cache of the user's own (one
 shared by every run of a machine, as the test suite sets it up).
 """
 

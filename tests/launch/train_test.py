@@ -164,3 +164,33 @@ def test_bad_truncation_or_validation_share_is_refused_before_anything_is_writte
   assert not (tmp_path / "run" / "metrics.jsonl").exists()
   assert not (tmp_path / "run" / "checkpoints").exists() or not os.listdir(
       tmp_path / "run" / "checkpoints")
+
+
+def test_evaluate_and_translate_load_the_runs_compiled_decoder(tmp_path):
+  """evaluate.py decodes with the programs the training loop's eval compiled
+  (WORKDIR/compilation_cache: on a GPU that compilation took minutes), and a
+  second translate.py call compiles nothing the first one did."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # Every program is kept.
+  cache = tmp_path / "compilation_cache"
+
+  def cli(script: str, *args: str) -> set[str]:
+    """Runs a launch script on the run; returns the decoder programs it added to the cache."""
+    before = set(os.listdir(cache))
+    run = subprocess.run([sys.executable, str(ROOT / "launch" / script), f"--workdir={tmp_path}",
+                          *args], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return {name for name in set(os.listdir(cache)) - before if name.startswith("jit_generate")}
+
+  trained = subprocess.run(
+      [sys.executable, str(ROOT / "launch" / "train.py"),
+       f"--config={ROOT / 'configs' / 'reverse.py'}:tiny,smoke", f"--workdir={tmp_path}",
+       "--config.train.num_steps=2", "--config.eval.every_steps=1000",  # One eval, at the end.
+       "--config.data.num_train_examples=100"],
+      capture_output=True, text=True, timeout=300, env=env)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert any(name.startswith("jit_generate") for name in os.listdir(cache))
+  assert not cli("evaluate.py", "--split=validation")  # The loop's eval, loaded.
+  assert cli("evaluate.py", "--split=validation", "--beam_size=1")  # A new decoder, kept.
+  assert cli("translate.py", "123")
+  assert not cli("translate.py", "123")
