@@ -17,7 +17,6 @@ evaluates the mean of the last N checkpoints' parameters (up to `--step`).
 
 from absl import app
 from absl import flags
-from etils import epath
 
 from transformer_research import cli
 from transformer_research import evaluation
@@ -46,7 +45,7 @@ def main(argv: list[str]) -> None:
   runtime.keep_freed_memory()  # Before the jax backend starts (see runtime.py).
   # The run's own cache: the decoder its training evals compiled is loaded, not
   # compiled again (on a GPU that compilation took minutes; README, One GPU).
-  runtime.cache_compilations(str(epath.Path(_WORKDIR.value) / "compilation_cache"))
+  runtime.cache_compilations(_WORKDIR.value)
   record, report = evaluation.evaluate_run(
       _WORKDIR.value, _SPLIT.value, _STEP.value, _NUM_EXAMPLES.value,
       source_file=_SOURCE_FILE.value, reference_file=_REFERENCE_FILE.value,

@@ -22,7 +22,6 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
-from etils import epath
 import jax
 from ml_collections import config_flags
 
@@ -65,7 +64,7 @@ def main(argv: list[str]) -> None:
   # call (runtime.py; JAX refuses to start distributed afterwards). Setting the
   # cache directory touches no backend; the first compilation creates it.
   runtime.keep_freed_memory()
-  runtime.cache_compilations(str(epath.Path(_WORKDIR.value) / "compilation_cache"))
+  runtime.cache_compilations(_WORKDIR.value)
   multi = distributed.initialize(
       coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value, auto_detect=_DISTRIBUTED.value,

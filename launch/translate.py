@@ -11,7 +11,6 @@ decoded in batches. Output: one line per input line (blank for blank input).
 import sys
 
 from absl import flags
-from etils import epath
 
 from transformer_research import cli
 from transformer_research import experiment
@@ -41,7 +40,7 @@ def main(argv: list[str]) -> None:
   if not any(t.strip() for t in texts):
     raise ValueError("empty input: expected a text argument or one text per line on stdin.")
   # The run's compiled programs (runtime.py): a second call does not compile the decoder again.
-  runtime.cache_compilations(str(epath.Path(_WORKDIR.value) / "compilation_cache"))
+  runtime.cache_compilations(_WORKDIR.value)
   run = experiment.load_run(_WORKDIR.value, _STEP.value, average_last=_AVERAGE.value)
   outputs = inference.generate_text(
       run.experiment, run.params, texts, beam_size=_BEAM.value, max_len=_MAX_LENGTH.value,

@@ -14,13 +14,14 @@ This must run before the first JAX computation: the backend's threads pick
 their arena on their first allocation. `launch/train.py`, `launch/evaluate.py`
 and the `bench/` scripts call it first thing; a notebook can too.
 
-`cache_compilations(directory)`: JAX's persistent compilation cache, so a
-restarted run loads its compiled init and train step instead of compiling
-them again (on the 2-core CPU the `wmt_spa` small step compiles in 10-25 s,
-most of a restart). `launch/train.py`, `evaluate.py` and `translate.py` point it
-at `WORKDIR/compilation_cache`, so evaluating a run loads the decoder its
-training evals compiled (a read-only run directory costs a warning, not an
-error: JAX treats a cache it cannot write as a miss), unless `JAX_COMPILATION_CACHE_DIR` names a cache of the user's own (one
+`cache_compilations(workdir)`: JAX's persistent compilation cache in
+`WORKDIR/compilation_cache`, so a restarted run loads its compiled init and
+train step instead of compiling them again (on the 2-core CPU the `wmt_spa`
+small step compiles in 10-25 s, most of a restart), and `evaluate.py` loads
+the decoder the run's training evals compiled. `launch/train.py`,
+`evaluate.py` and `translate.py` call it; a read-only run directory costs a
+warning, not an error (JAX treats a cache it cannot write as a miss).
+`JAX_COMPILATION_CACHE_DIR` names a cache of the user's own instead (one
 shared by every run of a machine, as the test suite sets it up).
 """
 
@@ -29,6 +30,7 @@ import ctypes.util
 import logging
 import os
 
+from etils import epath
 import jax
 
 # mallopt(3) parameters (malloc.h).
@@ -51,13 +53,14 @@ def keep_freed_memory() -> bool:
   return all(ok)
 
 
-def cache_compilations(directory: str) -> None:
+def cache_compilations(workdir: str) -> None:
   """Stores compiled executables (taking over a second to compile) in
-  `directory`, or where `JAX_COMPILATION_CACHE_DIR` says when it is set."""
+  `workdir`/compilation_cache, or where `JAX_COMPILATION_CACHE_DIR` says when
+  it is set."""
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     logging.info("compilation cache: %s (JAX_COMPILATION_CACHE_DIR)",
                  os.environ["JAX_COMPILATION_CACHE_DIR"])
     return
-  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_compilation_cache_dir", str(epath.Path(workdir) / "compilation_cache"))
   if not os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
