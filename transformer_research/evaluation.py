@@ -265,7 +265,7 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
 
   Restores the checkpoint, computes every metric of the task on `split` (or
   on local files), appends the record to WORKDIR/metrics.jsonl (the plots
-  pick it up) and writes WORKDIR/eval_<split>_<step>.md with the metrics and
+  pick it up; a decoded record names its search, `"decoding": "beam 4"`) and writes WORKDIR/eval_<split>_<step>.md with the metrics and
   sample outputs.
 
   Args:
@@ -304,6 +304,8 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
   if split not in task.eval_splits:
     raise ValueError(f"split={split!r}: expected one of {list(task.eval_splits)}.")
   metrics, examples, outputs = evaluate(exp, run.params, split, num_examples=num_examples)
+  if outputs is not None:  # Decoded scores depend on the search: the record says which.
+    metrics["decoding"] = "greedy" if e.beam_size == 1 else f"beam {e.beam_size}"
   if task.kind == "lm":  # Samples only: continue the start of a few texts.
     examples = decode_subset(task.eval_examples(split), e.num_samples)
     prompts = [" ".join(ex["source"].split()[:8]) for ex in examples]
@@ -313,7 +315,7 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
     examples = [dict(ex, source=p + " ...") for ex, p in zip(examples, prompts)]
   writer = metrics_lib.MetricsWriter(workdir)
   # "writer" tells a resumed training run to keep this record (metrics.py).
-  if run.averaged_steps:  # A string, so plots do not draw it as a metric.
+  if run.averaged_steps:  # Strings, as "decoding": plots do not draw them as metrics.
     metrics["averaged_steps"] = ",".join(map(str, run.averaged_steps))
   record = writer.write(run.step, split, {**metrics, "writer": "evaluate.py"})
   writer.close()

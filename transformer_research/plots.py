@@ -4,6 +4,9 @@ The metrics file is the run's one record (training loop and standalone
 evaluation both append to it), so plots need no TensorBoard and no checkpoint,
 and can be redrawn while a run is going. Records are one JSON object per
 (step, split); a resumed run may repeat a step, and the last record wins.
+`launch/evaluate.py` records say how they were made (`decoding`,
+`averaged_steps`), and each such setting is its own line, `test (greedy)` next
+to `test (beam 4)`: scores of one step decoded two ways are two points.
 
 Every figure has a title (the metric and the runs), labelled axes and
 thousands-separated step ticks; with several runs each line's legend entry
@@ -52,16 +55,29 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
   return records
 
 
-def _series(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, float]]:
-  """(split, metric) -> {step: value}; later records overwrite earlier ones."""
+def series(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, float]]:
+  """(line, metric) -> {step: value}; later records of a line overwrite earlier ones.
+
+  A line is a split (`train`, `validation`), qualified by the settings an
+  evaluate.py record names (`test (beam 4)`, `test (greedy, mean of 3
+  checkpoints)`).
+  """
   out = collections.defaultdict(dict)
   for r in records:
     if "step" not in r:
       continue
     for key, value in r.items():
       if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-        out[(r.get("split", "train"), key)][int(r["step"])] = float(value)
+        out[(_line(r), key)][int(r["step"])] = float(value)
   return out
+
+
+def _line(record: dict[str, Any]) -> str:
+  settings = [record["decoding"]] if "decoding" in record else []
+  if "averaged_steps" in record:
+    settings.append(f"mean of {len(str(record['averaged_steps']).split(','))} checkpoints")
+  split = record.get("split", "train")
+  return f"{split} ({', '.join(settings)})" if settings else split
 
 
 def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
@@ -81,11 +97,11 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], out_dir: str) -> list[str
     runs: run name -> its records (in the order the legend shows them).
     out_dir: where the PNGs go.
   """
-  series = {name: _series(records) for name, records in runs.items()}
+  series_of = {name: series(records) for name, records in runs.items()}
   several = len(runs) > 1
   written = []
   for file_name, title, metrics, ylabel, log_y in FIGURES:
-    lines = [(run, split, metric, points) for run, by_key in series.items()
+    lines = [(run, split, metric, points) for run, by_key in series_of.items()
              for (split, metric), points in sorted(by_key.items()) if metric in metrics and points]
     if not lines:
       continue

@@ -21,6 +21,7 @@ from transformer_research import configs
 from transformer_research import evaluation
 from transformer_research import experiment
 from transformer_research import inference
+from transformer_research import plots
 from transformer_research import train_loop
 
 REPO = pathlib.Path(__file__).parents[2]
@@ -77,6 +78,23 @@ def test_plot_writes_pngs(workdir, tmp_path):
   written = sorted(p.name for p in tmp_path.glob("*.png"))
   assert {"loss.png", "accuracy.png", "per_length_accuracy.png"} <= set(written)
   assert all((tmp_path / name).stat().st_size > 1000 for name in written)
+
+
+def test_scores_of_one_step_decoded_two_ways_stay_apart(workdir, tmp_path):
+  """Greedy and beam-4 test scores of one checkpoint: metrics.jsonl says which
+  is which, and the plots draw both (the later one hid the earlier)."""
+  for flags in ([], ["--beam_size=2"]):
+    result = cli("evaluate.py", f"--workdir={workdir}", "--split=test", "--num_examples=8",
+                 *flags)
+    assert result.returncode == 0, result.stderr
+  records = plots.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["decoding"] for r in records[-2:]] == ["greedy", "beam 2"]
+  lines = plots.series(records)
+  assert {("test (greedy)", "sequence_accuracy"),
+          ("test (beam 2)", "sequence_accuracy")} <= set(lines)
+  assert ("train", "loss") in lines  # In-loop records keep their split's name.
+  result = cli("plot.py", f"--workdir={workdir}", f"--out_dir={tmp_path}")
+  assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("script,args,stdin,message", [
