@@ -265,8 +265,8 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
 
   Restores the checkpoint, computes every metric of the task on `split` (or
   on local files), appends the record to WORKDIR/metrics.jsonl (the plots
-  pick it up; a decoded record names its search, `"decoding": "beam 4"`) and writes WORKDIR/eval_<split>_<step>.md with the metrics and
-  sample outputs.
+  pick it up; a decoded record names its search, `"decoding": "beam 4"`) and
+  writes WORKDIR/eval_<split>_<step>.md with the metrics and sample outputs.
 
   Args:
     workdir: the training run's directory.
