@@ -266,6 +266,15 @@ def test_every_start_is_recorded_with_what_changed(run_copy):
   assert json.load(open(run_copy / "config.json"))["train"]["num_steps"] == 6
 
 
+def test_rerunning_a_finished_run_says_so_and_changes_no_checkpoint_or_metric(run_copy):
+  before = {k: v for k, v in fingerprint(run_copy).items()
+            if k.startswith("checkpoints") or k == "metrics.jsonl"}
+  run = ok(train(run_copy))
+  assert "the run is at step 4 of train.num_steps=4: nothing to train" in run.stderr
+  after = fingerprint(run_copy)
+  assert {k: after.get(k) for k in before} == before
+
+
 def test_evaluate_records_survive_a_resume(run_copy):
   evaluate = subprocess.run([sys.executable, str(tiny_setup.ROOT / "launch" / "evaluate.py"),
                              f"--workdir={run_copy}", "--split=test", "--step=4"],

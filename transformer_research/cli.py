@@ -6,13 +6,15 @@ line on stderr, `error: ...`, and exit status 2 for flags and configs, 1 for
 everything else; `--verbose` (or `TRANSFORMER_RESEARCH_TRACEBACK=1`) shows the
 traceback instead. Anything else (a bug) keeps its traceback.
 
-Library logs are kept readable: Orbax's per-save INFO lines are dropped, and
-so are the tracebacks of its background writes (a failed write is reported
-once, as the one-line error).
+Library logs are kept readable: Orbax's per-save INFO lines are dropped, so
+are its notices that a checkpoint directory was opened read-only, and so are
+the tracebacks of its background writes (a failed write is reported once, as
+the one-line error).
 """
 
 import logging as std_logging
 import os
+import re
 import sys
 from typing import Callable, NoReturn
 
@@ -100,12 +102,20 @@ def _main(main: Callable[[list[str]], None], argv: list[str]) -> None:
 
 
 def _quiet_orbax(record) -> bool:
-  """Drops Orbax's INFO lines, and the tracebacks of its background writes
-  (its threads and their asyncio futures)."""
+  """Drops Orbax's INFO lines, its warnings that a checkpoint directory is
+  opened read-only (as evaluate.py, translate.py and export.py open it, on
+  purpose: six lines before every translation), and the tracebacks of its
+  background writes (its threads and their asyncio futures)."""
   if "/orbax/" not in record.pathname and record.name != "asyncio":
     return True
   record.exc_info = record.exc_text = None
-  return record.levelno >= std_logging.WARNING
+  return (record.levelno >= std_logging.WARNING
+          and not _READ_ONLY_NOTICE.match(record.getMessage()))
+
+
+# Orbax's notices for a manager made with `read_only=True`.
+_READ_ONLY_NOTICE = re.compile(r"CheckpointManagerOptions\.read_only=True, setting "
+                               r"|Given directory is read only=")
 
 
 def _quiet_closed_loops(unraisable) -> None:

@@ -123,6 +123,9 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
                       "training; raise train.max_minutes to train on", config.train.max_minutes,
                       _duration(budget.elapsed()), step)
       num_steps = step
+    elif step >= num_steps:
+      logging.info("the run is at step %d of train.num_steps=%d: nothing to train; raise "
+                   "train.num_steps to train on", step, num_steps)
     start_step = step
     summary = _run_summary(exp, config)
     logging.info("%s", summary)

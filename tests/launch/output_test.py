@@ -166,6 +166,19 @@ def test_plot_cli_overlays_two_runs(terminal_run, tmp_path):
   assert out.returncode == 1 and "the same run directory is given twice" in out.stderr
 
 
+def test_reading_a_run_prints_no_orbax_warnings(terminal_run):
+  """translate.py and evaluate.py open the checkpoints read-only on purpose;
+  Orbax's warnings saying so were six lines before every translation."""
+  _, workdir = terminal_run
+  translated = _cli("translate.py", f"--workdir={workdir}", "3141")
+  evaluated = _cli("evaluate.py", f"--workdir={workdir}", "--split=validation")
+  for out in (translated, evaluated):
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "read only" not in out.stderr and "read_only" not in out.stderr, out.stderr
+    assert not re.findall(r"^W\d{4} .*", out.stderr, re.M), out.stderr
+  assert len(translated.stdout.splitlines()) == 1
+
+
 def _cli(script: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, str(ROOT / "launch" / script), *args], input=stdin,
                         capture_output=True, text=True, timeout=300,
