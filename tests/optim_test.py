@@ -37,6 +37,17 @@ def test_unknown_names_are_errors():
     optim.make_optimizer(_train(optimizer="lamb"))
 
 
+@pytest.mark.parametrize("train,message", [
+    (dict(learning_rate=-0.001), r"config.train.learning_rate=-0.001: expected > 0"),
+    (dict(learning_rate=0.0), r"config.train.learning_rate=0.0: expected > 0"),
+    (dict(learning_rate=float("nan")), r"config.train.learning_rate=nan: expected > 0"),
+    (dict(warmup_steps=-5), r"config.train.warmup_steps=-5: expected >= 0"),
+])
+def test_a_learning_rate_that_cannot_train_is_an_error(train, message):
+  with pytest.raises(ValueError, match=message):
+    optim.make_schedule(_train(**train))
+
+
 def test_no_weight_decay_on_biases_and_norms():
   params = {"encoder/layer_00/mlp/linear_0": {"w": jnp.ones((4, 8)), "b": jnp.ones(8)},
             "encoder/ln_final": {"scale": jnp.ones(4), "offset": jnp.ones(4)},

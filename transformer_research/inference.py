@@ -223,6 +223,13 @@ def generate_text(exp: Any, params: Any, texts: Sequence[str], *, beam_size: int
   """
   check_can_generate(exp.kind, "translate or continue text")
   c, shards = exp.config, sharding.batch_shards(exp.mesh) * jax.process_count()
+  # None means the run's default; 0 would read as one too (`beam_size or ...`).
+  if beam_size is not None and beam_size < 1:
+    raise ValueError(f"beam_size={beam_size}: expected 1 (greedy) or more")
+  if max_len is not None and max_len < 1:
+    raise ValueError(f"max_length={max_len}: expected 1 or more tokens")
+  if temperature < 0:
+    raise ValueError(f"temperature={temperature}: expected 0 (greedy) or more")
   if exp.kind == "seq2seq" and temperature > 0:
     raise ValueError(f"temperature={temperature}: expected 0 for translation "
                      "(beam search); sampling is for language models.")

@@ -37,6 +37,11 @@ def make_schedule(train: Any) -> optax.Schedule:
   * "constant": flat after warmup.
   """
   lr, warmup = float(train.learning_rate), int(train.warmup_steps)
+  if not lr > 0:  # A sign typo would train by gradient ascent.
+    raise ValueError(f"config.train.learning_rate={train.learning_rate!r}: expected > 0 (the "
+                     "peak of the schedule)")
+  if warmup < 0:
+    raise ValueError(f"config.train.warmup_steps={train.warmup_steps!r}: expected >= 0")
   if train.schedule == "rsqrt":
     def rsqrt(step):
       s = jnp.asarray(step, jnp.float32) + 1.0

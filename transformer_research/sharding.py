@@ -210,6 +210,8 @@ def batch_shards(mesh: Mesh) -> int:
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "config.train.batch_size") -> None:
   """Fails before compiling when the global batch cannot split evenly."""
+  if not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"{name}={batch_size!r}: expected a positive number of rows")
   shards = batch_shards(mesh)
   if batch_size % shards or batch_size % jax.process_count():
     raise ValueError(

@@ -110,6 +110,17 @@ def test_cli_errors_are_clear(tmp_path, script, args, stdin, message):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--beam_size=0"], "error: beam_size=0: expected 1 (greedy) or more"),
+    (["--max_length=0"], "error: max_length=0: expected 1 or more tokens"),
+])
+def test_a_zero_decoding_option_is_an_error_not_the_default(workdir, args, message):
+  """0 used to read as "not given" and decode with the run's default."""
+  result = cli("translate.py", f"--workdir={workdir}", *args, "123")
+  assert result.returncode == 1 and result.stdout == ""
+  assert message in result.stderr.splitlines(), result.stderr[-2000:]
+
+
 def test_a_classifier_cannot_translate():
   classifier = experiment.Experiment(tiny_config("difference"))
   with pytest.raises(ValueError, match="kind='classify' cannot translate or continue"):

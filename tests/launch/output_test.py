@@ -203,6 +203,15 @@ def _cli(script: str, *args: str, stdin: str = "") -> subprocess.CompletedProces
      "config.data.manual_dir='{tmp}/nowhere': no such directory"),
     ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
                   "--config.train.profile_steps=-1"], 1, "config.train.profile_steps=-1"),
+    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.train.learning_rate=-0.001"], 1,
+     "config.train.learning_rate=-0.001: expected > 0"),
+    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.train.batch_size=0"], 1,
+     "config.train.batch_size=0: expected a positive number of rows"),
+    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.model.dropout_rate=1.5"], 1,
+     "model.dropout_rate=1.5; expected a value in [0, 1)"),
     ("export.py", ["--workdir={tmp}", "--out={tmp}/export"], 1,
      "workdir='{tmp}' has no checkpoint"),
 ])
@@ -216,6 +225,9 @@ def test_user_errors_are_one_line(tmp_path, script, args, status, message):
   assert "Traceback" not in run.stderr
   errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1 and fill(message) in errors[0], run.stderr[-3000:]
+  # Refused before the run directory was written: nothing claims a run is there.
+  assert not any((tmp_path / "run" / name).exists()
+                 for name in ("config.json", "runs.jsonl", "metrics.jsonl"))
 
 
 @pytest.mark.parametrize("how", ["--verbose", "TRANSFORMER_RESEARCH_TRACEBACK=1"])

@@ -487,6 +487,11 @@ def _options(model_config, platform: str | None = None) -> tuple[layers.Options,
   for field in ("scan_layers", "residual"):
     if not isinstance(c[field], bool):
       raise ValueError(f"model.{field}={c[field]!r}; expected one of [True, False].")
+  for field in ("dropout_rate", "attention_dropout_rate"):
+    # Checked here, not only where dropout runs: that is the first train step,
+    # after the run directory was written.
+    if not isinstance(c[field], (int, float)) or not 0 <= c[field] < 1:
+      raise ValueError(f"model.{field}={c[field]!r}; expected a value in [0, 1).")
   if c.positions == "rope" and (sizes.d_model // sizes.num_heads) % 2:
     raise ValueError(f"model.positions='rope' needs an even head width; got "
                      f"d_model // num_heads = {sizes.d_model // sizes.num_heads}.")
