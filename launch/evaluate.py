@@ -27,7 +27,8 @@ _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate: validation or 
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None, "Examples to decode; default "
                                      "config.eval.decode_examples (all lines of "
-                                     "--source_file), -1 = all.")
+                                     "--source_file), -1 = all, 0 = none (loss and "
+                                     "accuracy only).")
 _SOURCE_FILE = flags.DEFINE_string("source_file", None, "Evaluate these source sentences "
                                    "(one per line) instead of --split.")
 _REFERENCE_FILE = flags.DEFINE_string("reference_file", None, "References of --source_file: "

@@ -208,7 +208,8 @@ def evaluate(exp: experiment.Experiment, params: Any, split: str, *,
     params: its parameters, sharded over `exp.mesh`.
     split: an eval split of the task.
     num_examples: examples to decode (seq2seq); None =
-      `config.eval.decode_examples`, -1 = the whole split.
+      `config.eval.decode_examples`, -1 = the whole split, 0 = none (the
+      teacher-forced metrics only).
 
   Returns:
     (metrics, examples, outputs). Metrics are flat: `loss`, `accuracy`, plus
@@ -217,10 +218,13 @@ def evaluate(exp: experiment.Experiment, params: Any, split: str, *,
     `examples` / `outputs` are the decoded examples and their outputs
     (seq2seq; `[]` / None otherwise), for reports.
   """
-  metrics = teacher_forced(exp, params, split)
-  if exp.kind != "seq2seq":
-    return metrics, [], None
   limit = exp.config.eval.decode_examples if num_examples is None else num_examples
+  if exp.kind == "seq2seq" and limit < -1:
+    raise ValueError(f"num_examples={limit}: expected -1 (the whole split), 0 (no decoding) "
+                     "or a number of examples to decode")
+  metrics = teacher_forced(exp, params, split)
+  if exp.kind != "seq2seq" or limit == 0:  # 0: no BLEU of 0 for nothing decoded.
+    return metrics, [], None
   examples = decode_subset(exp.task.eval_examples(split), limit, by_length=_per_length(exp.task))
   outputs = inference.translate(exp, params, [ex["source"] for ex in examples])
   metrics.update(score_outputs(exp.task, examples, outputs, exp.config.data.train_max_len))

@@ -191,6 +191,20 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
   return state
 
 
+# Numbers the loop uses only after the run directory is written (in the train
+# step or at the first eval): (key, valid, what is expected).
+_NUMBER_RANGES = (
+    ("train.label_smoothing", lambda v: 0 <= v < 1, "a value in [0, 1)"),
+    ("train.grad_clip_norm", lambda v: v >= 0, "a global norm > 0, or 0 for no clipping"),
+    ("eval.decode_examples", lambda v: v >= -1 and v == int(v),
+     "-1 (the whole split), 0 (no decoding) or a number of examples"),
+    ("eval.beam_size", lambda v: v >= 1 and v == int(v), "1 (greedy) or more"),
+    ("eval.max_decode_len", lambda v: v == -1 or (v >= 1 and v == int(v)),
+     "-1 (data.max_target_len) or a positive number of tokens"),
+    ("eval.length_penalty", lambda v: v >= 0, ">= 0 (0 ranks beams by raw log-probability)"),
+)
+
+
 def _check_config(config: Any, exp: experiment.Experiment) -> None:
   """Everything about the config that can fail, before anything is written:
   sizes and options of the model, optimizer and mesh (the abstract state
@@ -214,6 +228,11 @@ def _check_config(config: Any, exp: experiment.Experiment) -> None:
   if config.eval.split not in tasks.EVAL_SPLITS:
     raise ValueError(f"config.eval.split={config.eval.split!r}: expected one of "
                      f"{list(tasks.EVAL_SPLITS)}")
+  for name, valid, expected in _NUMBER_RANGES:
+    section, field = name.split(".")
+    value = config[section][field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
+      raise ValueError(f"config.{name}={value!r}: expected {expected}")
   exp.abstract_state  # pylint: disable=pointless-statement  (validates model, optimizer, mesh)
   sharding.check_batch_size(config.train.batch_size, exp.mesh)  # Before any compile.
   sharding.check_batch_size(config.eval.batch_size, exp.mesh, "config.eval.batch_size")

@@ -121,6 +121,19 @@ def test_a_zero_decoding_option_is_an_error_not_the_default(workdir, args, messa
   assert message in result.stderr.splitlines(), result.stderr[-2000:]
 
 
+def test_evaluate_with_no_examples_to_decode_records_no_decoded_scores(workdir):
+  """--num_examples=0 used to record sequence accuracy 0 for nothing decoded."""
+  result = cli("evaluate.py", f"--workdir={workdir}", "--split=validation", "--num_examples=0")
+  assert result.returncode == 0, result.stderr[-2000:]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    last = json.loads(f.read().splitlines()[-1])
+  assert last["split"] == "validation" and {"loss", "accuracy"} <= set(last)
+  assert not {"sequence_accuracy", "decoded_examples", "decoding"} & set(last), last
+  refused = cli("evaluate.py", f"--workdir={workdir}", "--split=validation", "--num_examples=-2")
+  assert refused.returncode == 1
+  assert "error: num_examples=-2: expected -1 (the whole split), 0 (no decoding)" in refused.stderr
+
+
 def test_a_classifier_cannot_translate():
   classifier = experiment.Experiment(tiny_config("difference"))
   with pytest.raises(ValueError, match="kind='classify' cannot translate or continue"):

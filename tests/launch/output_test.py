@@ -212,6 +212,12 @@ def _cli(script: str, *args: str, stdin: str = "") -> subprocess.CompletedProces
     ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
                   "--config.model.dropout_rate=1.5"], 1,
      "model.dropout_rate=1.5; expected a value in [0, 1)"),
+    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.train.label_smoothing=2"], 1,
+     "config.train.label_smoothing=2.0: expected a value in [0, 1)"),
+    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.eval.beam_size=0"], 1,
+     "config.eval.beam_size=0: expected 1 (greedy) or more"),
     ("export.py", ["--workdir={tmp}", "--out={tmp}/export"], 1,
      "workdir='{tmp}' has no checkpoint"),
 ])

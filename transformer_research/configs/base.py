@@ -164,7 +164,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.every_steps = 500
   c.eval.split = "validation"  # What the loop evaluates; test is for final reports.
   c.eval.batch_size = 64  # Global rows per eval / decoding batch.
-  # Examples decoded per eval (BLEU, chrF, exact match); -1 = the whole split.
+  # Examples decoded per eval (BLEU, chrF, exact match); -1 = the whole split,
+  # 0 = none (loss and token accuracy only).
   # Decoding dominates eval time, so the loop uses a fixed subset.
   c.eval.decode_examples = 512
   c.eval.max_decode_len = -1  # Generated tokens at most; -1 = data.max_target_len.
