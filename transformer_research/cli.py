@@ -1,10 +1,11 @@
 """What every `launch/` script does around its `main`: `cli.run(main)`.
 
 A user's mistake (a bad flag or config value, a config file that does not
-import, a missing file, a run directory this config may not continue) is one
-line on stderr, `error: ...`, and exit status 2 for flags and configs, 1 for
-everything else; `--verbose` (or `TRANSFORMER_RESEARCH_TRACEBACK=1`) shows the
-traceback instead. Anything else (a bug) keeps its traceback.
+import, a missing file or optional package, a run directory this config may
+not continue) is one line on stderr, `error: ...`, and exit status 2 for flags
+and configs, 1 for everything else; `--verbose` (or
+`TRANSFORMER_RESEARCH_TRACEBACK=1`) shows the traceback instead. Anything else
+(a bug) keeps its traceback.
 
 Library logs are kept readable: Orbax's per-save INFO lines are dropped, so
 are its notices that a checkpoint directory was opened read-only, and so are
@@ -27,9 +28,11 @@ from transformer_research import rundir
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of an error instead of one "
                              "line (also: TRANSFORMER_RESEARCH_TRACEBACK=1).")
 
-# What a user can cause and fix: reported as one line.
+# What a user can cause and fix: reported as one line. ImportError: an optional
+# package a feature needs (TensorFlow to prepare a stock TFDS dataset), named
+# with the pip command.
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, FloatingPointError,
-               OSError, rundir.RunDirectoryInUse)
+               OSError, ImportError, rundir.RunDirectoryInUse)
 
 
 def run(main: Callable[[list[str]], None]) -> None:

@@ -192,7 +192,7 @@ def test_stock_tfds_sources_fail_fast_without_tensorflow(tmp_path):
   """imdb_reviews / wmt13 need TensorFlow to extract; the error comes before any download."""
   with pytest.raises(ModuleNotFoundError, match="tensorflow-cpu"):
     sources.wmt13_es_en("train", data_dir=tmp_path)
-  with pytest.raises(ModuleNotFoundError, match="text_files"):
+  with pytest.raises(ModuleNotFoundError, match="--config.data.train_path=FILE"):
     sources.imdb("test", data_dir=tmp_path)
   with pytest.raises(ValueError, match="split='unsupervised': has no labels"):
     sources.imdb("unsupervised", data_dir=tmp_path)

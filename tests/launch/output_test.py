@@ -2,6 +2,7 @@
 machine, a terminal, TensorBoard, plots, profiles, and one-line errors."""
 
 import fcntl
+import importlib.util
 import json
 import os
 import pty
@@ -218,6 +219,12 @@ def _cli(script: str, *args: str, stdin: str = "") -> subprocess.CompletedProces
     ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
                   "--config.eval.beam_size=0"], 1,
      "config.eval.beam_size=0: expected 1 (greedy) or more"),
+    pytest.param("train.py", [f"--config={CONFIGS}/imdb.py:tiny,smoke", "--workdir={tmp}/run",
+                              "--config.data.tfds_data_dir={tmp}/tfds"], 1,
+                 "`pip install tensorflow-cpu` once to prepare it into {tmp}/tfds/imdb_reviews/"
+                 "plain_text/1.0.0, or train on local copies: --config.data.train_path=FILE",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
+                                          reason="TensorFlow is installed")),
     ("export.py", ["--workdir={tmp}", "--out={tmp}/export"], 1,
      "workdir='{tmp}' has no checkpoint"),
 ])

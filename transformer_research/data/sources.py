@@ -82,12 +82,14 @@ def _check_split(split: str, allowed: tuple[str, ...], arg: str = "split") -> No
     raise ValueError(f"{arg}={split!r}: expected one of {allowed} (optionally sliced, e.g. 'train[:1000]')")
 
 
-def _prepared(builder: Any, manual_dir: PathLike | None, *, extracts_with_tf: bool = False) -> Any:
+def _prepared(builder: Any, manual_dir: PathLike | None, *, extracts_with_tf: bool = False,
+              instead: str = "") -> Any:
   """Prepares `builder` if needed.
 
   Stock builders that extract archives (`imdb_reviews`, `wmt13_translate`)
   go through TFDS's extractor, which needs TensorFlow even though reading the
-  prepared array_record files does not: say so before a long download fails.
+  prepared array_record files does not: say so before a long download fails,
+  with `instead`, the way around it where there is one.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (heavy; only TFDS sources)
   if manual_dir and not epath.Path(manual_dir).is_dir():
@@ -95,8 +97,8 @@ def _prepared(builder: Any, manual_dir: PathLike | None, *, extracts_with_tf: bo
   if extracts_with_tf and not builder.is_prepared() and importlib.util.find_spec("tensorflow") is None:
     raise ModuleNotFoundError(
         f"Preparing TFDS {builder.name} extracts archives with TensorFlow, which is not installed: "
-        f"`pip install tensorflow-cpu` once to prepare it into {builder.data_dir}, or use local files "
-        "(sources.text_files) instead.")
+        f"`pip install tensorflow-cpu` once to prepare it into {builder.data_dir}"
+        + (f", or {instead}" if instead else ""))
   config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir else None)
   if not builder.is_prepared():
     tfds.disable_progress_bar()  # Its bars would break up the run's log and progress bar.
@@ -151,7 +153,9 @@ def imdb(split: str, data_dir: PathLike | None = None, *, with_label: bool = Tru
     raise ValueError(f"split={split!r}: has no labels; expected with_label=False")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder("imdb_reviews/plain_text", data_dir=data_dir, file_format="array_record")
-  builder = _prepared(builder, None, extracts_with_tf=True)
+  builder = _prepared(builder, None, extracts_with_tf=True, instead=(
+      "train on local copies: --config.data.train_path=FILE --config.data.eval_path=FILE "
+      "(JSON lines or TSV; README, IMDB)"))
 
   def convert(ex: dict[str, Any]) -> dict[str, Any]:
     if with_label:
