@@ -161,6 +161,14 @@ def _argmax(logits: jax.Array, step: jax.Array) -> jax.Array:
   return jax.lax.top_k(logits, 1)[1][:, 0]
 
 
+def check_filters(top_k: int, top_p: float) -> None:
+  """Raises ValueError for a top-k / top-p setting that `filter_logits` cannot apply."""
+  if top_k < 0:
+    raise ValueError(f"top_k={top_k!r}: expected an integer >= 0 (0 = off).")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p={top_p!r}: expected a float in (0, 1].")
+
+
 def filter_logits(logits: jax.Array, *, top_k: int = 0,
                   top_p: float = 1.0) -> jax.Array:
   """Masks logits outside the top-k / nucleus (top-p) set to NEG_INF.
@@ -177,10 +185,7 @@ def filter_logits(logits: jax.Array, *, top_k: int = 0,
   Returns:
     [B, V] logits with the filtered-out entries set to NEG_INF.
   """
-  if top_k < 0:
-    raise ValueError(f"top_k={top_k!r}: expected an integer >= 0 (0 = off).")
-  if not 0.0 < top_p <= 1.0:
-    raise ValueError(f"top_p={top_p!r}: expected a float in (0, 1].")
+  check_filters(top_k, top_p)
   if top_k and top_k < logits.shape[-1]:
     kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [B, 1]
     logits = jnp.where(logits < kth, NEG_INF, logits)

@@ -228,11 +228,16 @@ def generate_text(exp: Any, params: Any, texts: Sequence[str], *, beam_size: int
     raise ValueError(f"beam_size={beam_size}: expected 1 (greedy) or more")
   if max_len is not None and max_len < 1:
     raise ValueError(f"max_length={max_len}: expected 1 or more tokens")
+  if exp.kind == "seq2seq" and (temperature or top_k or top_p != 1):
+    raise ValueError(f"temperature={temperature}, top_k={top_k}, top_p={top_p}: expected "
+                     "the defaults for translation (beam search); sampling is for language "
+                     "models.")
   if temperature < 0:
     raise ValueError(f"temperature={temperature}: expected 0 (greedy) or more")
-  if exp.kind == "seq2seq" and temperature > 0:
-    raise ValueError(f"temperature={temperature}: expected 0 for translation "
-                     "(beam search); sampling is for language models.")
+  decoding.check_filters(top_k, top_p)
+  if temperature == 0 and (top_k or top_p < 1):  # Greedy would ignore them without a word.
+    raise ValueError(f"top_k={top_k}, top_p={top_p} filter sampled tokens: expected a "
+                     "temperature > 0 with them (0 = greedy)")
 
   def run(chosen: list[str]) -> list[str]:
     batch_size = batching.batch_size_for(len(chosen), c.eval.batch_size, shards)

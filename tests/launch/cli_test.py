@@ -113,6 +113,8 @@ def test_cli_errors_are_clear(tmp_path, script, args, stdin, message):
 @pytest.mark.parametrize("args,message", [
     (["--beam_size=0"], "error: beam_size=0: expected 1 (greedy) or more"),
     (["--max_length=0"], "error: max_length=0: expected 1 or more tokens"),
+    (["--top_p=0.9"], "error: temperature=0.0, top_k=0, top_p=0.9: expected the defaults for "
+                      "translation (beam search); sampling is for language models."),
 ])
 def test_a_zero_decoding_option_is_an_error_not_the_default(workdir, args, message):
   """0 used to read as "not given" and decode with the run's default."""
@@ -147,14 +149,20 @@ def test_bad_step_and_split_are_named(workdir):
     evaluation.evaluate_run(workdir, "dev")
 
 
-def test_lm_continues_prompts(tmp_path):
-  """translate.py's library path for an LM run: prompts in, continuations out."""
+def write_reviews(path: pathlib.Path) -> pathlib.Path:
+  """300 JSON-lines reviews of 12 words from a vocabulary of 18."""
   words = ["good", "bad", "movie", "plot", "actor", "long", "fun", "boring", "story",
            "music", "ending", "great", "awful", "scene", "film", "the", "a", "was"]
   rng = np.random.default_rng(0)
-  with open(tmp_path / "reviews.jsonl", "w") as f:
+  with open(path, "w") as f:
     for _ in range(300):
       f.write(json.dumps({"text": " ".join(rng.choice(words, 12))}) + "\n")
+  return path
+
+
+def test_lm_continues_prompts(tmp_path):
+  """translate.py's library path for an LM run: prompts in, continuations out."""
+  write_reviews(tmp_path / "reviews.jsonl")
   c = tiny_config("lm_imdb")
   c.data.train_path, c.data.vocab_size, c.data.max_target_len = (
       str(tmp_path / "reviews.jsonl"), 40, 16)
@@ -171,6 +179,32 @@ def test_lm_continues_prompts(tmp_path):
   assert two[0] != two[8]
   with pytest.raises(ValueError, match="max_len=2: expected more than the longest prompt"):
     inference.generate_text(exp, params, ["the movie was a long film"], max_len=2)
+
+
+def test_translate_samples_from_an_lm_run_and_refuses_what_it_would_ignore(tmp_path):
+  """An LM run trained and sampled from the command line. --top_p without a
+  temperature, or a bad top-k / top-p, used to decode greedily without a word."""
+  reviews = write_reviews(tmp_path / "reviews.jsonl")
+  workdir = tmp_path / "lm"
+  trained = cli("train.py", f"--config={REPO / 'configs' / 'lm_imdb.py'}:tiny,smoke",
+                f"--workdir={workdir}", f"--config.data.train_path={reviews}",
+                "--config.data.vocab_size=40", "--config.data.max_target_len=16",
+                "--config.train.num_steps=2", "--config.eval.every_steps=2",
+                "--config.checkpoint.every_steps=2")
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  sample = ["--temperature=0.8", "--top_k=5", "--seed=1", "the movie", "a"]
+  first = cli("translate.py", f"--workdir={workdir}", *sample)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert len(first.stdout.splitlines()) == 2
+  assert cli("translate.py", f"--workdir={workdir}", *sample).stdout == first.stdout  # Seeded.
+  for args, message in ((["--top_p=0.9"], "top_k=0, top_p=0.9 filter sampled tokens: "
+                                          "expected a temperature > 0 with them"),
+                        (["--temperature=1", "--top_p=0"], "top_p=0.0: expected a float in (0, 1]"),
+                        (["--temperature=1", "--top_k=-1"], "top_k=-1: expected an integer >= 0"),
+                        (["--temperature=-1"], "temperature=-1.0: expected 0 (greedy) or more")):
+    refused = cli("translate.py", f"--workdir={workdir}", *args, "the movie")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert f"error: {message}" in refused.stderr, refused.stderr[-2000:]
 
 
 def test_the_imdb_cpu_recipe_runs_as_the_readme_says_on_local_files(tmp_path):
