@@ -101,22 +101,23 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], out_dir: str) -> list[str
   several = len(runs) > 1
   written = []
   for file_name, title, metrics, ylabel, log_y in FIGURES:
-    lines = [(run, split, metric, points) for run, by_key in series_of.items()
-             for (split, metric), points in sorted(by_key.items()) if metric in metrics and points]
+    # A line is a run's metric on one `series` name ("train", "test (greedy)").
+    lines = [(run, line, metric, points) for run, by_key in series_of.items()
+             for (line, metric), points in sorted(by_key.items()) if metric in metrics and points]
     if not lines:
       continue
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    # Overlays: a colour per run, a line style per split, so a run's train and
-    # eval curves read as one run.
+    # Overlays: a colour per run, a line style per series name, so a run's
+    # train and eval curves read as one run.
     colours = {run: f"C{i % 10}" for i, run in enumerate(runs)}
-    styles = {split: ("-", "--", ":", "-.")[i % 4] for i, split in
-              enumerate(sorted({split for _, split, *_ in lines}, key=lambda s: s != "train"))}
-    for run, split, metric, points in lines:
+    styles = {line: ("-", "--", ":", "-.")[i % 4] for i, line in
+              enumerate(sorted({line for _, line, *_ in lines}, key=lambda s: s != "train"))}
+    for run, line, metric, points in lines:
       steps = sorted(points)
-      label = f"{run}: {split} {metric}" if several else f"{split} {metric}"
+      label = f"{run}: {line} {metric}" if several else f"{line} {metric}"
       ax.plot(steps, [points[s] for s in steps], marker="." if len(steps) < 50 else None,
               label=label, color=colours[run] if several else None,
-              linestyle=styles[split] if several else "-")
+              linestyle=styles[line] if several else "-")
     if log_y and all(v > 0 for *_, points in lines for v in points.values()):
       ax.set_yscale("log")
     names = ", ".join(runs)
