@@ -59,6 +59,7 @@ from ml_collections import config_flags
 from transformer_research import batching
 from transformer_research import experiment
 from transformer_research import inference
+from transformer_research import runtime
 from transformer_research.data import tokenizers
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -261,6 +262,7 @@ def split_table(run, sentences: list[str]) -> None:
 
 def main(argv: list[str]) -> None:
   del argv
+  runtime.keep_freed_memory()  # As launch/translate.py: before the backend starts.
   run = None
   if _WORKDIR.value:
     run = experiment.load_run(_WORKDIR.value, devices=jax.devices()[:1])

@@ -39,6 +39,7 @@ def main(argv: list[str]) -> None:
     texts = sys.stdin.read().splitlines()
   if not any(t.strip() for t in texts):
     raise ValueError("empty input: expected a text argument or one text per line on stdin.")
+  runtime.keep_freed_memory()  # Before the jax backend starts (see runtime.py).
   # The run's compiled programs (runtime.py): a second call does not compile the decoder again.
   runtime.cache_compilations(_WORKDIR.value)
   run = experiment.load_run(_WORKDIR.value, _STEP.value, average_last=_AVERAGE.value)

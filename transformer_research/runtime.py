@@ -11,8 +11,9 @@ threshold of -1) keeps freed memory in the process, where the next step
 reuses it. The price is a resident size that does not shrink after a peak.
 
 This must run before the first JAX computation: the backend's threads pick
-their arena on their first allocation. `launch/train.py`, `launch/evaluate.py`
-and the `bench/` scripts call it first thing; a notebook can too.
+their arena on their first allocation. `launch/train.py`, `evaluate.py`,
+`translate.py` and the `bench/` scripts call it first thing (`bench/startup.py`
+through train.py); a notebook can too.
 
 `cache_compilations(workdir)`: JAX's persistent compilation cache in
 `WORKDIR/compilation_cache`, so a restarted run loads its compiled init and
