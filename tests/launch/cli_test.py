@@ -179,6 +179,10 @@ def test_lm_continues_prompts(tmp_path):
   assert two[0] != two[8]
   with pytest.raises(ValueError, match="max_len=2: expected more than the longest prompt"):
     inference.generate_text(exp, params, ["the movie was a long film"], max_len=2)
+  for bad, message in ((dict(top_p=0.0), r"top_p=0.0: expected a float in \(0, 1\]"),
+                       (dict(top_k=-1), "top_k=-1: expected an integer >= 0")):
+    with pytest.raises(ValueError, match=message):
+      inference.generate_text(exp, params, ["the movie"], temperature=1.0, **bad)
 
 
 def test_translate_samples_from_an_lm_run_and_refuses_what_it_would_ignore(tmp_path):
@@ -197,10 +201,9 @@ def test_translate_samples_from_an_lm_run_and_refuses_what_it_would_ignore(tmp_p
   assert first.returncode == 0, first.stderr[-3000:]
   assert len(first.stdout.splitlines()) == 2
   assert cli("translate.py", f"--workdir={workdir}", *sample).stdout == first.stdout  # Seeded.
+  # Bad top-k / top-p values: test_lm_continues_prompts (each CLI call loads the run).
   for args, message in ((["--top_p=0.9"], "top_k=0, top_p=0.9 filter sampled tokens: "
                                           "expected a temperature > 0 with them"),
-                        (["--temperature=1", "--top_p=0"], "top_p=0.0: expected a float in (0, 1]"),
-                        (["--temperature=1", "--top_k=-1"], "top_k=-1: expected an integer >= 0"),
                         (["--temperature=-1"], "temperature=-1.0: expected 0 (greedy) or more")):
     refused = cli("translate.py", f"--workdir={workdir}", *args, "the movie")
     assert refused.returncode == 1 and refused.stdout == ""
