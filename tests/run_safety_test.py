@@ -137,6 +137,10 @@ def test_a_kill_at_any_moment_loses_only_the_work_since_the_last_checkpoint(
     ({"train.grad_clip_norm": 0.0},
      "checkpoint step 4 in {run}/checkpoints does not match this config: train leaf "
      "opt_state/0/count"),
+    ({"train.optimizer": "sgd"}, "in the config. Nothing was changed; use a new --workdir (or "
+                                 "warm-start one from this run with "
+                                 "--config.checkpoint.init_from=...). This start changed: "
+                                 "train.optimizer: 'adamw' -> 'sgd'."),
     # Same parameter shapes, another model: config.json says which field.
     ({"model.positions": "rope"}, "holds a run with model.positions='sinusoidal'; this config "
                                   "has 'rope'"),

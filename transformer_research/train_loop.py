@@ -84,7 +84,15 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
     # checked before any restore, copied after it, before the task would train one.
     tokenizers = (warm_start.tokenizers_to_adopt(config, workdir)
                   if ckpt.latest_step() is None else [])
-    resumed = ckpt.resume(exp.abstract_state, exp.init_state)
+    try:
+      resumed = ckpt.resume(exp.abstract_state, exp.init_state)
+    except checkpointing.IncompatibleCheckpoint as e:
+      if not changed:
+        raise
+      # A leaf path (opt_state/0/count) says little; the config change that
+      # reshaped the optimizer state (train.optimizer, grad_clip_norm, frozen) does.
+      raise checkpointing.IncompatibleCheckpoint(
+          f"{e} This start changed: {'; '.join(changed)}.") from None
     origin = "; ".join(filter(None, (resumed.origin, warm_start.copy_tokenizers(tokenizers))))
     # The task yields this process's rows of the global batch; the thread also
     # puts them on the devices.
