@@ -199,11 +199,22 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
   return state
 
 
-# Numbers the loop uses only after the run directory is written (in the train
-# step or at the first eval): (key, valid, what is expected).
+# Numbers that nothing before the run directory is written would refuse (the
+# train step, the data or the first eval would use them, or accept a nonsense
+# value): (key, valid, what is expected).
 _NUMBER_RANGES = (
+    ("data.max_input_len", lambda v: v >= 1 and v == int(v), "a positive number of tokens"),
+    ("data.max_target_len", lambda v: v >= 1 and v == int(v), "a positive number of tokens"),
+    ("data.max_train_examples", lambda v: v == -1 or (v >= 1 and v == int(v)),
+     "-1 (all) or a positive number of records"),
     ("train.label_smoothing", lambda v: 0 <= v < 1, "a value in [0, 1)"),
     ("train.grad_clip_norm", lambda v: v >= 0, "a global norm > 0, or 0 for no clipping"),
+    ("train.weight_decay", lambda v: v >= 0, ">= 0 (0 = none)"),
+    ("train.b1", lambda v: 0 <= v < 1, "a decay rate in [0, 1)"),
+    ("train.b2", lambda v: 0 <= v < 1, "a decay rate in [0, 1)"),
+    ("train.eps", lambda v: v > 0, "> 0"),
+    ("train.momentum", lambda v: 0 <= v < 1, "a decay rate in [0, 1)"),
+    ("train.min_lr_ratio", lambda v: 0 <= v <= 1, "a fraction of the peak in [0, 1]"),
     ("eval.decode_examples", lambda v: v >= -1 and v == int(v),
      "-1 (the whole split), 0 (no decoding) or a number of examples"),
     ("eval.beam_size", lambda v: v >= 1 and v == int(v), "1 (greedy) or more"),

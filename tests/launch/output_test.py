@@ -219,6 +219,11 @@ def _cli(script: str, *args: str, stdin: str = "") -> subprocess.CompletedProces
     ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
                   "--config.eval.beam_size=0"], 1,
      "config.eval.beam_size=0: expected 1 (greedy) or more"),
+    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.train.b1=1.5"], 1, "config.train.b1=1.5: expected a decay rate in [0, 1)"),
+    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.data.max_input_len=0"], 1,
+     "config.data.max_input_len=0: expected a positive number of tokens"),
     pytest.param("train.py", [f"--config={CONFIGS}/imdb.py:tiny,smoke", "--workdir={tmp}/run",
                               "--config.data.tfds_data_dir={tmp}/tfds"], 1,
                  "`pip install tensorflow-cpu` once to prepare it into {tmp}/tfds/imdb_reviews/"
