@@ -14,11 +14,17 @@
 
 The decoding settings are the run's `config.eval` ones (what translate.py uses
 by default), so the exported translator gives translate.py's output.
+
+The files are written into a new directory next to `out`, which then takes
+`out`'s place: an export that fails half-way leaves an earlier export in `out`
+as it was, and `out` is only ever a directory with a complete manifest. A
+non-empty `out` without a manifest (a run directory, say) is refused.
 """
 
 import json
 import os
 import shutil
+import tempfile
 from typing import Any, Sequence
 
 import jax
@@ -49,7 +55,8 @@ def export_run(workdir: str, out: str, *, step: int | None = None, average_last:
   Args:
     workdir: the training run's directory.
     out: the export directory, local (serve.py reads it with the standard
-      library alone); created, files of an earlier export replaced.
+      library alone): new, empty, or an earlier export, which is replaced
+      whole once the new one is complete.
     step: checkpoint step; None = the latest.
     average_last: export the mean parameters of `step` and the N - 1
       checkpoints saved before it (`experiment.load_run`).
@@ -58,25 +65,50 @@ def export_run(workdir: str, out: str, *, step: int | None = None, average_last:
       this machine's backend.
 
   Raises:
-    ValueError: not a translation run, or a tokenizer export cannot carry.
+    ValueError: not a translation run, a tokenizer export cannot carry, a
+      beam size < 1, or a non-empty `out` that is not an export; nothing is
+      written then.
   """
+  out = os.path.abspath(out)
+  if os.path.isdir(out) and os.listdir(out) and not os.path.exists(
+      os.path.join(out, serve.MANIFEST)):
+    raise ValueError(f"out={out!r} holds files but no {serve.MANIFEST}: expected a new or empty "
+                     "directory, or an earlier export to replace; nothing was written")
+  if beam_size is not None and beam_size < 1:
+    raise ValueError(f"beam_size={beam_size}: expected 1 (greedy) or more")
   run = experiment.load_run(workdir, step, average_last=average_last)
   exp = run.experiment
-  task, c = exp.task, exp.config
+  task, e = exp.task, exp.config.eval
   if task.kind != "seq2seq":
     raise ValueError(f"workdir={workdir!r} holds a {task.kind!r} model; expected a "
                      "translation (seq2seq) run")
   tokenizers = {"inputs": _tokenizer_file(task.input_tokenizer, "input"),
                 "targets": _tokenizer_file(task.target_tokenizer, "target")}
-  e = c.eval
   settings = dict(eos_id=task.target_tokenizer.eos_id, beam_size=beam_size or e.beam_size,
-                  max_len=e.max_decode_len if e.max_decode_len > 0 else c.data.max_target_len,
+                  max_len=(e.max_decode_len if e.max_decode_len > 0
+                           else exp.config.data.max_target_len),
                   alpha=e.length_penalty)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-",
+                             dir=os.path.dirname(out))
+  try:
+    _write(staging, run, workdir, settings, tokenizers, platforms)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  _replace(staging, out)
+  return os.path.join(out, serve.MANIFEST)
+
+
+def _write(out: str, run: experiment.Run, workdir: str, settings: dict[str, Any],
+           tokenizers: dict[str, Any], platforms: Sequence[str] | None) -> None:
+  """Writes every file of the export into `out`, the manifest last."""
+  exp = run.experiment
+  c, e = exp.config, exp.config.eval
   widths = batching.bucket_widths(c.data.max_input_len)
+  b, s = jax_export.symbolic_shape("b, s")
   params = jax.device_get(run.params)
   spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
-  b, s = jax_export.symbolic_shape("b, s")
-  os.makedirs(out, exist_ok=True)
   functions = {}
   # One artifact per number of steps translate.py runs: each bucket's first
   # pass (batching.first_pass_steps) and the full decode.
@@ -113,4 +145,18 @@ def export_run(workdir: str, out: str, *, step: int | None = None, average_last:
   with open(path + ".tmp", "w") as f:
     json.dump(manifest, f, indent=2)
   shutil.move(path + ".tmp", path)  # Written last: a manifest means a complete export.
-  return path
+
+
+def _replace(new: str, out: str) -> None:
+  """Puts the complete export `new` at `out`, moving an earlier one aside
+  first and deleting it after (a crash in between leaves it next to `out`)."""
+  old = None
+  if os.path.isdir(out) and os.listdir(out):
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
+    os.rmdir(old)
+    os.rename(out, old)
+  elif os.path.isdir(out):
+    os.rmdir(out)
+  os.rename(new, out)
+  if old:
+    shutil.rmtree(old)

@@ -200,6 +200,33 @@ def test_export_dir_with_a_missing_or_altered_file_is_an_error_naming_it(exporte
   assert result.returncode == 1 and f"error: {broken / serve.MANIFEST} not found" in result.stderr
 
 
+def test_a_failed_re_export_leaves_the_earlier_export_whole(run_dir, exported, tmp_path,
+                                                            monkeypatch):
+  """A write that fails half-way (here: the tokenizer, after the decoder and
+  parameter files) used to leave new files under the old manifest."""
+  out = tmp_path / "export"
+  shutil.copytree(exported, out)
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  def full_disk(*_):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(tokenizers.SentencePieceTokenizer, "save", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    export.export_run(run_dir, str(out))
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # No partial directory left.
+  serve.load_exported(str(out))
+
+
+def test_export_refuses_a_directory_that_is_not_an_export(run_dir, tmp_path):
+  """--out=the run directory (a slip of the keyboard) writes nothing into it."""
+  before = sorted(str(p) for p in pathlib.Path(run_dir).rglob("*"))
+  result = cli("launch/export.py", f"--workdir={run_dir}", f"--out={run_dir}")
+  assert result.returncode == 1
+  assert (f"error: out='{run_dir}' holds files but no manifest.json: expected a new or empty "
+          "directory, or an earlier export to replace; nothing was written") in result.stderr
+  assert sorted(str(p) for p in pathlib.Path(run_dir).rglob("*")) == before
+
+
 def cli(*args: str, env=None) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
                         cwd=REPO, env=env)
