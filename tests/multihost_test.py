@@ -5,7 +5,8 @@ waits) each run the README's command with their own `--process_id`. They
 must: train, checkpoint and resume exactly like one process with all the
 devices; stop together and exit 0 on SIGTERM; stop (non-zero) soon after one
 of them is killed, and resume from the last checkpoint when all are rerun;
-refuse inconsistent launch flags and different configs with one clear line.
+refuse inconsistent launch flags, different configs and a run directory that
+is not one directory for all of them with one clear line.
 A persistent compilation cache shared by the runs of a test keeps reruns
 from compiling again.
 """
@@ -207,6 +208,20 @@ def test_processes_with_different_configs_are_refused_naming_the_field(tmp_path)
   assert ("error: process 1 was started with a different config than process 0: "
           "train.batch_size is 16 there and 8 on process 0") in launch.output(0)
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_processes_that_do_not_share_the_run_directory_are_refused(tmp_path):
+  """Two --workdir paths stand for a host-local path on two hosts: each host
+  would hold only its own checkpoint shards, and no resume could read them."""
+  here, there = tmp_path / "host0", tmp_path / "host1"
+  launch = _Launch(tmp_path, "unshared", [REVERSE], _env(tmp_path, devices=1),
+                   per_process=([f"--workdir={here}"], [f"--workdir={there}"]))
+  codes = launch.wait(timeout=200)
+  assert all(c != 0 for c in codes), codes
+  for i, workdir in enumerate((here, there)):
+    assert (f"error: --workdir={workdir} is not one directory for every process: "
+            "process(es) [1] could not read the file process 0 wrote there") in launch.output(i)
+  assert list(here.iterdir()) == [] and not (there / "checkpoints").exists()
 
 
 @pytest.mark.slow  # The 2-process run and its resume are in the default suite (above).

@@ -10,6 +10,9 @@ is the one place that knows about more than one process:
   `heartbeat_timeout_s`.
 * `check_same_config` refuses processes started with different configs,
   naming the first field that differs.
+* `check_shared_workdir` refuses a run directory that is not one directory
+  for every process (a host-local path on a pod): each host would save only
+  its own checkpoint shards, and no host could restore them.
 * `broadcast_bytes` and `process_0_first` let process 0 do a job once
   (train a tokenizer, prepare a TFDS dataset) and the others follow without
   assuming a disk shared by every host: bytes travel through JAX collectives,
@@ -31,7 +34,9 @@ import sys
 import threading
 import traceback
 from typing import Any, Callable
+import uuid
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -217,3 +222,39 @@ def check_same_config(config: Any) -> None:
             f"process {index} was started with a different config than process 0: {key} is "
             f"{theirs!r} there and {mine!r} on process 0; start every process with the same "
             "--config and overrides")
+
+
+def check_shared_workdir(workdir: str) -> None:
+  """Refuses a `workdir` that the processes do not all see as one directory.
+
+  Process 0 writes a file with a fresh token there; after a barrier every
+  process reads it back through its own `--workdir`, and all of them raise
+  if any could not. Processes on one machine (the tests) or on hosts sharing
+  a bucket or a network disk pass; a path on each host's own disk does not,
+  before anything else is written.
+
+  Raises:
+    LaunchError: naming the processes that did not find process 0's file.
+  """
+  if jax.process_count() == 1:
+    return
+  token = broadcast_bytes(uuid.uuid4().hex.encode() if jax.process_index() == 0 else None)
+  probe = epath.Path(workdir) / f".shared_check_{token.decode()}"
+  if jax.process_index() == 0:
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(token)
+  multihost_utils.sync_global_devices("check_shared_workdir:written")
+  try:
+    sees = probe.exists() and probe.read_bytes() == token
+  except OSError:
+    sees = False
+  seen = np.asarray(multihost_utils.process_allgather(np.array([sees], np.int32)))[:, 0]
+  if jax.process_index() == 0:
+    probe.unlink()
+  if not seen.all():
+    blind = [int(i) for i in np.flatnonzero(seen == 0)]
+    raise LaunchError(
+        f"--workdir={workdir} is not one directory for every process: process(es) {blind} "
+        "could not read the file process 0 wrote there. Checkpoints of a multi-host run are "
+        "saved shard by shard by every host into one directory; use a directory every host "
+        "sees (gs://BUCKET/DIR, or a shared disk)")
