@@ -60,7 +60,8 @@ def series(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, flo
 
   A line is a split (`train`, `validation`), qualified by the settings an
   evaluate.py record names (`test (beam 4)`, `test (greedy, mean of 3
-  checkpoints)`).
+  checkpoints)`); the search only for the metrics of decoded outputs (a
+  greedy and a beam-4 record of one step share their loss).
   """
   out = collections.defaultdict(dict)
   for r in records:
@@ -68,12 +69,16 @@ def series(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, flo
       continue
     for key, value in r.items():
       if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-        out[(_line(r), key)][int(r["step"])] = float(value)
+        out[(_line(r, key), key)][int(r["step"])] = float(value)
   return out
 
 
-def _line(record: dict[str, Any]) -> str:
-  settings = [record["decoding"]] if "decoding" in record else []
+# Metrics of decoded outputs (evaluation.score_outputs): they depend on the search.
+_DECODED = re.compile(r"^(bleu|chrf|sequence_accuracy.*|decoded_examples)$")
+
+
+def _line(record: dict[str, Any], metric: str) -> str:
+  settings = [record["decoding"]] if "decoding" in record and _DECODED.match(metric) else []
   if "averaged_steps" in record:
     settings.append(f"mean of {len(str(record['averaged_steps']).split(','))} checkpoints")
   split = record.get("split", "train")

@@ -93,6 +93,8 @@ def test_scores_of_one_step_decoded_two_ways_stay_apart(workdir, tmp_path):
   assert {("test (greedy)", "sequence_accuracy"),
           ("test (beam 2)", "sequence_accuracy")} <= set(lines)
   assert ("train", "loss") in lines  # In-loop records keep their split's name.
+  # The loss does not depend on the search: one line for both records.
+  assert ("test", "loss") in lines and ("test (greedy)", "loss") not in lines
   result = cli("plot.py", f"--workdir={workdir}", f"--out_dir={tmp_path}")
   assert result.returncode == 0, result.stderr
 
