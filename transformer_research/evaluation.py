@@ -294,9 +294,8 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
   exp = run.experiment
   task, e = exp.task, exp.config.eval
   suffix = f"_avg{average_last}" if run.averaged_steps else ""
+  inference.check_beam_size(beam_size)
   if beam_size is not None and beam_size != e.beam_size:
-    if beam_size < 1:
-      raise ValueError(f"beam_size={beam_size}: expected 1 (greedy) or more")
     e.beam_size, suffix = beam_size, suffix + f"_beam{beam_size}"  # Before anything is compiled.
   if source_file:
     if task.kind != "seq2seq":

@@ -33,6 +33,7 @@ import numpy as np
 
 from transformer_research import batching
 from transformer_research import experiment
+from transformer_research import inference
 from transformer_research import serve
 from transformer_research import storage
 from transformer_research.data import tokenizers as tok_lib
@@ -74,8 +75,7 @@ def export_run(workdir: str, out: str, *, step: int | None = None, average_last:
       os.path.join(out, serve.MANIFEST)):
     raise ValueError(f"out={out!r} holds files but no {serve.MANIFEST}: expected a new or empty "
                      "directory, or an earlier export to replace; nothing was written")
-  if beam_size is not None and beam_size < 1:
-    raise ValueError(f"beam_size={beam_size}: expected 1 (greedy) or more")
+  inference.check_beam_size(beam_size)
   run = experiment.load_run(workdir, step, average_last=average_last)
   exp = run.experiment
   task, e = exp.task, exp.config.eval

@@ -208,6 +208,13 @@ def _decode(generate, rows: list[list[int]], widths: Sequence[int], batch_size: 
   return [t.tolist() for t in batching.decode(rows, widths, batch_size, run)]
 
 
+def check_beam_size(beam_size: int | None) -> None:
+  """A beam size a user asked for (None: the run's default): 0 must not read as
+  "not given", as `beam_size or config.eval.beam_size` would take it."""
+  if beam_size is not None and beam_size < 1:
+    raise ValueError(f"beam_size={beam_size}: expected 1 (greedy) or more")
+
+
 def generate_text(exp: Any, params: Any, texts: Sequence[str], *, beam_size: int | None = None,
                   max_len: int | None = None, temperature: float = 0.0, top_k: int = 0,
                   top_p: float = 1.0, seed: int = 0) -> list[str]:
@@ -223,9 +230,7 @@ def generate_text(exp: Any, params: Any, texts: Sequence[str], *, beam_size: int
   """
   check_can_generate(exp.kind, "translate or continue text")
   c, shards = exp.config, sharding.batch_shards(exp.mesh) * jax.process_count()
-  # None means the run's default; 0 would read as one too (`beam_size or ...`).
-  if beam_size is not None and beam_size < 1:
-    raise ValueError(f"beam_size={beam_size}: expected 1 (greedy) or more")
+  check_beam_size(beam_size)
   if max_len is not None and max_len < 1:
     raise ValueError(f"max_length={max_len}: expected 1 or more tokens")
   if exp.kind == "seq2seq" and (temperature or top_k or top_p != 1):
