@@ -186,6 +186,12 @@ def _cli(script: str, *args: str, stdin: str = "") -> subprocess.CompletedProces
                         env=tiny_setup.subprocess_env())
 
 
+def _bad_value(override: str, message: str) -> tuple:
+  """A `reverse:tiny,smoke` train.py case refused for one config value (exit 1)."""
+  return ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
+                       override], 1, message)
+
+
 @pytest.mark.parametrize("script,args,status,message", [
     ("train.py", ["--config={bad_config}", "--workdir={tmp}/run"], 2,
      "--config={bad_config}: ModuleNotFoundError: No module named 'no_such_module'"),
@@ -202,28 +208,19 @@ def _cli(script: str, *args: str, stdin: str = "") -> subprocess.CompletedProces
     ("train.py", [f"--config={CONFIGS}/wmt_spa.py:tiny,smoke", "--workdir={tmp}/run",
                   "--config.data.manual_dir={tmp}/nowhere"], 1,
      "config.data.manual_dir='{tmp}/nowhere': no such directory"),
-    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
-                  "--config.train.profile_steps=-1"], 1, "config.train.profile_steps=-1"),
-    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
-                  "--config.train.learning_rate=-0.001"], 1,
-     "config.train.learning_rate=-0.001: expected > 0"),
-    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
-                  "--config.train.batch_size=0"], 1,
-     "config.train.batch_size=0: expected a positive number of rows"),
-    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
-                  "--config.model.dropout_rate=1.5"], 1,
-     "model.dropout_rate=1.5; expected a value in [0, 1)"),
-    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
-                  "--config.train.label_smoothing=2"], 1,
-     "config.train.label_smoothing=2.0: expected a value in [0, 1)"),
-    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
-                  "--config.eval.beam_size=0"], 1,
-     "config.eval.beam_size=0: expected 1 (greedy) or more"),
-    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
-                  "--config.train.b1=1.5"], 1, "config.train.b1=1.5: expected a decay rate in [0, 1)"),
-    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
-                  "--config.data.max_input_len=0"], 1,
-     "config.data.max_input_len=0: expected a positive number of tokens"),
+    _bad_value("--config.train.profile_steps=-1", "config.train.profile_steps=-1"),
+    _bad_value("--config.train.learning_rate=-0.001",
+               "config.train.learning_rate=-0.001: expected > 0"),
+    _bad_value("--config.train.batch_size=0",
+               "config.train.batch_size=0: expected a positive number of rows"),
+    _bad_value("--config.model.dropout_rate=1.5",
+               "model.dropout_rate=1.5; expected a value in [0, 1)"),
+    _bad_value("--config.train.label_smoothing=2",
+               "config.train.label_smoothing=2.0: expected a value in [0, 1)"),
+    _bad_value("--config.eval.beam_size=0", "config.eval.beam_size=0: expected 1 (greedy) or more"),
+    _bad_value("--config.train.b1=1.5", "config.train.b1=1.5: expected a decay rate in [0, 1)"),
+    _bad_value("--config.data.max_input_len=0",
+               "config.data.max_input_len=0: expected a positive number of tokens"),
     pytest.param("train.py", [f"--config={CONFIGS}/imdb.py:tiny,smoke", "--workdir={tmp}/run",
                               "--config.data.tfds_data_dir={tmp}/tfds"], 1,
                  "`pip install tensorflow-cpu` once to prepare it into {tmp}/tfds/imdb_reviews/"
