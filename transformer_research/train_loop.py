@@ -31,7 +31,7 @@ import math
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging as absl_logging
 from etils import epath
@@ -199,13 +199,25 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
   return state
 
 
+def _count(low: int) -> Callable[[float], bool]:
+  """A whole number >= low."""
+  return lambda v: v >= low and v == int(v)
+
+
 # Numbers that nothing before the run directory is written would refuse (the
 # train step, the data or the first eval would use them, or accept a nonsense
 # value): (key, valid, what is expected).
 _NUMBER_RANGES = (
-    ("data.max_input_len", lambda v: v >= 1 and v == int(v), "a positive number of tokens"),
-    ("data.max_target_len", lambda v: v >= 1 and v == int(v), "a positive number of tokens"),
-    ("data.max_train_examples", lambda v: v == -1 or (v >= 1 and v == int(v)),
+    ("train.num_steps", _count(1), "a positive number of steps"),
+    ("train.log_every_steps", _count(1), "a positive number of steps"),
+    ("eval.every_steps", _count(1), "a positive number of steps"),
+    ("checkpoint.every_steps", _count(1), "a positive number of steps"),
+    ("train.dispatch_ahead", _count(1), "an int >= 1 (steps dispatched ahead of the device)"),
+    ("train.max_minutes", lambda v: v >= 0, "minutes > 0, or 0 for no time budget"),
+    ("train.profile_steps", _count(0), "0 (no trace) or a number of steps"),
+    ("data.max_input_len", _count(1), "a positive number of tokens"),
+    ("data.max_target_len", _count(1), "a positive number of tokens"),
+    ("data.max_train_examples", lambda v: v == -1 or _count(1)(v),
      "-1 (all) or a positive number of records"),
     ("train.label_smoothing", lambda v: 0 <= v < 1, "a value in [0, 1)"),
     ("train.grad_clip_norm", lambda v: v >= 0, "a global norm > 0, or 0 for no clipping"),
@@ -215,10 +227,10 @@ _NUMBER_RANGES = (
     ("train.eps", lambda v: v > 0, "> 0"),
     ("train.momentum", lambda v: 0 <= v < 1, "a decay rate in [0, 1)"),
     ("train.min_lr_ratio", lambda v: 0 <= v <= 1, "a fraction of the peak in [0, 1]"),
-    ("eval.decode_examples", lambda v: v >= -1 and v == int(v),
+    ("eval.decode_examples", _count(-1),
      "-1 (the whole split), 0 (no decoding) or a number of examples"),
-    ("eval.beam_size", lambda v: v >= 1 and v == int(v), "1 (greedy) or more"),
-    ("eval.max_decode_len", lambda v: v == -1 or (v >= 1 and v == int(v)),
+    ("eval.beam_size", _count(1), "1 (greedy) or more"),
+    ("eval.max_decode_len", lambda v: v == -1 or _count(1)(v),
      "-1 (data.max_target_len) or a positive number of tokens"),
     ("eval.length_penalty", lambda v: v >= 0, ">= 0 (0 ranks beams by raw log-probability)"),
 )
@@ -229,21 +241,6 @@ def _check_config(config: Any, exp: experiment.Experiment) -> None:
   sizes and options of the model, optimizer and mesh (the abstract state
   builds all three), feeding depths, batch splits, step counts, the eval split."""
   pipeline.check_depth(config.data.prefetch)
-  if not isinstance(config.train.dispatch_ahead, int) or config.train.dispatch_ahead < 1:
-    raise ValueError(f"config.train.dispatch_ahead={config.train.dispatch_ahead!r}: expected "
-                     "an int >= 1 (steps dispatched ahead of the device)")
-  if not isinstance(config.train.max_minutes, (int, float)) or config.train.max_minutes < 0:
-    raise ValueError(f"config.train.max_minutes={config.train.max_minutes!r}: expected minutes "
-                     "> 0, or 0 for no time budget")
-  if config.train.profile_steps < 0:
-    raise ValueError(f"config.train.profile_steps={config.train.profile_steps}: expected 0 (no "
-                     "trace) or a number of steps")
-  for name in ("train.num_steps", "train.log_every_steps", "eval.every_steps",
-               "checkpoint.every_steps"):
-    section, field = name.split(".")
-    if config[section][field] < 1:
-      raise ValueError(f"config.{name}={config[section][field]}: expected a positive number "
-                       "of steps")
   if config.eval.split not in tasks.EVAL_SPLITS:
     raise ValueError(f"config.eval.split={config.eval.split!r}: expected one of "
                      f"{list(tasks.EVAL_SPLITS)}")
