@@ -3,8 +3,10 @@
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -126,6 +128,46 @@ def test_two_runs_then_more_steps_resume_both(tmp_path):
     assert len(starts) == 2 and "step 2" in starts[1]["origin"], starts[1]["origin"]
     assert (tmp_path / name / "checkpoints" / "4").is_dir()
     assert f"| {name} | done | `model.positions={name.split('-')[1]}` | 4 |" in more.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_after_the_run_checkpoints_and_a_rerun_resumes_it(tmp_path):
+  """Ctrl-C at the terminal (SIGINT to the sweep and its train.py): the sweep waits for
+  train.py to checkpoint, records the attempt and starts nothing more."""
+  command = [sys.executable, str(ROOT / "launch" / "sweep.py"), f"--config={CONFIG}",
+             f"--workdir={tmp_path}", *tiny_setup.flags(**{
+                 "train.num_steps": 100000, "eval.every_steps": 100000,
+                 "checkpoint.every_steps": 100000, "train.log_every_steps": 1000}),
+             "--sweep=model.positions=learned,sinusoidal"]
+  log = tmp_path / "positions-learned" / "train.log"
+  sweep_process = subprocess.Popen(
+      tiny_setup.as_at_a_terminal(command), cwd=ROOT, env=tiny_setup.subprocess_env(),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      start_new_session=True)  # Its own process group, as a terminal's foreground job.
+  try:
+    deadline = time.time() + 300
+    while not (log.exists() and "first step done" in log.read_text()):
+      assert sweep_process.poll() is None and time.time() < deadline, sweep_process.stderr.read()
+      time.sleep(0.2)
+    os.killpg(sweep_process.pid, signal.SIGINT)
+    _, stderr = sweep_process.communicate(timeout=120)
+  finally:
+    sweep_process.kill()
+  assert sweep_process.returncode == -signal.SIGINT, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C)", stderr[-3000:]
+  saved = os.listdir(tmp_path / "positions-learned" / "checkpoints")
+  assert len(saved) == 1 and f"interrupted at step {saved[0]}, after its checkpoint" in (
+      log.read_text())
+  attempts = [json.loads(line) for line in (tmp_path / "sweep.jsonl").read_text().splitlines()]
+  assert [(a["name"], a["returncode"]) for a in attempts] == [
+      ("positions-learned", -signal.SIGINT)]
+  assert not (tmp_path / "positions-sinusoidal").exists()
+
+  rerun = _sweep(tmp_path, "--sweep=model.positions=learned,sinusoidal",
+                 f"--config.train.num_steps={int(saved[0]) + 1}")
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  starts = [json.loads(line) for line in (tmp_path / "positions-learned" / "runs.jsonl").open()]
+  assert len(starts) == 2 and f"step {saved[0]}" in starts[1]["origin"], starts[1]["origin"]
 
 
 def test_grid_names_and_order():

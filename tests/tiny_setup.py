@@ -86,6 +86,16 @@ def train_command(workdir, **overrides) -> list[str]:
           *flags(**overrides)]
 
 
+def as_at_a_terminal(command: list[str]) -> list[str]:
+  """`command` (a Python one) with SIGINT as at a terminal, where Ctrl-C is
+  KeyboardInterrupt, even when the test runner ignores SIGINT (a background
+  job does): a stub resets it and execs the command (no preexec_fn, whose fork
+  JAX warns against)."""
+  return [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, "
+          "signal.SIG_DFL); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
+          *command[1:]]
+
+
 def ticking_clock_command(workdir, **overrides) -> list[str]:
   """`train_command` with the loop's clock advancing 1 s at each reading
   (tests/fault_injection.py), so a time budget runs out after a known amount of

@@ -69,6 +69,58 @@ def test_sigterm_checkpoints_and_exits_0(tmp_path):
   assert 50 < max(steps) < 100000 and last["step"] == max(steps) and last["split"] == "train"
 
 
+def test_ctrl_c_checkpoints_stops_as_interrupted_and_the_rerun_resumes(tmp_path):
+  """Ctrl-C at a terminal (SIGINT, with Python's handler) is a SIGTERM that
+  also tells the shell: one line, then the exit of a process killed by SIGINT."""
+  workdir = str(tmp_path)
+  command = tiny_setup.train_command(workdir, **{
+      "train.num_steps": 100000, "eval.every_steps": 100000, "checkpoint.every_steps": 100000,
+      "train.log_every_steps": 1000})
+  proc = subprocess.Popen(tiny_setup.as_at_a_terminal(command), env=tiny_setup.subprocess_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    lines = []
+    while not any("first step done" in line for line in lines):
+      lines.append(proc.stderr.readline())
+      assert lines[-1], "".join(lines)[-3000:]
+    proc.send_signal(signal.SIGINT)
+    stderr = "".join(lines) + proc.communicate(timeout=120)[1]
+  finally:
+    proc.kill()
+  assert proc.returncode == -signal.SIGINT, stderr[-3000:]
+  assert "Traceback" not in stderr
+  saved = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+  assert len(saved) == 1 and 1 <= saved[0] < 100000, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == (
+      f"interrupted at step {saved[0]}, after its checkpoint: rerun the command to resume")
+  assert records(workdir)[-1]["step"] == saved[0]
+  rerun = subprocess.run(tiny_setup.train_command(workdir, **{"train.num_steps": saved[0] + 1}),
+                         env=tiny_setup.subprocess_env(), capture_output=True, text=True,
+                         timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert f"checkpoints step {saved[0]}; training from step {saved[0]} to" in rerun.stderr
+
+
+def test_a_second_ctrl_c_interrupts_at_once_and_an_ignored_one_is_left_alone():
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    preemption = train_loop._Preemption()  # pylint: disable=protected-access
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.1)  # The handler runs at the next bytecode boundary.
+    assert preemption.reached(0) and preemption.cause == "Ctrl-C"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(5)
+    preemption.close()
+    assert signal.getsignal(signal.SIGTERM) is not preemption._handle  # pylint: disable=protected-access
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    preemption = train_loop._Preemption()  # pylint: disable=protected-access
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    preemption.close()
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
   config = tiny_setup.task_config(**{
       "train.optimizer": "sgd", "train.learning_rate": 1e30, "train.schedule": "constant",

@@ -5,7 +5,9 @@ import, a missing file or optional package, a run directory this config may
 not continue) is one line on stderr, `error: ...`, and exit status 2 for flags
 and configs, 1 for everything else; `--verbose` (or
 `TRANSFORMER_RESEARCH_TRACEBACK=1`) shows the traceback instead. Anything else
-(a bug) keeps its traceback.
+(a bug) keeps its traceback. Ctrl-C is one line too, and the process then ends
+as killed by SIGINT (status 130 in a shell); train.py checkpoints first
+(`train_loop`).
 
 Library logs are kept readable: Orbax's per-save INFO lines are dropped, so
 are its notices that a checkpoint directory was opened read-only, and so are
@@ -16,6 +18,7 @@ the one-line error).
 import logging as std_logging
 import os
 import re
+import signal
 import sys
 from typing import Callable, NoReturn
 
@@ -102,6 +105,20 @@ def _main(main: Callable[[list[str]], None], argv: list[str]) -> None:
     if _verbose():
       raise
     _fail(one_line(e), 1)
+  except KeyboardInterrupt as e:
+    if _verbose():
+      raise
+    _interrupted(one_line(e) if str(e) else "interrupted (Ctrl-C)")
+
+
+def _interrupted(message: str) -> NoReturn:
+  """Ctrl-C: one line, then the exit of a process killed by SIGINT, so that a
+  shell running a script of commands stops it (as after any Ctrl-C)."""
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+  os.kill(os.getpid(), signal.SIGINT)
+  os._exit(130)  # pylint: disable=protected-access  (not reached)
 
 
 def _quiet_orbax(record) -> bool:

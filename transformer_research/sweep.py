@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -301,20 +302,39 @@ def _attempt(run: Run, command: list[str], sweep_dir: str, log: str) -> int:
   """One start of `command` (stdout and stderr appended to `log`), recorded in sweep.jsonl
   whatever ends it (a Ctrl-C included)."""
   os.makedirs(os.path.dirname(log), exist_ok=True)
-  started, returncode = time.time(), None
+  started = time.time()
   with open(log, "a") as f:
     f.write(f"==== {datetime.datetime.now().isoformat(timespec='seconds')} "
             f"launch/sweep.py: {printable(command)}\n")
     f.flush()
+    child = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL)
     try:
-      returncode = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL).returncode
+      _wait_through_ctrl_c(child)
     finally:
       storage.append_line(os.path.join(sweep_dir, "sweep.jsonl"), json.dumps({
-          "name": run.name, "command": command, "returncode": returncode,
+          "name": run.name, "command": command, "returncode": child.returncode,
           "wall_s": round(time.time() - started, 3),
           "time": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds")}))
-  return returncode
+  return child.returncode
+
+
+def _wait_through_ctrl_c(child: subprocess.Popen) -> None:
+  """Waits for train.py; on Ctrl-C, for it to checkpoint and stop, then stops the sweep.
+
+  A terminal's Ctrl-C reaches train.py too; SIGTERM asks the same of it when
+  only the sweep was interrupted. A second Ctrl-C kills it at once.
+  """
+  try:
+    child.wait()
+  except KeyboardInterrupt:
+    child.send_signal(signal.SIGTERM)
+    try:
+      child.wait()
+    except KeyboardInterrupt:
+      child.kill()
+      child.wait()
+    raise
 
 
 def _error_line(log: str) -> str:

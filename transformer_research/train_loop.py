@@ -2,8 +2,8 @@
 
 It trains to `config.train.num_steps`, logging every `train.log_every_steps`,
 evaluating every `eval.every_steps` and checkpointing every
-`checkpoint.every_steps`, at the end, and on SIGTERM (preemption). Rerunning
-it on the same workdir resumes (order in `checkpointing`). With a time budget
+`checkpoint.every_steps`, at the end, and on SIGTERM (preemption) or Ctrl-C.
+Rerunning it on the same workdir resumes (order in `checkpointing`). With a time budget
 (`train.max_minutes`) the end comes when the budget is used, if that is first.
 
 The function reads top to bottom in stages: set-up (the run's parts, from
@@ -67,6 +67,8 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
       a run directory this config may not continue (another model, checkpoints
       that do not match or cannot be read); nothing in it is changed.
     rundir.RunDirectoryInUse: another run holds the run directory.
+    Interrupted: Ctrl-C stopped the run (a KeyboardInterrupt, raised after the
+      step it came at was checkpointed).
   """
   # ------------------------------------------- set-up (nothing written yet)
   began = time.time()  # The time budget counts preparation too.
@@ -134,7 +136,7 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
     elif step >= num_steps:
       logging.info("the run is at step %d of train.num_steps=%d: nothing to train; raise "
                    "train.num_steps to train on", step, num_steps)
-    start_step = step
+    start_step, preempted = step, False
     summary = _run_summary(exp, config)
     logging.info("%s", summary)
     writer.write_run_info(config, exp.param_count, summary)
@@ -188,7 +190,7 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
 
       # ------------------------------------------------------------- stop
       if preempted:
-        logging.warning("SIGTERM: checkpointed step %d, stopping", step)
+        logging.warning("%s: checkpointed step %d, stopping", preemption.cause, step)
         break
       if out_of_time and step < num_steps:
         logging.warning("time budget train.max_minutes=%s used at step %d of %d (%s): "
@@ -196,6 +198,11 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
                         num_steps, _duration(budget.elapsed()))
         break
     ckpt.wait()
+    if preemption.by_ctrl_c and preempted:
+      # As any Ctrl-C: the caller is interrupted (a shell stops its script),
+      # here after the checkpoint instead of at a random point.
+      raise Interrupted(f"interrupted at step {step}, after its checkpoint: rerun the command "
+                        "to resume")
   return state
 
 
@@ -432,27 +439,48 @@ class _Budget:
     return bool(multihost_utils.broadcast_one_to_all(np.bool_(self.used())))
 
 
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C stopped the run, after checkpointing the step it was at."""
+
+
 class _Preemption:
-  """SIGTERM -> finish the step, checkpoint, stop.
+  """SIGTERM, or Ctrl-C at a terminal -> finish the step, checkpoint, stop.
 
   With several processes, JAX's preemption service (which owns SIGTERM there)
   makes all of them agree on the step to stop at; alone, a flag set by our
-  handler is enough.
+  handler is enough. Ctrl-C is taken over only when alone and when Python's
+  own handler has it (an interactive run: not when SIGINT is ignored or a
+  host program handles it). A second Ctrl-C gets that handler back: it
+  interrupts at once and loses the work since the last checkpoint.
   """
 
   def __init__(self):
     self.flag = False
-    self.previous = None
+    self.by_ctrl_c = False
+    self.previous = {}
     self.multi = jax.process_count() > 1
-    if not self.multi:
-      try:
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
-      except ValueError:  # Not the main thread: leave signals alone.
-        logging.warning("not in the main thread: SIGTERM will not checkpoint")
+    if self.multi:
+      return
+    try:
+      self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+      if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
+    except ValueError:  # Not the main thread: leave signals alone.
+      logging.warning("not in the main thread: SIGTERM will not checkpoint")
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
     self.flag = True
+    if signum == signal.SIGINT and not self.by_ctrl_c:
+      self.by_ctrl_c = True
+      signal.signal(signal.SIGINT, self.previous[signal.SIGINT])
+      logging.warning("Ctrl-C: stopping after a checkpoint of this step (an eval in progress "
+                      "finishes first); Ctrl-C again stops at once, losing the steps since "
+                      "the last checkpoint")
+
+  @property
+  def cause(self) -> str:
+    return "Ctrl-C" if self.by_ctrl_c else "SIGTERM"
 
   def reached(self, step: int) -> bool:
     if self.multi:
@@ -460,8 +488,10 @@ class _Preemption:
     return self.flag
 
   def close(self) -> None:
-    if self.previous is not None:
-      signal.signal(signal.SIGTERM, self.previous)
+    for signum, previous in self.previous.items():
+      if previous is not None:
+        signal.signal(signum, previous)
+    self.previous = {}
 
 
 class _Progress:

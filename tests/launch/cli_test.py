@@ -9,7 +9,9 @@ import gzip
 import json
 import os
 import pathlib
+import pty
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -23,6 +25,7 @@ from transformer_research import experiment
 from transformer_research import inference
 from transformer_research import plots
 from transformer_research import train_loop
+import tiny_setup
 
 REPO = pathlib.Path(__file__).parents[2]
 
@@ -63,6 +66,29 @@ def test_translate_reads_stdin_and_keeps_blank_lines(workdir):
   lines = result.stdout.splitlines()
   assert len(lines) == 3 and lines[1] == ""
   assert set("".join(lines)) <= set("0123456789")  # Decoded with the task's vocab.
+
+
+def test_ctrl_c_at_the_translate_prompt_is_one_line(tmp_path):
+  """translate.py waiting for sentences at a terminal; Ctrl-C ends it without a traceback,
+  as a process killed by SIGINT (so a shell script stops too)."""
+  terminal, child_end = pty.openpty()
+  process = subprocess.Popen(
+      tiny_setup.as_at_a_terminal(
+          [sys.executable, str(REPO / "launch" / "translate.py"), f"--workdir={tmp_path}"]),
+      stdin=child_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  os.close(child_end)
+  try:
+    before = [process.stderr.readline()]
+    while before[-1] and not before[-1].startswith("reading one text per line from stdin"):
+      before.append(process.stderr.readline())
+    assert before[-1], "".join(before)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+  finally:
+    process.kill()
+    os.close(terminal)
+  assert process.returncode == -signal.SIGINT
+  assert stderr.splitlines() == ["interrupted (Ctrl-C)"], stderr
 
 
 def test_generate_text_matches_batching(workdir):
