@@ -53,10 +53,10 @@ class _Launch:
     self.procs = []
     for i, (extra, log) in enumerate(zip(per_process, self.logs)):
       with open(log, "w") as out:
-        self.procs.append(subprocess.Popen(
+        self.procs.append(subprocess.Popen(tiny_setup.as_at_a_terminal(
             [sys.executable, TRAIN, f"--coordinator_address=127.0.0.1:{port}",
              f"--num_processes={len(per_process)}", f"--process_id={i}", "--init_timeout_s=120",
-             "--heartbeat_timeout_s=10", *args, *extra],
+             "--heartbeat_timeout_s=10", *args, *extra]),
             env=env, stdout=out, stderr=subprocess.STDOUT))
 
   def output(self, i: int) -> str:
@@ -120,12 +120,12 @@ def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
   assert _steps(multi) == [2, 4]
 
 
-def test_sigkill_of_one_process_stops_the_other_then_rerun_resumes_and_sigterm_stops_all(tmp_path):
+def test_sigkill_of_one_process_stops_the_other_then_sigterm_or_ctrl_c_stops_both_at_one_step(tmp_path):
   """An LM on local text with a SentencePiece model that process 0 trains and
   broadcasts (process 1 never reads it from disk). SIGKILL of process 1: process
   0 exits non-zero within the heartbeat timeout. Rerunning both resumes from
   the last checkpoint; SIGTERM to both then checkpoints one step on both and
-  exits 0."""
+  exits 0, and so does a Ctrl-C (SIGINT) of process 1 alone on a third start."""
   words = ["good", "bad", "movie", "plot", "actor", "long", "fun", "boring", "story",
            "music", "ending", "great", "awful", "scene", "film", "the", "a", "was"]
   rng = np.random.default_rng(0)
@@ -165,6 +165,18 @@ def test_sigkill_of_one_process_stops_the_other_then_rerun_resumes_and_sigterm_s
     assert re.search(rf"resumed from \S+ step {last}; training from step {last} ", out), out[-3000:]
     stopped += [int(s) for s in re.findall(r"SIGTERM: checkpointed step (\d+)", out)]
   assert len(stopped) == 2 and stopped[0] == stopped[1] and stopped[0] in _steps(workdir)
+
+  # Ctrl-C reaching one process (its terminal): it becomes that process's
+  # SIGTERM, so both still stop together at a checkpointed step.
+  third = _Launch(tmp_path, "ctrl_c", args, env)
+  third.wait_for(lambda: _steps(workdir)[-1] > stopped[0], "a checkpoint after the resumed step")
+  third.procs[1].send_signal(signal.SIGINT)
+  codes = third.wait(timeout=120)
+  assert codes == [0, 0], third.output(0)[-3000:] + third.output(1)[-3000:]
+  stopped = [int(s) for i in range(2)
+             for s in re.findall(r"(?:SIGTERM|Ctrl-C): checkpointed step (\d+)", third.output(i))]
+  assert len(stopped) == 2 and stopped[0] == stopped[1] and stopped[0] in _steps(workdir)
+  assert "Ctrl-C: checkpointed step" in third.output(1)
 
 
 def _single(tmp_path, *flags: str, timeout: float = 120) -> subprocess.CompletedProcess:

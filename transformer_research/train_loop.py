@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -198,7 +199,7 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
                         num_steps, _duration(budget.elapsed()))
         break
     ckpt.wait()
-    if preemption.by_ctrl_c and preempted:
+    if preempted and preemption.interrupts_the_caller:
       # As any Ctrl-C: the caller is interrupted (a shell stops its script),
       # here after the checkpoint instead of at a random point.
       raise Interrupted(f"interrupted at step {step}, after its checkpoint: rerun the command "
@@ -447,22 +448,22 @@ class _Preemption:
   """SIGTERM, or Ctrl-C at a terminal -> finish the step, checkpoint, stop.
 
   With several processes, JAX's preemption service (which owns SIGTERM there)
-  makes all of them agree on the step to stop at; alone, a flag set by our
-  handler is enough. Ctrl-C is taken over only when alone and when Python's
-  own handler has it (an interactive run: not when SIGINT is ignored or a
-  host program handles it). A second Ctrl-C gets that handler back: it
-  interrupts at once and loses the work since the last checkpoint.
+  makes all of them agree on the step to stop at, and Ctrl-C becomes a SIGTERM
+  to this process; alone, a flag set by our handler is enough. Ctrl-C is taken
+  over only when Python's own handler has it (an interactive run: not when
+  SIGINT is ignored or a host program handles it). A second Ctrl-C gets that
+  handler back: it interrupts at once and loses the work since the last
+  checkpoint.
   """
 
   def __init__(self):
     self.flag = False
-    self.by_ctrl_c = False
+    self.cause = "SIGTERM"  # What stopped the run: SIGTERM or Ctrl-C.
     self.previous = {}
     self.multi = jax.process_count() > 1
-    if self.multi:
-      return
     try:
-      self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+      if not self.multi:
+        self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
       if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
     except ValueError:  # Not the main thread: leave signals alone.
@@ -470,17 +471,24 @@ class _Preemption:
 
   def _handle(self, signum, frame):
     del frame
-    self.flag = True
-    if signum == signal.SIGINT and not self.by_ctrl_c:
-      self.by_ctrl_c = True
-      signal.signal(signal.SIGINT, self.previous[signal.SIGINT])
-      logging.warning("Ctrl-C: stopping after a checkpoint of this step (an eval in progress "
-                      "finishes first); Ctrl-C again stops at once, losing the steps since "
-                      "the last checkpoint")
+    if signum == signal.SIGTERM:
+      self.flag = True
+      return
+    signal.signal(signal.SIGINT, self.previous[signal.SIGINT])
+    self.cause = "Ctrl-C"
+    logging.warning("Ctrl-C: stopping after a checkpoint of this step (an eval in progress "
+                    "finishes first); Ctrl-C again stops at once, losing the steps since the "
+                    "last checkpoint")
+    if self.multi:  # The processes agree on the step through the preemption service.
+      os.kill(os.getpid(), signal.SIGTERM)
+    else:
+      self.flag = True
 
   @property
-  def cause(self) -> str:
-    return "Ctrl-C" if self.by_ctrl_c else "SIGTERM"
+  def interrupts_the_caller(self) -> bool:
+    """Ctrl-C of a single process: after the checkpoint, the caller gets a
+    KeyboardInterrupt (several processes leave together, as on SIGTERM)."""
+    return self.cause == "Ctrl-C" and not self.multi
 
   def reached(self, step: int) -> bool:
     if self.multi:
