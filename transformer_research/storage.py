@@ -126,5 +126,9 @@ def replace_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.write_bytes(data)
     return
   tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
-  tmp.write_bytes(data)
-  tmp.replace(path)
+  try:
+    tmp.write_bytes(data)
+    tmp.replace(path)
+  except BaseException:  # A full disk or a Ctrl-C: leave no partial file behind.
+    tmp.unlink(missing_ok=True)
+    raise
