@@ -199,7 +199,7 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
                         num_steps, _duration(budget.elapsed()))
         break
     ckpt.wait()
-    if preempted and preemption.interrupts_the_caller:
+    if preempted and preemption.interrupts_the_caller and step < num_steps:
       # As any Ctrl-C: the caller is interrupted (a shell stops its script),
       # here after the checkpoint instead of at a random point.
       raise Interrupted(f"interrupted at step {step}, after its checkpoint: rerun the command "
