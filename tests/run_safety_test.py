@@ -292,6 +292,21 @@ def test_evaluate_records_survive_a_resume(run_copy):
       (s, split) for s in (2, 4) for split in ("train", "validation")]
 
 
+def test_a_damaged_config_json_is_named_and_nothing_changes(run_copy):
+  """A hand edit gone wrong (or a damaged disk): the JSON error names the file and
+  the line, for a resume and for a reader, and the run directory stays as it was."""
+  config = run_copy / "config.json"
+  config.write_text(config.read_text()[:100])
+  before = fingerprint(run_copy)
+  message = f"{config}: line "
+  refused(train(run_copy, **{"train.num_steps": 6}), message)
+  translate = subprocess.run(
+      [sys.executable, str(tiny_setup.ROOT / "launch" / "translate.py"), f"--workdir={run_copy}",
+       "123"], env=tiny_setup.subprocess_env(), capture_output=True, text=True, timeout=300)
+  refused(translate, message)
+  assert fingerprint(run_copy) == before
+
+
 def test_a_full_disk_stops_with_the_path_and_keeps_the_last_checkpoint(run_copy):
   """A file-size limit (`ulimit -f`, 64 KiB) stands in for a full disk: the
   metrics lines still fit, the checkpoint's data files do not."""

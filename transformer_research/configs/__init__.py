@@ -64,7 +64,15 @@ def saved_config(path: Any) -> ml_collections.ConfigDict:
         out[key] = fill(out[key], value)
     return out
 
-  saved = json.loads(epath.Path(path).read_text())
+  try:
+    saved = json.loads(epath.Path(path).read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: line {e.lineno} column {e.colno}: {e.msg}; this file records the "
+                     "run's config: restore it (a copy is in the newest record of runs.jsonl "
+                     "beside it) or use a new run directory") from None
+  if not isinstance(saved, dict):
+    raise ValueError(f"{path}: expected a JSON object of config sections, found "
+                     f"{type(saved).__name__}")
   return ml_collections.ConfigDict(fill(saved, json.loads(base.get_config().to_json_best_effort())))
 
 
