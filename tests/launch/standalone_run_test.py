@@ -118,6 +118,19 @@ def test_missing_tokenizer_is_an_error_naming_it(run_dir, no_data, tmp_path):
     experiment.load_run(str(copy))
 
 
+def test_a_damaged_tokenizer_is_one_line_naming_it(run_dir, tmp_path):
+  """SentencePiece's own parse error names its C++ source line, not the file."""
+  copy = tmp_path / "run"
+  shutil.copytree(run_dir, copy)
+  (model,) = copy.glob("spm_*.model")
+  model.write_bytes(model.read_bytes()[:3000])  # A copy cut short.
+  result = cli("launch/translate.py", f"--workdir={copy}", "Hello.")
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: {model}: SentencePiece cannot read this model file (damaged, or not a model); "
+      "restore it from a copy of the run")
+
+
 def test_bad_reference_files_are_named(tmp_path):
   source, reference = write_pairs(tmp_path)
   with pytest.raises(ValueError, match="without a reference_file"):

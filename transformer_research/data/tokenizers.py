@@ -276,7 +276,11 @@ def load_or_train_sentencepiece(path: os.PathLike | str, texts_fn: Callable[[], 
     proto = path.read_bytes()
   if broadcast is not None:
     proto = broadcast(proto)
-  tok = SentencePieceTokenizer(proto)
+  try:
+    tok = SentencePieceTokenizer(proto)
+  except RuntimeError:  # SentencePiece's parse error names its own source line, not the file.
+    raise ValueError(f"{path}: SentencePiece cannot read this model file (damaged, or not a "
+                     "model); restore it from a copy of the run") from None
   if tok.vocab_size != vocab_size:
     raise ValueError(f"vocab_size={vocab_size}: the model at {path} has {tok.vocab_size}; delete it or change the size")
   return tok
