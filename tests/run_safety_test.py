@@ -321,6 +321,33 @@ def test_a_full_disk_stops_with_the_path_and_keeps_the_last_checkpoint(run_copy)
     np.testing.assert_array_equal(a, b)
 
 
+def test_runs_started_together_on_a_fresh_data_dir_prepare_it_one_at_a_time(tmp_path):
+  """Two first starts sharing a TFDS data dir (two terminals, or the commands of
+  `sweep.py --print`): the second failed at TFDS's final rename. The test holds the
+  preparation lock until both runs wait for it, so they race for certain."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  tfds_dir = tmp_path / "tfds"
+  tfds_dir.mkdir()
+  runs = []
+  with open(tfds_dir / ".spa_eng.prepare.lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    for name in ("a", "b"):
+      command = tiny_setup.train_command(tmp_path / name, **{"data.tfds_data_dir": tfds_dir})
+      command[2] = f"--config={tiny_setup.ROOT / 'configs' / 'wmt_spa.py'}:tiny,smoke"
+      log = open(tmp_path / f"{name}.log", "w")
+      runs.append((subprocess.Popen(command, env=tiny_setup.subprocess_env(), stdout=log,
+                                    stderr=subprocess.STDOUT), tmp_path / f"{name}.log"))
+    deadline = time.time() + 240
+    while not all("waiting for another process preparing TFDS spa_eng" in log.read_text()
+                  for _, log in runs):
+      assert time.time() < deadline and all(p.poll() is None for p, _ in runs), [
+          log.read_text()[-2000:] for _, log in runs]
+      time.sleep(0.2)
+  for process, log in runs:
+    assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+  assert sum("Dataset spa_eng downloaded and prepared" in log.read_text() for _, log in runs) == 1
+
+
 def test_a_bad_manual_archive_is_one_line_naming_it(tmp_path):
   manual = tmp_path / "manual"
   manual.mkdir()

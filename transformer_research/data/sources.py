@@ -13,6 +13,8 @@ which needs no TensorFlow. They are prepared on first use
 """
 
 from collections.abc import Callable, Sequence
+import contextlib
+import fcntl
 import importlib.util
 import logging
 import os
@@ -82,9 +84,14 @@ def _check_split(split: str, allowed: tuple[str, ...], arg: str = "split") -> No
     raise ValueError(f"{arg}={split!r}: expected one of {allowed} (optionally sliced, e.g. 'train[:1000]')")
 
 
-def _prepared(builder: Any, manual_dir: PathLike | None, *, extracts_with_tf: bool = False,
-              instead: str = "") -> Any:
-  """Prepares `builder` if needed.
+def _prepared(make_builder: Callable[[], Any], manual_dir: PathLike | None, *,
+              extracts_with_tf: bool = False, instead: str = "") -> Any:
+  """A builder from `make_builder()` whose data is prepared, preparing it if needed.
+
+  Processes that share a local data dir (two runs started at once on a fresh
+  machine, or the commands of `sweep.py --print`) prepare it one at a time:
+  without the lock the second failed at TFDS's final rename. A process that
+  waited makes its builder again, which then finds the data.
 
   Stock builders that extract archives (`imdb_reviews`, `wmt13_translate`)
   go through TFDS's extractor, which needs TensorFlow even though reading the
@@ -94,17 +101,46 @@ def _prepared(builder: Any, manual_dir: PathLike | None, *, extracts_with_tf: bo
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (heavy; only TFDS sources)
   if manual_dir and not epath.Path(manual_dir).is_dir():
     raise FileNotFoundError(f"config.data.manual_dir={os.fspath(manual_dir)!r}: no such directory")
-  if extracts_with_tf and not builder.is_prepared() and importlib.util.find_spec("tensorflow") is None:
+  builder = make_builder()
+  if builder.is_prepared():
+    return builder
+  if extracts_with_tf and importlib.util.find_spec("tensorflow") is None:
     raise ModuleNotFoundError(
         f"Preparing TFDS {builder.name} extracts archives with TensorFlow, which is not installed: "
         f"`pip install tensorflow-cpu` once to prepare it into {builder.data_dir}"
         + (f", or {instead}" if instead else ""))
-  config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir else None)
-  if not builder.is_prepared():
-    tfds.disable_progress_bar()  # Its bars would break up the run's log and progress bar.
-    logging.info("preparing TFDS %s into %s (once per data dir)", builder.name, builder.data_dir)
-  builder.download_and_prepare(download_config=config)
+  with _preparing(builder) as waited:
+    if waited:  # Another process held the lock: its data is there now, or it failed.
+      builder = make_builder()
+    if not waited or not builder.is_prepared():
+      tfds.disable_progress_bar()  # Its bars would break up the run's log and progress bar.
+      logging.info("preparing TFDS %s into %s (once per data dir)", builder.name, builder.data_dir)
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=os.fspath(manual_dir) if manual_dir else None))
   return builder
+
+
+@contextlib.contextmanager
+def _preparing(builder: Any):
+  """Holds DATA_DIR/.NAME.prepare.lock (a local data dir; a bucket has no locks);
+  yields whether it had to wait for another process."""
+  root = os.fspath(builder.data_dir_root)
+  if storage.is_remote(root):
+    yield False
+    return
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, f".{builder.name}.prepare.lock"), "a") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      waited = False
+    except BlockingIOError:
+      logging.info("waiting for another process preparing TFDS %s into %s", builder.name, root)
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      waited = True
+    try:
+      yield waited
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def spa_eng(split: str, data_dir: PathLike | None = None, manual_dir: PathLike | None = None) -> Source:
@@ -118,7 +154,7 @@ def spa_eng(split: str, data_dir: PathLike | None = None, manual_dir: PathLike |
   """
   _check_split(split, ("train", "validation", "test"))
   from transformer_research.data.builders import spa_eng as spa_eng_lib  # pylint: disable=g-import-not-at-top
-  builder = _prepared(spa_eng_lib.SpaEng(data_dir=data_dir), manual_dir)
+  builder = _prepared(lambda: spa_eng_lib.SpaEng(data_dir=data_dir), manual_dir)
   return Source(builder.as_data_source(split=split),
                 lambda ex: {"inputs": _text(ex["en"]), "targets": _text(ex["es"])}, f"spa_eng:{split}")
 
@@ -134,8 +170,9 @@ def wmt13_es_en(split: str, data_dir: PathLike | None = None, manual_dir: PathLi
   _check_split(split, ("train", "validation", "test"))
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets.translate.wmt13  # pylint: disable=g-import-not-at-top,unused-import  (registers it)
-  builder = tfds.builder("wmt13_translate/es-en", data_dir=data_dir, file_format="array_record")
-  builder = _prepared(builder, manual_dir, extracts_with_tf=True)
+  builder = _prepared(lambda: tfds.builder("wmt13_translate/es-en", data_dir=data_dir,
+                                           file_format="array_record"),
+                      manual_dir, extracts_with_tf=True)
   return Source(builder.as_data_source(split=split),
                 lambda ex: {"inputs": _text(ex["en"]), "targets": _text(ex["es"])}, f"wmt13_es_en:{split}")
 
@@ -152,8 +189,9 @@ def imdb(split: str, data_dir: PathLike | None = None, *, with_label: bool = Tru
   if with_label and split.startswith("unsupervised"):
     raise ValueError(f"split={split!r}: has no labels; expected with_label=False")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder("imdb_reviews/plain_text", data_dir=data_dir, file_format="array_record")
-  builder = _prepared(builder, None, extracts_with_tf=True, instead=(
+  builder = _prepared(lambda: tfds.builder("imdb_reviews/plain_text", data_dir=data_dir,
+                                           file_format="array_record"),
+                      None, extracts_with_tf=True, instead=(
       "train on local copies: --config.data.train_path=FILE --config.data.eval_path=FILE "
       "(JSON lines or TSV; README, IMDB)"))
 
