@@ -191,7 +191,8 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
 
       # ------------------------------------------------------------- stop
       if preempted:
-        logging.warning("%s: checkpointed step %d, stopping", preemption.cause, step)
+        if not preemption.interrupts_the_caller:  # Else the Interrupted raised below says it.
+          logging.warning("%s: checkpointed step %d, stopping", preemption.cause, step)
         break
       if out_of_time and step < num_steps:
         logging.warning("time budget train.max_minutes=%s used at step %d of %d (%s): "

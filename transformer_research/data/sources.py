@@ -110,9 +110,11 @@ def _prepared(make_builder: Callable[[], Any], manual_dir: PathLike | None, *,
         f"`pip install tensorflow-cpu` once to prepare it into {builder.data_dir}"
         + (f", or {instead}" if instead else ""))
   with _preparing(builder) as waited:
-    if waited:  # Another process held the lock: its data is there now, or it failed.
+    prepared = False  # As found before the lock, unless another process held it.
+    if waited:  # That process's data is there now, or it failed.
       builder = make_builder()
-    if not waited or not builder.is_prepared():
+      prepared = builder.is_prepared()
+    if not prepared:
       tfds.disable_progress_bar()  # Its bars would break up the run's log and progress bar.
       logging.info("preparing TFDS %s into %s (once per data dir)", builder.name, builder.data_dir)
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
