@@ -18,6 +18,13 @@ or, instead of a kill, makes time pass at a known rate:
                           reading, so a time budget (train.max_minutes) runs out
                           after a known amount of work, not of real seconds
 
+or, for a script that reads a run (evaluate.py, translate.py, export.py):
+
+    saved_over=N          when the script starts reading step N's checkpoint, it
+                          is renamed to a step after the newest, as a run still
+                          training in the directory saves a newer checkpoint and
+                          deletes an old one (config.checkpoint.max_to_keep)
+
 Faults hook Orbax's commit (the rename of a step's temporary directory), the
 one metrics writer and the loop module's `time`, so nothing in the project is
 changed for the test.
@@ -75,6 +82,21 @@ def _tick_clock(seconds: float) -> None:
   train_loop.time = types.SimpleNamespace(time=lambda: seconds * next(readings))
 
 
+def _save_over_when_read(step: int) -> None:
+  from transformer_research import checkpointing  # pylint: disable=g-import-not-at-top
+  restore_params = checkpointing.restore_params
+
+  def rename_then_restore(path, abstract):
+    path = str(path)
+    if os.path.basename(path) == str(step):
+      checkpoints = os.path.dirname(path)
+      newest = max(int(name) for name in os.listdir(checkpoints) if name.isdigit())
+      os.rename(path, os.path.join(checkpoints, str(newest + 1)))
+    return restore_params(path, abstract)
+
+  checkpointing.restore_params = rename_then_restore
+
+
 def main(fault: str, script: str, *args: str) -> None:
   name, value = fault.split("=")
   if name == "clock_tick":
@@ -85,7 +107,8 @@ def main(fault: str, script: str, *args: str) -> None:
   hooks = {"kill_before_commit": lambda n: _hook_commit(n, before=True),
            "kill_after_commit": lambda n: _hook_commit(n, before=False),
            "kill_after_record": lambda n: _hook_record(n, torn=False),
-           "torn_record": lambda n: _hook_record(n, torn=True)}
+           "torn_record": lambda n: _hook_record(n, torn=True),
+           "saved_over": _save_over_when_read}
   if name not in hooks:
     raise SystemExit(f"fault={fault!r}: expected one of {sorted(hooks)}=STEP or clock_tick=S")
   hooks[name](int(value))

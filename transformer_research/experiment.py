@@ -224,7 +224,10 @@ def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
   exp = Experiment(configs.saved_config(config_path), workdir,
                    devices=devices, train_tokenizers=False)
   _ = exp.task  # The tokenizers: a missing model file is named before the checkpoint is read.
-  for candidate in [step] if step is not None else reversed(steps):
+  candidates = [step] if step is not None else list(reversed(steps))
+  relisted = 0
+  while candidates:
+    candidate = candidates.pop(0)
     # Checked before anything is restored: an older candidate has fewer still.
     averaged = tuple(s for s in steps if s <= candidate)[-average_last:]
     if len(averaged) < average_last:
@@ -233,40 +236,79 @@ def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
           f"step {candidate} ({list(averaged)}); expected at least {average_last} (a run "
           "keeps config.checkpoint.max_to_keep of them)")
     try:
-      params = _restore_step(workdir, candidate, exp)
-    except checkpointing.IncompatibleCheckpoint:
-      raise
-    except ValueError as e:
+      params = _restore_mean(workdir, averaged, exp)
+    except _Unreadable as e:
       if step is not None:
+        if isinstance(e, _Deleted):
+          raise ValueError(
+              f"{e}; the steps saved now: {checkpointing.checkpoint_steps(workdir)}") from e
+        raise
+      now = checkpointing.checkpoint_steps(workdir)
+      if now != steps and relisted < _RELISTS:
+        # A run training here saved meanwhile, deleting its oldest (maybe this
+        # one, maybe half-way still): start again from its newest.
+        relisted += 1
+        logging.warning("%s; the run saved meanwhile: taking its newest checkpoint", e)
+        steps, candidates = now, list(reversed(now))
+        continue
+      if e.step != candidate:
         raise
       logging.warning("%s; trying the previous one", e)
       continue
     if candidate != steps[-1]:
       logging.warning("using step %d, the newest checkpoint of %s that can be read",
                       candidate, workdir)
-    if average_last == 1:
-      return Run(exp, params, candidate)
-    # A running sum: two parameter sets in memory at a time (the sum and the
-    # one being added), however many are averaged.
-    total = _add_share(None, params, 1 / average_last)
-    del params
-    for earlier in averaged[:-1]:
-      total = _add_share(total, _restore_step(workdir, earlier, exp), 1 / average_last)
-    mean = jax.tree.map(lambda t, x: t.astype(x.dtype), total, exp.abstract_state.params)
-    return Run(exp, mean, candidate, averaged)
+    return Run(exp, params, candidate, averaged if average_last > 1 else ())
   raise ValueError(f"no checkpoint in {workdir} can be read (steps {steps}).")
 
 
+# How many times `load_run` lists the checkpoints again when a run saves while
+# it reads; more would mean a run saving faster than a restore.
+_RELISTS = 3
+
+
+class _Unreadable(ValueError):
+  """The files of checkpoint `step` cannot be read (truncated, missing)."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
+class _Deleted(_Unreadable):
+  """A checkpoint removed while it was read: a run training in the same
+  directory keeps only its newest `config.checkpoint.max_to_keep`."""
+
+
+def _restore_mean(workdir: str, steps: Sequence[int], exp: Experiment) -> Any:
+  """The mean parameters of `steps`' checkpoints (one step: as saved).
+
+  A running sum, from the newest: two parameter sets in memory at a time (the
+  sum and the one being added), however many are averaged.
+  """
+  if len(steps) == 1:
+    return _restore_step(workdir, steps[0], exp)
+  total = None
+  for s in (steps[-1], *steps[:-1]):
+    total = _add_share(total, _restore_step(workdir, s, exp), 1 / len(steps))
+  return jax.tree.map(lambda t, x: t.astype(x.dtype), total, exp.abstract_state.params)
+
+
 def _restore_step(workdir: str, step: int, exp: Experiment) -> Any:
-  """The parameters saved at `step`; ValueError naming the step if its files cannot be
-  read (IncompatibleCheckpoint if they do not fit the config's model)."""
+  """The parameters saved at `step`; _Unreadable naming the step if its files cannot be
+  read (_Deleted if they were removed while being read; IncompatibleCheckpoint if
+  they do not fit the config's model)."""
+  path = epath.Path(workdir) / "checkpoints" / str(step)
   try:
-    return checkpointing.restore_params(
-        epath.Path(workdir) / "checkpoints" / str(step), exp.abstract_state.params)
+    return checkpointing.restore_params(path, exp.abstract_state.params)
   except checkpointing.IncompatibleCheckpoint:
     raise
   except Exception as e:  # Truncated or missing files.
-    raise ValueError(f"checkpoint step {step} in {workdir} cannot be read ({e})") from e
+    if not path.exists():
+      raise _Deleted(f"checkpoint step {step} in {workdir} was deleted while it was read "
+                     "(a run training there keeps its newest config.checkpoint.max_to_keep)",
+                     step) from e
+    raise _Unreadable(f"checkpoint step {step} in {workdir} cannot be read ({e})", step) from e
 
 
 @functools.partial(jax.jit, donate_argnums=0)

@@ -314,6 +314,46 @@ def test_translate_with_the_averaged_parameters(three_checkpoints):
   assert refused.returncode == 1 and "average_last=4: " in refused.stderr, refused.stderr[-2000:]
 
 
+@pytest.mark.parametrize("args,fault,evaluated", [
+    ([], "saved_over=3", "4"),
+    (["--average_last=3"], "saved_over=1", "2,3,4"),  # The oldest goes first.
+])
+def test_evaluating_a_run_that_saves_meanwhile_takes_the_newest_checkpoint(
+    three_checkpoints, tmp_path, args, fault, evaluated):
+  """A run still training in the directory saves a newer checkpoint and deletes
+  the oldest (max_to_keep) while evaluate.py reads it: the newest is read, as
+  asked, not the one before (a crash when none was left)."""
+  run = tmp_path / "run"
+  shutil.copytree(three_checkpoints, run)
+  result = subprocess.run([sys.executable, str(REPO / "tests" / "fault_injection.py"), fault,
+                           str(REPO / "launch" / "evaluate.py"), f"--workdir={run}",
+                           "--num_examples=8", *args], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "was deleted while it was read" in result.stderr
+  record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+  assert str(record["step"]) == evaluated.split(",")[-1]
+  assert record.get("averaged_steps", str(record["step"])) == evaluated
+
+
+def test_evaluating_a_step_deleted_meanwhile_is_one_line_and_writes_nothing(
+    three_checkpoints, tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(three_checkpoints, run)
+  result = subprocess.run([sys.executable, str(REPO / "tests" / "fault_injection.py"),
+                           "saved_over=2", str(REPO / "launch" / "evaluate.py"),
+                           f"--workdir={run}", "--step=2", "--num_examples=8"],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1, result.stdout[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert errors == [f"error: checkpoint step 2 in {run} was deleted while it was read (a run "
+                    "training there keeps its newest config.checkpoint.max_to_keep); the steps "
+                    "saved now: [1, 3, 4]"], result.stderr[-2000:]
+  assert sorted(p.name for p in run.iterdir()) == sorted(
+      p.name for p in pathlib.Path(three_checkpoints).iterdir())  # No report.
+  assert (run / "metrics.jsonl").read_bytes() == (
+      pathlib.Path(three_checkpoints) / "metrics.jsonl").read_bytes()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--average_last=4"], "average_last=4: {run} has 3 checkpoint(s) up to step 3 ([1, 2, 3]); "
                            "expected at least 4"),
