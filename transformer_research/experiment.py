@@ -193,7 +193,8 @@ def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
     workdir: a directory written by `train_loop.train_and_evaluate`.
     step: the checkpoint step; None = the newest one that can be read (a
       warning names it when a newer one cannot). Nothing is moved or
-      changed: a run may be training in `workdir`.
+      changed: a run may be training in `workdir`, and when it saves and
+      deletes the checkpoint being read, its newest is read instead.
     average_last: N > 1 averages the parameters of that step and the N - 1
       saved before it (Vaswani et al., 2017, averaged the last 5 checkpoints
       of their base models): the mean of nearby points of a noisy
