@@ -331,8 +331,9 @@ def test_runs_started_together_on_a_fresh_data_dir_prepare_it_one_at_a_time(tmp_
   runs = []
   with open(tfds_dir / ".spa_eng.prepare.lock", "a") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
-    for name in ("a", "b"):
-      command = tiny_setup.train_command(tmp_path / name, **{"data.tfds_data_dir": tfds_dir})
+    for name in ("a", "b"):  # One step, no decoding: what is tested happens before step 0.
+      command = tiny_setup.train_command(tmp_path / name, **{
+          "data.tfds_data_dir": tfds_dir, "train.num_steps": 1, "eval.decode_examples": 0})
       command[2] = f"--config={tiny_setup.ROOT / 'configs' / 'wmt_spa.py'}:tiny,smoke"
       log = open(tmp_path / f"{name}.log", "w")
       runs.append((subprocess.Popen(command, env=tiny_setup.subprocess_env(), stdout=log,
