@@ -6,7 +6,6 @@ a config that does not fit the run directory, a corrupt or removed
 checkpoint, a diverging run, a second run on the same directory.
 """
 
-import hashlib
 import json
 import os
 import pathlib
@@ -49,16 +48,6 @@ def refused(run: subprocess.CompletedProcess, message: str) -> str:
   error = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
   assert len(error) == 1 and message in error[0], run.stderr[-3000:]
   return error[0]
-
-
-def fingerprint(workdir) -> dict[str, str]:
-  """sha256 of every file under the run directory."""
-  out = {}
-  for root, _, files in os.walk(workdir):
-    for name in files:
-      path = os.path.join(root, name)
-      out[os.path.relpath(path, workdir)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-  return out
 
 
 def saved_state(workdir, step: int) -> list[np.ndarray]:
@@ -156,20 +145,20 @@ def test_a_kill_at_any_moment_loses_only_the_work_since_the_last_checkpoint(
                                   "nothing was changed; use a new --workdir (scanned layers"),
 ])
 def test_a_resume_that_does_not_fit_is_refused_and_changes_nothing(run_copy, flag, message):
-  before = fingerprint(run_copy)
+  before = tiny_setup.fingerprint(run_copy)
   refused(train(run_copy, **flag), message.format(run=run_copy))
-  assert fingerprint(run_copy) == before
+  assert tiny_setup.fingerprint(run_copy) == before
 
 
 def test_an_unknown_variant_writes_nothing(run_copy, tmp_path):
-  before = fingerprint(run_copy)
+  before = tiny_setup.fingerprint(run_copy)
   for workdir in (run_copy, tmp_path / "new"):
     command = tiny_setup.train_command(workdir)
     command[2] = command[2].replace(":tiny,smoke", ":huge")
     run = subprocess.run(command, env=tiny_setup.subprocess_env(), capture_output=True,
                          text=True, timeout=300)
     assert run.returncode != 0 and "config argument 'huge'" in run.stderr
-  assert fingerprint(run_copy) == before and not (tmp_path / "new").exists()
+  assert tiny_setup.fingerprint(run_copy) == before and not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("steps", [0, -5])
@@ -180,9 +169,25 @@ def test_no_steps_to_train_is_an_error(tmp_path, steps):
 
 def test_removed_checkpoints_do_not_silently_start_over(run_copy):
   shutil.rmtree(run_copy / "checkpoints")
-  before = fingerprint(run_copy)
+  before = tiny_setup.fingerprint(run_copy)
   refused(train(run_copy, **{"train.num_steps": 6}), "no checkpoints/ directory (it was removed)")
-  assert fingerprint(run_copy) == before
+  assert tiny_setup.fingerprint(run_copy) == before
+
+
+def test_a_removed_config_json_is_refused_not_bypassed(run_copy):
+  """Without config.json nothing checked that a resume continues the same model
+  and data: another seed trained on from the checkpoint without a word."""
+  config = run_copy / "config.json"
+  config.unlink()
+  before = tiny_setup.fingerprint(run_copy)
+  message = (f"{config} not found: this file records the config the run's checkpoints were "
+             "trained with: restore it (a copy is in the newest record of runs.jsonl beside it)")
+  refused(train(run_copy, **{"train.num_steps": 6, "seed": 1}), message)
+  translate = subprocess.run(
+      [sys.executable, str(tiny_setup.ROOT / "launch" / "translate.py"), f"--workdir={run_copy}",
+       "123"], env=tiny_setup.subprocess_env(), capture_output=True, text=True, timeout=300)
+  refused(translate, message)
+  assert tiny_setup.fingerprint(run_copy) == before
 
 
 def test_a_corrupt_latest_checkpoint_is_moved_aside_and_trained_again(run_copy):
@@ -207,9 +212,9 @@ def test_only_unreadable_checkpoints_stop_the_run(run_copy):
   for step in (2, 4):
     shutil.rmtree(run_copy / "checkpoints" / str(step) / "train")
   refused(train(run_copy, **{"train.num_steps": 6}), "no checkpoint in")
-  before = fingerprint(run_copy)
+  before = tiny_setup.fingerprint(run_copy)
   refused(train(run_copy, **{"train.num_steps": 6}), "corrupt-4")  # Also on the next try.
-  assert fingerprint(run_copy) == before
+  assert tiny_setup.fingerprint(run_copy) == before
 
 
 def test_a_non_finite_state_is_never_saved(run_copy):
@@ -271,11 +276,11 @@ def test_every_start_is_recorded_with_what_changed(run_copy):
 
 
 def test_rerunning_a_finished_run_says_so_and_changes_no_checkpoint_or_metric(run_copy):
-  before = {k: v for k, v in fingerprint(run_copy).items()
+  before = {k: v for k, v in tiny_setup.fingerprint(run_copy).items()
             if k.startswith("checkpoints") or k == "metrics.jsonl"}
   run = ok(train(run_copy))
   assert "the run is at step 4 of train.num_steps=4: nothing to train" in run.stderr
-  after = fingerprint(run_copy)
+  after = tiny_setup.fingerprint(run_copy)
   assert {k: after.get(k) for k in before} == before
 
 
@@ -297,14 +302,14 @@ def test_a_damaged_config_json_is_named_and_nothing_changes(run_copy):
   the line, for a resume and for a reader, and the run directory stays as it was."""
   config = run_copy / "config.json"
   config.write_text(config.read_text()[:100])
-  before = fingerprint(run_copy)
+  before = tiny_setup.fingerprint(run_copy)
   message = f"{config}: line "
   refused(train(run_copy, **{"train.num_steps": 6}), message)
   translate = subprocess.run(
       [sys.executable, str(tiny_setup.ROOT / "launch" / "translate.py"), f"--workdir={run_copy}",
        "123"], env=tiny_setup.subprocess_env(), capture_output=True, text=True, timeout=300)
   refused(translate, message)
-  assert fingerprint(run_copy) == before
+  assert tiny_setup.fingerprint(run_copy) == before
 
 
 def test_a_full_disk_stops_with_the_path_and_keeps_the_last_checkpoint(run_copy):

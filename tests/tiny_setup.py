@@ -3,6 +3,7 @@
 Kept tiny (d_model 32, 1+1 layers) so every compile takes seconds on CPU.
 """
 
+import hashlib
 import json
 import os
 import pathlib
@@ -106,6 +107,16 @@ def ticking_clock_command(workdir, **overrides) -> list[str]:
 
 # Train-record fields that depend on wall-clock time, so two runs never agree on them.
 TIMING = ("steps_per_sec", "tokens_per_sec", "mfu", "data_wait_ms")
+
+
+def fingerprint(workdir) -> dict[str, str]:
+  """sha256 of every file under a run directory: what "nothing changed" compares."""
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      out[os.path.relpath(path, workdir)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+  return out
 
 
 def records(workdir: str) -> list[dict]:

@@ -202,11 +202,11 @@ def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
     devices: the devices to restore onto (the mesh); default `jax.devices()`.
 
   Raises:
-    ValueError: no config.json or no (readable) checkpoint in `workdir`,
-      `step` was not saved, or fewer than `average_last` checkpoints up to
-      it, each naming what was found.
-    FileNotFoundError: a tokenizer model missing from `workdir`, naming its
-      path.
+    ValueError: no (readable) checkpoint in `workdir`, `step` was not saved,
+      or fewer than `average_last` checkpoints up to it, each naming what was
+      found.
+    FileNotFoundError: config.json or a tokenizer model missing from
+      `workdir`, naming its path.
   """
   if average_last < 1:
     raise ValueError(f"average_last={average_last!r}: expected the number of checkpoints "
@@ -214,11 +214,10 @@ def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
   storage.check_workdir(workdir)
   config_path = epath.Path(workdir) / "config.json"
   steps = checkpointing.checkpoint_steps(workdir)
-  if not config_path.exists() or not steps:
+  if not steps:
     raise ValueError(
-        f"workdir={workdir!r} has no {'config.json' if steps else 'checkpoint'}: "
-        "expected the workdir of a training run (launch/train.py --workdir=...) "
-        "that saved at least one checkpoint.")
+        f"workdir={workdir!r} has no checkpoint: expected the workdir of a training run "
+        "(launch/train.py --workdir=...) that saved at least one checkpoint.")
   if step is not None and step not in steps:
     raise ValueError(f"step={step}: no checkpoint of that step in {workdir}; "
                      f"expected one of {steps}.")

@@ -10,7 +10,10 @@ config may continue it.
 A run directory continues one model. `check_continues` refuses a config that
 would train another one (`model.*`, the data and tokenizer fields, the seed)
 before anything is written; other fields (steps, learning rate, eval and
-checkpoint intervals) may change, and the changes are logged.
+checkpoint intervals) may change, and the changes are logged. A directory
+that lost a file its resume relies on (`checkpoints/`, or beside the
+checkpoints `config.json` or a tokenizer model) is refused, never started
+over or silently remade.
 
 The lock is taken by process 0 and kept fresh by a heartbeat thread. A lock
 is stale, and is taken over with a warning, when its holder ran on this host
@@ -40,6 +43,8 @@ import numpy as np
 
 from transformer_research import configs
 from transformer_research import storage
+from transformer_research.data import tasks
+from transformer_research.data import tokenizers as tok_lib
 
 # Fields a resumed run may not change: they define the model and the data it
 # learns from. Paths to the same data may move, and eval-only data may change;
@@ -253,6 +258,26 @@ def check_not_orphaned(workdir: str) -> None:
         f"{workdir} holds {' and '.join(found)} of an earlier run but no checkpoints/ "
         "directory (it was removed); starting over would replace those results. Nothing was "
         "changed: use a new --workdir, or move those files away to start this one over.")
+
+
+def check_resumable(workdir: str, config: Any, previous: Any | None) -> None:
+  """Refuses a run directory whose checkpoints outlived a file they need.
+
+  Called when `workdir` holds checkpoints, before anything is written;
+  `previous` is `previous_config(workdir)`. Without config.json nothing
+  checks that `config` continues their model (`check_continues`); without
+  the SentencePiece models they were trained with, the task would train new
+  ones, which map text to other ids than the embeddings learnt.
+
+  Raises:
+    FileNotFoundError naming the missing file.
+  """
+  workdir = epath.Path(workdir)
+  if previous is None:
+    raise configs.missing_saved_config(workdir / "config.json")
+  for name in sorted(set(tasks.sentencepiece_files(config.data) or ())):
+    if not (workdir / name).exists():
+      raise tok_lib.missing_model(workdir / name)
 
 
 def record_start(workdir: str, config: Any, origin: str, changed: list[str]) -> None:

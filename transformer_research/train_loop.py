@@ -79,14 +79,18 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
     stack.enter_context(rundir.locked(workdir))
 
     # ------------------------------------------------------------- resume
-    changed = rundir.check_continues(rundir.previous_config(workdir), config, workdir)
+    previous = rundir.previous_config(workdir)
+    changed = rundir.check_continues(previous, config, workdir)
     rundir.check_not_orphaned(workdir)
     ckpt = stack.enter_context(contextlib.closing(
         checkpointing.Checkpointer(workdir, config.checkpoint)))
     # A fresh run directory reads text with its warm-start source's tokenizer:
     # checked before any restore, copied after it, before the task would train one.
-    tokenizers = (warm_start.tokenizers_to_adopt(config, workdir)
-                  if ckpt.latest_step() is None else [])
+    tokenizers = []
+    if ckpt.latest_step() is None:
+      tokenizers = warm_start.tokenizers_to_adopt(config, workdir)
+    else:
+      rundir.check_resumable(workdir, config, previous)
     try:
       resumed = ckpt.resume(exp.abstract_state, exp.init_state)
     except checkpointing.IncompatibleCheckpoint as e:

@@ -22,6 +22,8 @@ import jax
 import numpy as np
 import pytest
 
+import tiny_setup
+
 from transformer_research import configs
 from transformer_research import evaluation
 from transformer_research import experiment
@@ -116,6 +118,25 @@ def test_missing_tokenizer_is_an_error_naming_it(run_dir, no_data, tmp_path):
   model.unlink()
   with pytest.raises(FileNotFoundError, match=f"tokenizer model {model} not found"):
     experiment.load_run(str(copy))
+
+
+def test_a_resume_without_its_tokenizer_is_refused_not_retrained(run_dir, tmp_path):
+  """train.py used to train a new SentencePiece model and train on: its ids are not
+  the ones the checkpoint's embeddings learnt. Refused before any data is read
+  (this run's data is gone), and nothing in the run directory changes."""
+  copy = tmp_path / "run"
+  shutil.copytree(run_dir, copy)
+  (model,) = copy.glob("spm_*.model")
+  model.unlink()
+  before = tiny_setup.fingerprint(copy)
+  flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, "train.num_steps": 4}.items()]
+  result = cli("launch/train.py", "--config=configs/wmt_spa.py:tiny,smoke", f"--workdir={copy}",
+               *flags)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: tokenizer model {model} not found: expected the file its training run wrote "
+      "there (a run directory carries its tokenizers; a new one would not match the checkpoint)")
+  assert tiny_setup.fingerprint(copy) == before
 
 
 def test_a_damaged_tokenizer_is_one_line_naming_it(run_dir, tmp_path):

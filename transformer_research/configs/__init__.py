@@ -66,6 +66,8 @@ def saved_config(path: Any) -> ml_collections.ConfigDict:
 
   try:
     saved = json.loads(epath.Path(path).read_text())
+  except FileNotFoundError:
+    raise missing_saved_config(path) from None
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}: line {e.lineno} column {e.colno}: {e.msg}; this file records the "
                      "run's config: restore it (a copy is in the newest record of runs.jsonl "
@@ -74,6 +76,14 @@ def saved_config(path: Any) -> ml_collections.ConfigDict:
     raise ValueError(f"{path}: expected a JSON object of config sections, found "
                      f"{type(saved).__name__}")
   return ml_collections.ConfigDict(fill(saved, json.loads(base.get_config().to_json_best_effort())))
+
+
+def missing_saved_config(path: Any) -> FileNotFoundError:
+  """The error of a run directory whose checkpoints outlived its config.json."""
+  return FileNotFoundError(
+      f"{path} not found: this file records the config the run's checkpoints were trained "
+      "with: restore it (a copy is in the newest record of runs.jsonl beside it) or use a new "
+      "run directory")
 
 
 def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
