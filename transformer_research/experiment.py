@@ -199,7 +199,8 @@ def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
       saved before it (Vaswani et al., 2017, averaged the last 5 checkpoints
       of their base models): the mean of nearby points of a noisy
       trajectory usually scores better than any one of them.
-    devices: the devices to restore onto (the mesh); default `jax.devices()`.
+    devices: the devices to restore onto; default `jax.devices()`. They form
+      the run's `config.mesh` where they can, else a data-parallel mesh.
 
   Raises:
     ValueError: no (readable) checkpoint in `workdir`, `step` was not saved,
@@ -221,7 +222,7 @@ def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
   if step is not None and step not in steps:
     raise ValueError(f"step={step}: no checkpoint of that step in {workdir}; "
                      f"expected one of {steps}.")
-  exp = Experiment(configs.saved_config(config_path), workdir,
+  exp = Experiment(_fitted(configs.saved_config(config_path), devices), workdir,
                    devices=devices, train_tokenizers=False)
   _ = exp.task  # The tokenizers: a missing model file is named before the checkpoint is read.
   candidates = [step] if step is not None else list(reversed(steps))
@@ -280,6 +281,34 @@ class _Deleted(_Unreadable):
   directory keeps only its newest `config.checkpoint.max_to_keep`."""
 
 
+def _fitted(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None
+            ) -> ml_collections.ConfigDict:
+  """`config` fitted to the devices a reader has, which need not be the ones it
+  trained on (a run trained on a pod slice, read on one host or a laptop).
+
+  The mesh is the run's own where these devices form it (parameters are then
+  laid out as in training), else data parallel over all of them: restoring
+  and decoding need no particular layout. `eval.batch_size` is rounded up to
+  a multiple of that mesh's batch shards; the padding rows count for nothing,
+  so no score changes.
+  """
+  fitted = config.copy_and_resolve_references()
+  try:
+    mesh = sharding.make_mesh(fitted.mesh, devices)
+  except ValueError as e:
+    fitted.mesh.shape, fitted.mesh.dcn_shape = (-1, 1, 1), ()
+    mesh = sharding.make_mesh(fitted.mesh, devices)
+    logging.info("the run trained on another mesh (%s): reading it with data parallelism over "
+                 "the %d devices here", e, mesh.devices.size)
+  multiple = math.lcm(sharding.batch_shards(mesh), jax.process_count())
+  if fitted.eval.batch_size % multiple:
+    rounded = -(-fitted.eval.batch_size // multiple) * multiple
+    logging.info("config.eval.batch_size=%d read as %d: a multiple of the %d batch shards here",
+                 fitted.eval.batch_size, rounded, multiple)
+    fitted.eval.batch_size = rounded
+  return fitted
+
+
 def _restore_mean(workdir: str, steps: Sequence[int], exp: Experiment) -> Any:
   """The mean parameters of `steps`' checkpoints (one step: as saved).
 
@@ -299,8 +328,9 @@ def _restore_step(workdir: str, step: int, exp: Experiment) -> Any:
   read (_Deleted if they were removed while being read; IncompatibleCheckpoint if
   they do not fit the config's model)."""
   path = epath.Path(workdir) / "checkpoints" / str(step)
+  target = exp.abstract_state.params  # A config error is no unreadable checkpoint.
   try:
-    return checkpointing.restore_params(path, exp.abstract_state.params)
+    return checkpointing.restore_params(path, target)
   except checkpointing.IncompatibleCheckpoint:
     raise
   except Exception as e:  # Truncated or missing files.

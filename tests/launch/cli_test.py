@@ -43,9 +43,9 @@ def workdir(tmp_path_factory):
   return path
 
 
-def cli(script: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+def cli(script: str, *args: str, stdin: str = "", env=None) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, str(REPO / "launch" / script), *args],
-                        input=stdin, capture_output=True, text=True, timeout=300)
+                        input=stdin, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_evaluate_run_appends_record_and_writes_report(workdir):
@@ -96,6 +96,31 @@ def test_generate_text_matches_batching(workdir):
   exp, params = run.experiment, run.params
   one_by_one = [inference.generate_text(exp, params, [s])[0] for s in ("12", "345")]
   assert inference.generate_text(exp, params, ["12", "345"]) == one_by_one
+
+
+def test_a_run_trained_on_a_mesh_of_other_devices_is_read_on_the_devices_there(tmp_path):
+  """A pod run's mesh ((2, 4, 1) here, on the 8 test devices) cannot be formed on
+  one host or a laptop (3 devices here): translate.py and evaluate.py said that
+  no checkpoint could be read. Its eval batch (8 rows) did not split over 3
+  devices either: a JAX sharding error."""
+  config = tiny_config("reverse")
+  config.mesh.shape = (2, 4, 1)
+  train_loop.train_and_evaluate(config, str(tmp_path))
+  train_loop_loss = tiny_setup.records(str(tmp_path))[-1]["loss"]
+  three_devices = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=3")
+  translated = cli("translate.py", f"--workdir={tmp_path}", "123", env=three_devices)
+  evaluated = cli("evaluate.py", f"--workdir={tmp_path}", "--split=validation",
+                  "--num_examples=8", env=three_devices)
+  for result in (translated, evaluated):
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("the run trained on another mesh (config.mesh.shape=(2, 4, 1) does not divide the "
+            "3 devices): reading it with data parallelism over the 3 devices here") in result.stderr
+  assert set(translated.stdout.strip()) <= set("0123456789")
+  assert ("config.eval.batch_size=8 read as 9: a multiple of the 3 batch shards here"
+          in evaluated.stderr)
+  record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+  assert record["step"] == 1 and record["writer"] == "evaluate.py"
+  assert record["loss"] == pytest.approx(train_loop_loss, rel=1e-5)  # The padding counts for nothing.
 
 
 def test_plot_writes_pngs(workdir, tmp_path):
