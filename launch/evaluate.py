@@ -12,6 +12,9 @@ and `--reference_file` (its references on the same line, tab-separated), every
 line is scored and the record's split is `file_<source file name>`: only the
 run directory and the two files are read, no dataset. `--average_last=N`
 evaluates the mean of the last N checkpoints' parameters (up to `--step`).
+On another machine than the one the run trained on, `--manual_dir`,
+`--tfds_data_dir`, `--train_path` and `--eval_path` say where its data is
+(config.json names the training machine's paths).
 """
 
 
@@ -20,6 +23,7 @@ from absl import flags
 
 from transformer_research import cli
 from transformer_research import evaluation
+from transformer_research import experiment
 from transformer_research import runtime
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
@@ -38,6 +42,11 @@ _BEAM = flags.DEFINE_integer("beam_size", None, "Decode with this beam (1 = gree
 _AVERAGE = flags.DEFINE_integer("average_last", 1, "Average the parameters of --step (default "
                                 "the latest) and the N - 1 checkpoints saved before it; report "
                                 "eval_<split>_<step>_avg<N>.md.")
+# A run evaluated on another machine than the one it trained on: its
+# config.json names that machine's paths.
+_DATA_PATHS = {field: flags.DEFINE_string(field, None, f"Read --split from here instead of "
+                                          f"the run's config.data.{field}.")
+               for field in experiment.DATA_PATH_FIELDS}
 
 
 def main(argv: list[str]) -> None:
@@ -50,7 +59,9 @@ def main(argv: list[str]) -> None:
   record, report = evaluation.evaluate_run(
       _WORKDIR.value, _SPLIT.value, _STEP.value, _NUM_EXAMPLES.value,
       source_file=_SOURCE_FILE.value, reference_file=_REFERENCE_FILE.value,
-      beam_size=_BEAM.value, average_last=_AVERAGE.value)
+      beam_size=_BEAM.value, average_last=_AVERAGE.value,
+      data_paths={field: flag.value for field, flag in _DATA_PATHS.items()
+                  if flag.value is not None})
   for key, value in record.items():
     print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
   if report:

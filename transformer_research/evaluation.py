@@ -25,7 +25,7 @@ every process computes the same metrics (process 0 writes them).
 import collections
 import math
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from etils import epath
 import jax
@@ -264,7 +264,8 @@ def read_pairs(source_file: str, reference_file: str | None) -> list[dict[str, s
 def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
                  num_examples: int | None = None, *, source_file: str | None = None,
                  reference_file: str | None = None, beam_size: int | None = None,
-                 average_last: int = 1) -> tuple[dict[str, Any], str | None]:
+                 average_last: int = 1, data_paths: Mapping[str, str] | None = None
+                 ) -> tuple[dict[str, Any], str | None]:
   """Standalone evaluation of a saved run (launch/evaluate.py).
 
   Restores the checkpoint, computes every metric of the task on `split` (or
@@ -286,11 +287,13 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
     average_last: N > 1 evaluates the mean parameters of `step` and the N - 1
       checkpoints saved before it (`experiment.load_run`); the record names
       them (`averaged_steps`) and the report is `eval_<split>_<step>_avg<N>.md`.
+    data_paths: where this machine has the run's data, when not at the paths
+      of its config.json (`experiment.load_run`).
 
   Returns:
     The record written and the report path (None on processes other than 0).
   """
-  run = experiment.load_run(workdir, step, average_last=average_last)
+  run = experiment.load_run(workdir, step, average_last=average_last, data_paths=data_paths)
   exp = run.experiment
   task, e = exp.task, exp.config.eval
   suffix = f"_avg{average_last}" if run.averaged_steps else ""

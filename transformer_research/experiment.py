@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import logging
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from etils import epath
 import jax
@@ -180,8 +180,14 @@ class Run:
   averaged_steps: tuple[int, ...] = ()
 
 
+# The config.data fields that say where a run's data is on the machine it
+# trained on; a reader elsewhere gives its own (`load_run(data_paths=...)`).
+DATA_PATH_FIELDS = ("manual_dir", "tfds_data_dir", "train_path", "eval_path")
+
+
 def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
-             devices: Sequence[jax.Device] | None = None) -> Run:
+             devices: Sequence[jax.Device] | None = None,
+             data_paths: Mapping[str, str] | None = None) -> Run:
   """Restores the config, tokenizers, model and parameters of a training run.
 
   Everything comes from the run directory: config.json (model, vocabulary
@@ -201,6 +207,9 @@ def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
       trajectory usually scores better than any one of them.
     devices: the devices to restore onto; default `jax.devices()`. They form
       the run's `config.mesh` where they can, else a data-parallel mesh.
+    data_paths: `{field: path}` over `DATA_PATH_FIELDS`: where this machine
+      has the data that config.json names by the training machine's paths
+      (read only when a split is evaluated).
 
   Raises:
     ValueError: no (readable) checkpoint in `workdir`, `step` was not saved,
@@ -222,7 +231,7 @@ def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,
   if step is not None and step not in steps:
     raise ValueError(f"step={step}: no checkpoint of that step in {workdir}; "
                      f"expected one of {steps}.")
-  exp = Experiment(_fitted(configs.saved_config(config_path), devices), workdir,
+  exp = Experiment(_fitted(configs.saved_config(config_path), devices, data_paths), workdir,
                    devices=devices, train_tokenizers=False)
   _ = exp.task  # The tokenizers: a missing model file is named before the checkpoint is read.
   candidates = [step] if step is not None else list(reversed(steps))
@@ -281,18 +290,24 @@ class _Deleted(_Unreadable):
   directory keeps only its newest `config.checkpoint.max_to_keep`."""
 
 
-def _fitted(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None
-            ) -> ml_collections.ConfigDict:
-  """`config` fitted to the devices a reader has, which need not be the ones it
-  trained on (a run trained on a pod slice, read on one host or a laptop).
+def _fitted(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None,
+            data_paths: Mapping[str, str] | None) -> ml_collections.ConfigDict:
+  """`config` fitted to the machine that reads the run, which need not be the
+  one it trained on (a run trained on a pod slice, read on one host or a laptop).
 
   The mesh is the run's own where these devices form it (parameters are then
   laid out as in training), else data parallel over all of them: restoring
   and decoding need no particular layout. `eval.batch_size` is rounded up to
   a multiple of that mesh's batch shards; the padding rows count for nothing,
-  so no score changes.
+  so no score changes. `data_paths` replace the data locations.
   """
   fitted = config.copy_and_resolve_references()
+  for field, path in (data_paths or {}).items():
+    if field not in DATA_PATH_FIELDS:
+      raise ValueError(f"data_paths: {field!r} is not a data location; expected one of "
+                       f"{list(DATA_PATH_FIELDS)}")
+    logging.info("config.data.%s=%r read as %r", field, fitted.data[field], path)
+    fitted.data[field] = path
   try:
     mesh = sharding.make_mesh(fitted.mesh, devices)
   except ValueError as e:

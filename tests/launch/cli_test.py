@@ -295,6 +295,23 @@ def test_the_imdb_cpu_recipe_runs_as_the_readme_says_on_local_files(tmp_path):
   report = (run / "eval_test_40.md").read_text()
   assert "model `tiny` (classify)\n" in report and "beam" not in report  # Nothing decoded.
 
+  # The run evaluated on another machine, whose data is elsewhere: config.json
+  # names the training machine's paths, and the flags give this one's.
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  for name in ("train.jsonl.gz", "test.jsonl.gz"):
+    (tmp_path / name).rename(elsewhere / name)
+  missing = cli("evaluate.py", f"--workdir={run}", "--split=test", "--num_examples=-1")
+  assert missing.returncode == 1, missing.stderr[-3000:]
+  assert str(tmp_path / "train.jsonl.gz") in missing.stderr.splitlines()[-1]
+  moved = cli("evaluate.py", f"--workdir={run}", "--split=test", "--num_examples=-1",
+              f"--train_path={elsewhere / 'train.jsonl.gz'}",
+              f"--eval_path={elsewhere / 'test.jsonl.gz'}")
+  assert moved.returncode == 0, moved.stderr[-3000:]
+  first, second = [json.loads(line) for line in
+                   (run / "metrics.jsonl").read_text().splitlines() if "writer" in line]
+  assert second["accuracy"] == first["accuracy"] and second["loss"] == first["loss"]
+
 
 @pytest.fixture(scope="module")
 def three_checkpoints(tmp_path_factory):
