@@ -150,6 +150,23 @@ def test_a_resume_that_does_not_fit_is_refused_and_changes_nothing(run_copy, fla
   assert tiny_setup.fingerprint(run_copy) == before
 
 
+@pytest.mark.parametrize("flag,message", [
+    ({"train.grad_accum_steps": 3}, "config.train.batch_size=8 (8 rows a step) is not divisible "
+                                    "by config.train.grad_accum_steps=3"),
+    ({"checkpoint.best_metric": "bleu"}, "config.checkpoint.best_metric='bleu': data.task="
+                                         "'reverse' evaluates ['loss', 'accuracy', "
+                                         "'sequence_accuracy'] and per length"),
+])
+def test_a_setting_that_fails_only_later_is_refused_before_anything_changes(
+    run_copy, flag, message):
+  """The micro-batch split failed when the step was first traced, after config.json
+  and runs.jsonl had taken the value; the ranking metric at the first eval's
+  checkpoint, losing the steps trained since the last one."""
+  before = tiny_setup.fingerprint(run_copy)
+  refused(train(run_copy, **{"train.num_steps": 6, **flag}), message)
+  assert tiny_setup.fingerprint(run_copy) == before
+
+
 def test_an_unknown_variant_writes_nothing(run_copy, tmp_path):
   before = tiny_setup.fingerprint(run_copy)
   for workdir in (run_copy, tmp_path / "new"):

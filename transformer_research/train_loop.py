@@ -252,7 +252,8 @@ _NUMBER_RANGES = (
 def _check_config(config: Any, exp: experiment.Experiment) -> None:
   """Everything about the config that can fail, before anything is written:
   sizes and options of the model, optimizer and mesh (the abstract state
-  builds all three), feeding depths, batch splits, step counts, the eval split."""
+  builds all three), feeding depths, batch splits (over devices and
+  micro-batches), step counts, the eval split, the metric that ranks checkpoints."""
   pipeline.check_depth(config.data.prefetch)
   if config.eval.split not in tasks.EVAL_SPLITS:
     raise ValueError(f"config.eval.split={config.eval.split!r}: expected one of "
@@ -265,6 +266,24 @@ def _check_config(config: Any, exp: experiment.Experiment) -> None:
   exp.abstract_state  # pylint: disable=pointless-statement  (validates model, optimizer, mesh)
   sharding.check_batch_size(config.train.batch_size, exp.mesh)  # Before any compile.
   sharding.check_batch_size(config.eval.batch_size, exp.mesh, "config.eval.batch_size")
+  training.check_step_config(config, exp.mesh)
+  _check_best_metric(config)
+
+
+def _check_best_metric(config: Any) -> None:
+  """`checkpoint.best_metric` must be a metric the task's evals report; found
+  wrong only at the first eval, the steps since the last checkpoint were lost."""
+  best = config.checkpoint.best_metric
+  if not best:
+    return
+  names = tasks.spec(config.data.task).metric_names
+  plain = [n for n in names if not n.endswith("_by_length")]
+  # A per-length family reports NAME_len_05, NAME_trained_lengths, ...
+  families = [n[:-len("by_length")] for n in names if n.endswith("_by_length")]
+  if best not in plain and not any(best.startswith(f) for f in families):
+    raise ValueError(f"config.checkpoint.best_metric={best!r}: data.task="
+                     f"{config.data.task!r} evaluates {plain}" +
+                     (f" and per length {[f + '*' for f in families]}" if families else ""))
 
 
 def _check_state_finite(exp: experiment.Experiment, state: training.TrainState, step: int,

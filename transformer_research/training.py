@@ -107,20 +107,10 @@ def make_train_step(config: Any, model: Any, optimizer: optax.GradientTransforma
     A pure step. Metrics are sums (`loss_sum`, `nll_sum`, `correct_sum`) and
     `token_count`, plus `grad_norm` and `learning_rate`.
   """
+  check_step_config(config, mesh)
   accum = int(config.train.grad_accum_steps)
   smoothing = float(config.train.label_smoothing)
   partitioning = config.train.partitioning
-  if accum < 1:
-    raise ValueError(f"config.train.grad_accum_steps={accum}: expected >= 1")
-  if partitioning not in ("jit", "shard_map"):
-    raise ValueError(f"config.train.partitioning={partitioning!r}: expected 'jit' or 'shard_map'")
-  if partitioning == "shard_map":
-    if mesh is None:
-      raise ValueError("partitioning='shard_map' needs the mesh")
-    if mesh.shape["tensor"] != 1:
-      raise ValueError(f"partitioning='shard_map' maps over the batch axes only; mesh "
-                       f"tensor={mesh.shape['tensor']}: expected 1 (use 'jit' for tensor "
-                       "parallelism)")
 
   def grads_and_sums(params, batch, rng, denominator):
     """Gradient of sum(loss)/denominator and the metric sums over `batch`."""
@@ -134,9 +124,6 @@ def make_train_step(config: Any, model: Any, optimizer: optax.GradientTransforma
       return grad_fn(params, batch, rng)
 
     def split(x):
-      if x.shape[0] % accum:
-        raise ValueError(f"batch of {x.shape[0]} rows is not divisible by "
-                         f"config.train.grad_accum_steps={accum}")
       # Strided micro-batches ([B/A, A] then swap): each keeps rows from every
       # batch shard, so all devices stay busy in every micro-step.
       return jnp.swapaxes(x.reshape((x.shape[0] // accum, accum) + x.shape[1:]), 0, 1)
@@ -196,6 +183,33 @@ def make_train_step(config: Any, model: Any, optimizer: optax.GradientTransforma
     return TrainState(state.step + 1, params, opt_state, state.rng), metrics
 
   return train_step
+
+
+def check_step_config(config: Any, mesh: Mesh | None) -> None:
+  """The train step's settings, checked before a run writes anything: the
+  partitioning, and a batch (per shard, under shard_map) that splits into
+  `train.grad_accum_steps` micro-batches.
+
+  Raises:
+    ValueError naming the field and its value.
+  """
+  accum, partitioning = config.train.grad_accum_steps, config.train.partitioning
+  if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
+    raise ValueError(f"config.train.grad_accum_steps={accum!r}: expected an int >= 1")
+  if partitioning not in ("jit", "shard_map"):
+    raise ValueError(f"config.train.partitioning={partitioning!r}: expected 'jit' or 'shard_map'")
+  rows, per = config.train.batch_size, "step"
+  if partitioning == "shard_map":
+    if mesh is None:
+      raise ValueError("partitioning='shard_map' needs the mesh")
+    if mesh.shape["tensor"] != 1:
+      raise ValueError(f"partitioning='shard_map' maps over the batch axes only; mesh "
+                       f"tensor={mesh.shape['tensor']}: expected 1 (use 'jit' for tensor "
+                       "parallelism)")
+    rows, per = rows // sharding.batch_shards(mesh), "batch shard"
+  if rows % accum:
+    raise ValueError(f"config.train.batch_size={config.train.batch_size} ({rows} rows a "
+                     f"{per}) is not divisible by config.train.grad_accum_steps={accum}")
 
 
 def _fsdp_dim(spec: P) -> int | None:
