@@ -78,10 +78,10 @@ class Checkpointer:
       raise ValueError(f"config.checkpoint.max_to_keep={keep}: expected at least 1")
     policy = policies.LatestN(n=keep)
     best_fn = None
-    if checkpoint_config.best_metric:
-      metric, mode = checkpoint_config.best_metric, checkpoint_config.best_mode
-      if mode not in ("max", "min"):
-        raise ValueError(f"config.checkpoint.best_mode={mode!r}: expected 'max' or 'min'")
+    metric, mode = checkpoint_config.best_metric, checkpoint_config.best_mode
+    if mode not in ("max", "min"):  # Orbax checks it even without a metric.
+      raise ValueError(f"config.checkpoint.best_mode={mode!r}: expected 'max' or 'min'")
+    if metric:
       best_fn = lambda metrics: metrics[metric]
       # The latest `keep` stay for resuming; the best `keep` stay as results.
       policy = policies.AnyPreservationPolicy([policy, policies.BestN(

@@ -230,6 +230,7 @@ _NUMBER_RANGES = (
     ("train.profile_steps", _count(0), "0 (no trace) or a number of steps"),
     ("data.max_input_len", _count(1), "a positive number of tokens"),
     ("data.max_target_len", _count(1), "a positive number of tokens"),
+    ("data.num_buckets", _count(1), "a positive number of padded lengths"),
     ("data.max_train_examples", lambda v: v == -1 or _count(1)(v),
      "-1 (all) or a positive number of records"),
     ("train.label_smoothing", lambda v: 0 <= v < 1, "a value in [0, 1)"),

@@ -221,6 +221,10 @@ def _bad_value(override: str, message: str) -> tuple:
     _bad_value("--config.train.b1=1.5", "config.train.b1=1.5: expected a decay rate in [0, 1)"),
     _bad_value("--config.data.max_input_len=0",
                "config.data.max_input_len=0: expected a positive number of tokens"),
+    _bad_value("--config.data.num_buckets=0",
+               "config.data.num_buckets=0: expected a positive number of padded lengths"),
+    _bad_value("--config.checkpoint.best_mode=maximum",
+               "config.checkpoint.best_mode='maximum': expected 'max' or 'min'"),
     pytest.param("train.py", [f"--config={CONFIGS}/imdb.py:tiny,smoke", "--workdir={tmp}/run",
                               "--config.data.tfds_data_dir={tmp}/tfds"], 1,
                  "`pip install tensorflow-cpu` once to prepare it into {tmp}/tfds/imdb_reviews/"
