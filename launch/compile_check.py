@@ -70,15 +70,20 @@ def _check(config, topo: aot.Topology, decode_batch: int | None,
            decode: bool = True) -> tuple[bool, aot.Memory]:
   """Prints the figures of one config on `topo`; returns (fits, train memory)."""
   from transformer_research import experiment  # pylint: disable=g-import-not-at-top
+  from transformer_research import sharding  # pylint: disable=g-import-not-at-top
   exp = experiment.Experiment(config, devices=topo.devices)
   mesh = exp.mesh  # Raises on a mesh that does not match the chip count.
+  batch = decode_batch or config.eval.batch_size
+  # A batch that does not split over the mesh's batch shards: one line, not XLA's.
+  sharding.check_batch_size(config.train.batch_size, mesh)
+  sharding.check_batch_size(batch, mesh, "--decode_batch" if decode_batch else
+                            "config.eval.batch_size")
   print(f"{config.data.task} {config.model.variant}: {exp.kind}, "
         f"{aot.parameter_count(exp) / 1e6:.1f}M parameters, compute "
         f"{exp.model.options.compute_dtype.__name__}, optimizer {config.train.optimizer}; mesh "
         f"{dict(mesh.shape)} on {topo.name} ({len(topo.devices)} x {topo.devices[0].device_kind})")
   fits, train = _measure(f"train step, batch {config.train.batch_size}",
                          lambda: aot.train_step_memory(exp), topo.hbm_bytes)
-  batch = decode_batch or config.eval.batch_size
   if decode and exp.kind in ("seq2seq", "lm"):
     decode_fits, _ = _measure(f"decode, batch {batch}, beam {config.eval.beam_size}",
                               lambda: aot.decode_memory(exp, batch), topo.hbm_bytes)

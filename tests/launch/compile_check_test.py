@@ -84,6 +84,11 @@ def test_the_masked_lm_compiles_with_its_predicted_positions():
      "config.mesh.shape=(3, 1, 1) does not divide the 4 devices"),
     (["--topology=v5e:2x2", "--config.mesh.shape=(2,1,1)", "--cpu"],
      "config.mesh.shape=(2, 1, 1) uses 2 devices, but 4 are available"),
+    # A batch that does not split over the chips was XLA's multi-line sharding error.
+    (["--topology=v5e:2x2", "--config.train.batch_size=6", "--cpu"],
+     "config.train.batch_size=6 is not divisible by the 4 batch shards"),
+    (["--topology=v5e:2x2", "--decode_batch=6", "--cpu"],
+     "--decode_batch=6 is not divisible by the 4 batch shards"),
 ])
 def test_bad_input_is_one_line(args, message):
   result = check(REVERSE, *args)
