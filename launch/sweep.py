@@ -35,6 +35,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from transformer_research import cli
+from transformer_research import rundir
 from transformer_research import storage
 from transformer_research import sweep
 
@@ -74,12 +75,15 @@ def main(argv: list[str]) -> None:
     for command in commands:
       print(sweep.printable(command))
     return
-  outcomes = sweep.execute(runs, commands, parsed, workdir)
-  results = sweep.summarise(outcomes, workdir, f"Sweep of {config} in {workdir}")
-  storage.replace_text(os.path.join(workdir, "results.md"), results)
-  print(results)
-  for path in sweep.plot(outcomes, workdir):
-    print(path)
+  # One sweep per directory, as one run per run directory: a second one would
+  # find each run the first is training in use and report it failed.
+  with rundir.RunLock(workdir):
+    outcomes = sweep.execute(runs, commands, parsed, workdir)
+    results = sweep.summarise(outcomes, workdir, f"Sweep of {config} in {workdir}")
+    storage.replace_text(os.path.join(workdir, "results.md"), results)
+    print(results)
+    for path in sweep.plot(outcomes, workdir):
+      print(path)
   print(os.path.join(workdir, "results.md"), flush=True)
   failed = [o for o in outcomes if o.returncode != 0]
   if failed:

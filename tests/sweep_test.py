@@ -80,6 +80,30 @@ def test_a_run_stopped_by_its_time_budget_is_finished_and_not_started_again(tmp_
   assert _starts(tmp_path / "short") == 1
 
 
+def test_a_second_sweep_on_the_directory_is_refused_while_the_first_runs(tmp_path):
+  """The same sweep command started twice (two terminals): each found the run the
+  other was training in use, reported it failed, and both exited 1 with a results.md
+  calling a finished run failed. The second is now refused and writes nothing."""
+  command = [sys.executable, str(ROOT / "launch" / "sweep.py"), f"--config={CONFIG}",
+             f"--workdir={tmp_path}", *tiny_setup.flags(), "--sweep=model.positions=rope"]
+  first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=ROOT, env=tiny_setup.subprocess_env())
+  try:
+    deadline = time.time() + 120
+    while not (tmp_path / "lock").exists():
+      assert first.poll() is None and time.time() < deadline, first.stderr.read()[-3000:]
+      time.sleep(0.1)
+    second = _sweep(tmp_path, "--sweep=model.positions=rope")
+    _, first_err = first.communicate(timeout=300)
+  finally:
+    first.kill()
+  assert second.returncode == 1, second.stderr[-3000:]
+  assert f"error: {tmp_path} is in use by pid {first.pid} on host" in second.stderr
+  assert first.returncode == 0, first_err[-3000:]
+  assert "| positions-rope | done |" in (tmp_path / "results.md").read_text()
+  assert _starts(tmp_path / "positions-rope") == 1 and not (tmp_path / "lock").exists()
+
+
 def test_print_gives_the_train_commands_and_writes_nothing(tmp_path):
   workdir = tmp_path / "sw"
   run = _sweep(workdir, "--sweep=model.positions=learned,rope",
