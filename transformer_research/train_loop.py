@@ -285,6 +285,12 @@ def _check_best_metric(config: Any) -> None:
     raise ValueError(f"config.checkpoint.best_metric={best!r}: data.task="
                      f"{config.data.task!r} evaluates {plain}" +
                      (f" and per length {[f + '*' for f in families]}" if families else ""))
+  better = "min" if best in ("loss", "perplexity") else "max"
+  if config.checkpoint.best_mode != better:
+    raise ValueError(f"config.checkpoint.best_metric={best!r} is better "
+                     f"{'lower' if better == 'min' else 'higher'}: expected "
+                     f"config.checkpoint.best_mode={better!r} (with "
+                     f"{config.checkpoint.best_mode!r} the worst checkpoints would be kept)")
 
 
 def _check_state_finite(exp: experiment.Experiment, state: training.TrainState, step: int,

@@ -225,6 +225,10 @@ def _bad_value(override: str, message: str) -> tuple:
                "config.data.num_buckets=0: expected a positive number of padded lengths"),
     _bad_value("--config.checkpoint.best_mode=maximum",
                "config.checkpoint.best_mode='maximum': expected 'max' or 'min'"),
+    _bad_value("--config.checkpoint.best_metric=loss",  # best_mode is 'max' by default.
+               "config.checkpoint.best_metric='loss' is better lower: expected "
+               "config.checkpoint.best_mode='min' (with 'max' the worst checkpoints would be "
+               "kept)"),
     pytest.param("train.py", [f"--config={CONFIGS}/imdb.py:tiny,smoke", "--workdir={tmp}/run",
                               "--config.data.tfds_data_dir={tmp}/tfds"], 1,
                  "`pip install tensorflow-cpu` once to prepare it into {tmp}/tfds/imdb_reviews/"
