@@ -25,6 +25,13 @@ or, for a script that reads a run (evaluate.py, translate.py, export.py):
                           training in the directory saves a newer checkpoint and
                           deletes an old one (config.checkpoint.max_to_keep)
 
+or, at a terminal (SIGINT raising KeyboardInterrupt):
+
+    swallowed_ctrl_c=0    a Ctrl-C while the task is built (train.py's start-up,
+                          before the loop takes Ctrl-C over), whose
+                          KeyboardInterrupt a C extension swallows and turns into
+                          another error, as dm-tree did under SentencePiece training
+
 Faults hook Orbax's commit (the rename of a step's temporary directory), the
 one metrics writer and the loop module's `time`, so nothing in the project is
 changed for the test.
@@ -35,6 +42,7 @@ import os
 import runpy
 import signal
 import sys
+import time
 
 
 def _die() -> None:
@@ -97,6 +105,21 @@ def _save_over_when_read(step: int) -> None:
   checkpointing.restore_params = rename_then_restore
 
 
+def _swallow_ctrl_c(_) -> None:
+  from transformer_research.data import tasks  # pylint: disable=g-import-not-at-top
+  build = tasks.build
+
+  def interrupted_build(*args, **kwargs):
+    try:
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(5)  # The handler runs here, and raises KeyboardInterrupt.
+    except KeyboardInterrupt:
+      raise AttributeError("'str' object has no attribute 'keys'") from None
+    return build(*args, **kwargs)
+
+  tasks.build = interrupted_build
+
+
 def main(fault: str, script: str, *args: str) -> None:
   name, value = fault.split("=")
   if name == "clock_tick":
@@ -108,7 +131,7 @@ def main(fault: str, script: str, *args: str) -> None:
            "kill_after_commit": lambda n: _hook_commit(n, before=False),
            "kill_after_record": lambda n: _hook_record(n, torn=False),
            "torn_record": lambda n: _hook_record(n, torn=True),
-           "saved_over": _save_over_when_read}
+           "saved_over": _save_over_when_read, "swallowed_ctrl_c": _swallow_ctrl_c}
   if name not in hooks:
     raise SystemExit(f"fault={fault!r}: expected one of {sorted(hooks)}=STEP or clock_tick=S")
   hooks[name](int(value))

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import jax
@@ -83,6 +84,20 @@ def test_a_stop_signal_checkpoints_its_step_and_the_rerun_resumes(tmp_path, stop
                          timeout=300)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f"checkpoints step {saved[0]}; training from step {saved[0]} to" in rerun.stderr
+
+
+def test_a_ctrl_c_a_library_turned_into_another_error_is_still_a_ctrl_c(tmp_path):
+  """Ctrl-C during SentencePiece training printed dm-tree's `AttributeError: 'str'
+  object has no attribute 'keys'` with a traceback: the KeyboardInterrupt was
+  swallowed in C code. The fault does the same while the task is built."""
+  fault = [sys.executable, str(tiny_setup.ROOT / "tests" / "fault_injection.py"),
+           "swallowed_ctrl_c=0", *tiny_setup.train_command(tmp_path)[1:]]
+  run = subprocess.run(tiny_setup.as_at_a_terminal(fault), env=tiny_setup.subprocess_env(),
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == -signal.SIGINT, run.stderr[-3000:]
+  assert "Traceback" not in run.stderr, run.stderr[-3000:]
+  assert run.stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C)"
+  assert not (tmp_path / "config.json").exists()  # Stopped before the run was accepted.
 
 
 def test_a_second_ctrl_c_interrupts_at_once_and_an_ignored_one_is_left_alone():

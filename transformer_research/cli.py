@@ -7,7 +7,8 @@ and configs, 1 for everything else; `--verbose` (or
 `TRANSFORMER_RESEARCH_TRACEBACK=1`) shows the traceback instead. Anything else
 (a bug) keeps its traceback. Ctrl-C is one line too, and the process then ends
 as killed by SIGINT (status 130 in a shell); train.py checkpoints first
-(`train_loop`).
+(`train_loop`). An error a library raised after swallowing a Ctrl-C
+(`runtime.remember_ctrl_c`) is reported as the Ctrl-C.
 
 Library logs are kept readable: Orbax's per-save INFO lines are dropped, so
 are its notices that a checkpoint directory was opened read-only, and so are
@@ -27,6 +28,7 @@ from absl import flags
 from absl import logging
 
 from transformer_research import rundir
+from transformer_research import runtime
 
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of an error instead of one "
                              "line (also: TRANSFORMER_RESEARCH_TRACEBACK=1).")
@@ -97,6 +99,7 @@ def _flag_error(error: BaseException, argv: list[str]) -> str:
 def _main(main: Callable[[list[str]], None], argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_quiet_orbax)
   sys.unraisablehook = _quiet_closed_loops
+  runtime.remember_ctrl_c()
   try:
     main(argv)
   except app.UsageError:
@@ -109,6 +112,11 @@ def _main(main: Callable[[list[str]], None], argv: list[str]) -> None:
     if _verbose():
       raise
     _interrupted(one_line(e) if str(e) else "interrupted (Ctrl-C)")
+  except Exception:  # pylint: disable=broad-except
+    # A Ctrl-C that a C extension swallowed and turned into another error.
+    if runtime.ctrl_c_seen() and not _verbose():
+      _interrupted("interrupted (Ctrl-C)")
+    raise
 
 
 def _interrupted(message: str) -> NoReturn:

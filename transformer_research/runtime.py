@@ -24,12 +24,20 @@ the decoder the run's training evals compiled. `launch/train.py`,
 warning, not an error (JAX treats a cache it cannot write as a miss).
 `JAX_COMPILATION_CACHE_DIR` names a cache of the user's own instead (one
 shared by every run of a machine, as the test suite sets it up).
+
+`remember_ctrl_c()`: Ctrl-C still raises KeyboardInterrupt, and is also
+remembered (`ctrl_c_seen()`). A KeyboardInterrupt raised while a C extension
+calls back into Python can be swallowed there and come out as another error
+(SentencePiece training, whose text iterator opens a TFDS source through
+dm-tree, gave `AttributeError: 'str' object has no attribute 'keys'`); the
+entry point (`cli`) then still reports the Ctrl-C, not that error.
 """
 
 import ctypes
 import ctypes.util
 import logging
 import os
+import signal
 
 from etils import epath
 import jax
@@ -65,3 +73,30 @@ def cache_compilations(workdir: str) -> None:
   jax.config.update("jax_compilation_cache_dir", str(epath.Path(workdir) / "compilation_cache"))
   if not os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+_ctrl_c = {"seen": False}
+
+
+def _remember_then_interrupt(signum, frame) -> None:
+  _ctrl_c["seen"] = True
+  signal.default_int_handler(signum, frame)
+
+
+def remember_ctrl_c() -> None:
+  """Installs the handler of the module docstring where Python's own handles
+  SIGINT (not where SIGINT is ignored, as in a background job)."""
+  if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _remember_then_interrupt)
+
+
+def ctrl_c_raises() -> bool:
+  """Whether Ctrl-C raises KeyboardInterrupt here: Python's handler or
+  `remember_ctrl_c`'s (an interactive run, not an ignored or hosted SIGINT)."""
+  return signal.getsignal(signal.SIGINT) in (signal.default_int_handler,
+                                             _remember_then_interrupt)
+
+
+def ctrl_c_seen() -> bool:
+  """Whether a Ctrl-C reached `remember_ctrl_c`'s handler."""
+  return _ctrl_c["seen"]

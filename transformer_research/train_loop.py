@@ -47,6 +47,7 @@ from transformer_research import experiment
 from transformer_research import flops as flops_lib
 from transformer_research import metrics as metrics_lib
 from transformer_research import rundir
+from transformer_research import runtime
 from transformer_research import sharding
 from transformer_research import training
 from transformer_research import warm_start
@@ -495,7 +496,7 @@ class _Preemption:
     try:
       if not self.multi:
         self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
-      if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+      if runtime.ctrl_c_raises():
         self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
     except ValueError:  # Not the main thread: leave signals alone.
       logging.warning("not in the main thread: SIGTERM will not checkpoint")
