@@ -210,9 +210,13 @@ def plot_workdirs(workdirs: Sequence[str], out_dir: str | None = None) -> list[s
   Raises:
     ValueError: a workdir has no metrics.jsonl or no records, or several
       runs without `out_dir`.
+    NotADirectoryError: `out_dir` is a file.
   """
   if not workdirs:
     raise ValueError("workdirs=[]: expected at least one run directory")
+  if out_dir is not None and epath.Path(out_dir).is_file():
+    raise NotADirectoryError(f"out_dir={out_dir!r} is a file: expected a directory for the "
+                             "PNGs (new or existing)")
   if len(workdirs) > 1 and out_dir is None:
     raise ValueError(f"{len(workdirs)} run directories: expected --out_dir for the overlaid "
                      "plots (they belong to none of the runs)")

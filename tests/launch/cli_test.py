@@ -129,6 +129,11 @@ def test_plot_writes_pngs(workdir, tmp_path):
   written = sorted(p.name for p in tmp_path.glob("*.png"))
   assert {"loss.png", "accuracy.png", "per_length_accuracy.png"} <= set(written)
   assert all((tmp_path / name).stat().st_size > 1000 for name in written)
+  # A file given as --out_dir was `[Errno 17] File exists` (from mkdir).
+  refused = cli("plot.py", f"--workdir={workdir}", f"--out_dir={tmp_path / 'loss.png'}")
+  assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1] == (
+      f"error: out_dir='{tmp_path / 'loss.png'}' is a file: expected a directory for the PNGs "
+      "(new or existing)"), refused.stderr[-2000:]
 
 
 def test_scores_of_one_step_decoded_two_ways_stay_apart(workdir, tmp_path):
