@@ -315,7 +315,7 @@ def _fitted(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | N
     mesh = sharding.make_mesh(fitted.mesh, devices)
     logging.info("the run trained on another mesh (%s): reading it with data parallelism over "
                  "the %d devices here", e, mesh.devices.size)
-  multiple = math.lcm(sharding.batch_shards(mesh), jax.process_count())
+  multiple = sharding.batch_multiple(mesh)
   if fitted.eval.batch_size % multiple:
     rounded = -(-fitted.eval.batch_size // multiple) * multiple
     logging.info("config.eval.batch_size=%d read as %d: a multiple of the %d batch shards here",

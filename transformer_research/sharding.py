@@ -20,6 +20,7 @@ its shape and the axis: a layout is never silently different from the rules.
 """
 
 import logging
+import math
 import re
 from typing import Any, Sequence
 
@@ -208,12 +209,18 @@ def batch_shards(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
+def batch_multiple(mesh: Mesh) -> int:
+  """What a global batch's rows must be a multiple of: its batch shards and
+  the processes that each load a share."""
+  return math.lcm(batch_shards(mesh), jax.process_count())
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "config.train.batch_size") -> None:
   """Fails before compiling when the global batch cannot split evenly."""
   if not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f"{name}={batch_size!r}: expected a positive number of rows")
   shards = batch_shards(mesh)
-  if batch_size % shards or batch_size % jax.process_count():
+  if batch_size % batch_multiple(mesh):
     raise ValueError(
         f"{name}={batch_size} is not divisible by the {shards} batch shards "
         f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}) and the "
