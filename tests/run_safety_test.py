@@ -314,6 +314,32 @@ def test_evaluate_records_survive_a_resume(run_copy):
       (s, split) for s in (2, 4) for split in ("train", "validation")]
 
 
+def test_a_record_appended_after_a_kill_mid_line_is_kept_whole(run_copy):
+  """A kill can leave the last line of metrics.jsonl (or runs.jsonl) half-written.
+  The next record appended there (evaluate.py's, the resume's start) must start a
+  line of its own: merged into the fragment, it was dropped with it on resume."""
+  for name in ("metrics.jsonl", "runs.jsonl"):  # As a kill inside a write leaves them.
+    path = run_copy / name
+    path.write_text(path.read_text()[:-40])
+  evaluate = subprocess.run([sys.executable, str(tiny_setup.ROOT / "launch" / "evaluate.py"),
+                             f"--workdir={run_copy}", "--split=test"],
+                            capture_output=True, text=True, timeout=300)
+  assert evaluate.returncode == 0, evaluate.stderr[-2000:]
+  plot = subprocess.run([sys.executable, str(tiny_setup.ROOT / "launch" / "plot.py"),
+                         f"--workdir={run_copy}", f"--out_dir={run_copy / 'plots'}"],
+                        capture_output=True, text=True, timeout=300)
+  assert plot.returncode == 0, plot.stderr[-2000:]
+  assert "metrics.jsonl:4 is not a record (cut short by a kill?); skipped" in plot.stderr
+
+  resumed = ok(train(run_copy, **{"train.num_steps": 6}))
+  assert "metrics.jsonl:4 is not a record (cut short by a kill?); dropped" in resumed.stderr
+  rows = tiny_setup.records(run_copy)  # Strict: the fragment is gone, every line whole.
+  assert [(r["step"], r.get("writer")) for r in rows if r["split"] == "test"] == [
+      (4, "evaluate.py")]
+  starts = (run_copy / "runs.jsonl").read_text().splitlines()
+  assert len(starts) == 2 and json.loads(starts[1])["origin"].endswith("step 4"), starts
+
+
 def test_a_damaged_config_json_is_named_and_nothing_changes(run_copy):
   """A hand edit gone wrong (or a damaged disk): the JSON error names the file and
   the line, for a resume and for a reader, and the run directory stays as it was."""

@@ -24,3 +24,13 @@ def test_a_failed_replace_keeps_the_old_file_and_leaves_no_partial_one(tmp_path,
   monkeypatch.undo()
   assert path.read_text() == "old\n"
   assert os.listdir(tmp_path) == ["metrics.jsonl"]
+
+
+def test_a_line_appended_after_a_cut_one_starts_a_line_of_its_own(tmp_path):
+  path = tmp_path / "runs.jsonl"
+  storage.append_line(path, "first")
+  storage.append_line(path, "second")
+  with open(path, "a") as f:
+    f.write('{"cut sh')  # A kill mid-write.
+  storage.append_line(path, "third")
+  assert path.read_text().splitlines() == ["first", "second", '{"cut sh', "third"]

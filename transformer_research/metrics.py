@@ -17,6 +17,7 @@ and TensorBoard event files are uploaded whole at each flush.
 
 import io
 import json
+import logging
 import math
 from typing import Any
 
@@ -99,13 +100,14 @@ class MetricsWriter:
       return
     lines = [line + "\n" for line in self.path.read_text().splitlines() if line.strip()]
     kept = []
-    for line in lines:
+    for number, line in enumerate(lines, 1):
       try:
         record = json.loads(line)
         if record["step"] <= step or "writer" in record:
-          kept.append(line if line.endswith("\n") else line + "\n")
+          kept.append(line)
       except (json.JSONDecodeError, KeyError, TypeError):  # A line cut by a kill.
-        continue
+        logging.warning("%s:%d is not a record (cut short by a kill?); dropped: %r",
+                        self.path, number, line[:80])
     if kept == lines:
       return  # Nothing to drop: leave the file as it is.
     storage.replace_text(self.path, "".join(kept))

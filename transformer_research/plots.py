@@ -16,6 +16,7 @@ Files go through `etils.epath`, so the workdirs and out_dir may be buckets.
 
 import collections
 import json
+import logging
 import os
 import re
 from typing import Any, Sequence
@@ -41,17 +42,18 @@ LENGTH_KEY = re.compile(r"^sequence_accuracy_len_(\d+)$")
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
-  """Parses metrics.jsonl; a torn last line (a run killed mid-write) is skipped."""
+  """Parses metrics.jsonl. A line a kill cut short is skipped with a warning:
+  it stays a line of its own, at the end or (once another record was
+  appended after it) in the middle, until a resume of the run drops it."""
   records = []
-  lines = epath.Path(path).read_text().splitlines()
-  for i, line in enumerate(lines):
+  for number, line in enumerate(epath.Path(path).read_text().splitlines(), 1):
     if not line.strip():
       continue
     try:
       records.append(json.loads(line))
     except json.JSONDecodeError:
-      if i != len(lines) - 1:
-        raise ValueError(f"{path}:{i + 1}: not a JSON object: {line[:80]!r}")
+      logging.warning("%s:%d is not a record (cut short by a kill?); skipped: %r", path,
+                      number, line[:80])
   return records
 
 

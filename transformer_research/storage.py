@@ -81,13 +81,22 @@ def append_line(path: str | os.PathLike, line: str) -> None:
 
   Local files are opened for appending, so a kill loses at most the line being
   written. Object stores (gs://) have no append: the object is rewritten whole.
+  A file whose last line a kill cut short gets a newline first: the fragment
+  stays a line of its own (readers skip it) instead of swallowing this one.
   """
   path = epath.Path(path)
   if not is_remote(path):
-    with path.open("a") as f:
-      f.write(line + "\n")
+    with open(os.fspath(path), "a+b") as f:  # Writes go to the end; reads may seek.
+      end = f.seek(0, os.SEEK_END)
+      if end:
+        f.seek(end - 1)
+        if f.read(1) != b"\n":
+          line = "\n" + line
+      f.write((line + "\n").encode())
     return
   old = path.read_text() if path.exists() else ""
+  if old and not old.endswith("\n"):
+    old += "\n"
   path.write_text(old + line + "\n")
 
 
