@@ -17,7 +17,9 @@ Shared overrides are written `--config.FIELD=VALUE`, as for train.py.
 Each run is `launch/train.py --config=... --workdir=WORKDIR/<name>`, the
 shared overrides, then the run's; its output goes to WORKDIR/<name>/train.log
 and one line per run to the console. Every command is parsed before the first
-run starts, so a misspelt field stops the sweep before anything trains.
+run starts, and its config checked as train.py checks it before writing anything,
+so a misspelt field or a value train.py would refuse stops the sweep before
+anything trains.
 Rerunning the same command skips finished runs and resumes the others. A
 failed run is reported (name, exit status, its error line, log) and the sweep
 goes on. At the end WORKDIR/results.md (printed too) has one row per run:

@@ -30,37 +30,40 @@ def _starts(run_dir) -> int:
 
 
 def test_a_sweep_trains_each_run_reports_a_failed_one_and_reruns_nothing_finished(tmp_path):
-  """One good run and one whose value train.py refuses: the good one trains and is in the
-  table and the plots, the failed one is named with its exit status and log, the sweep exits 1.
-  Rerunning the command starts no training of the finished run."""
-  first = _sweep(tmp_path, "--sweep=model.positions=sinusoidal,bogus")
+  """One good run and one that train.py stops (its warm-start source does not exist: only
+  the run can find out): the good one trains and is in the table and the plots, the failed
+  one is named with its exit status and log, the sweep exits 1. Rerunning the command starts
+  no training of the finished run."""
+  plan = ["--run=plain:", f"--run=warm: checkpoint.init_from={tmp_path / 'no_run'}"]
+  first = _sweep(tmp_path, *plan)
   assert first.returncode == 1, first.stderr[-3000:]
-  good, bad = tmp_path / "positions-sinusoidal", tmp_path / "positions-bogus"
+  good, bad = tmp_path / "plain", tmp_path / "warm"
   assert (good / "checkpoints" / "4").is_dir()
-  assert "[2/2] positions-bogus: FAILED with exit status 1: error: model.positions='bogus'" in (
-      first.stdout)
-  assert (f"error: 1 of 2 runs failed: positions-bogus (exit 1, log {bad / 'train.log'})"
+  assert ("[2/2] warm: FAILED with exit status 1: error: config.checkpoint.init_from="
+          f"'{tmp_path / 'no_run'}': no checkpoint found there") in first.stdout
+  assert (f"error: 1 of 2 runs failed: warm (exit 1, log {bad / 'train.log'})"
           in first.stderr)
-  assert "model.positions='bogus'" in (bad / "train.log").read_text()
+  assert "no checkpoint found there" in (bad / "train.log").read_text()
   results = (tmp_path / "results.md").read_text()
   assert results in first.stdout
   main_table = results.split("\n\n")[1]  # The title, this table, then the per-length ones.
   rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in main_table.splitlines()
-          if line.startswith("| positions-")}
-  assert rows["positions-sinusoidal"][1:4] == ["done", "`model.positions=sinusoidal`", "4"]
-  assert rows["positions-bogus"][1:4] == ["failed (exit 1)", "`model.positions=bogus`", ""]
+          if line.startswith(("| plain", "| warm"))}
+  assert rows["plain"][1:4] == ["done", "", "4"]
+  assert rows["warm"][1:4] == [
+      "failed (exit 1)", f"`checkpoint.init_from={tmp_path / 'no_run'}`", ""]
   header = main_table.splitlines()[0]
   assert "validation loss" in header and "validation sequence_accuracy" in header
   assert "_len_" not in header and "sequence_accuracy by length" in results
   assert {"loss.png", "accuracy.png"} <= set(os.listdir(tmp_path / "plots"))
 
-  second = _sweep(tmp_path, "--sweep=model.positions=sinusoidal,bogus")
+  second = _sweep(tmp_path, *plan)
   assert second.returncode == 1
-  assert "[1/2] positions-sinusoidal: finished earlier (step 4), not run again" in second.stdout
+  assert "[1/2] plain: finished earlier (step 4), not run again" in second.stdout
   assert _starts(good) == 1  # train.py was not started again.
   attempts = [json.loads(line) for line in (tmp_path / "sweep.jsonl").read_text().splitlines()]
   assert [(a["name"], a["returncode"]) for a in attempts] == [
-      ("positions-sinusoidal", 0), ("positions-bogus", 1), ("positions-bogus", 1)]
+      ("plain", 0), ("warm", 1), ("warm", 1)]
 
 
 def test_a_run_stopped_by_its_time_budget_is_finished_and_not_started_again(tmp_path):
@@ -126,6 +129,12 @@ def test_print_gives_the_train_commands_and_writes_nothing(tmp_path):
     ([], "nothing to run: expected --sweep=", 1),
     (["--sweep=model.positionz=rope,learned"],
      "run 'positionz-rope': KeyError: 'positionz' Did you mean \"positions\"", 1),
+    # A value train.py would refuse, in the last run: found before the first trains.
+    (["--sweep=model.positions=rope,bogus"],
+     "run 'positions-bogus': model.positions='bogus'; expected one of ['learned', ", 1),
+    (["--run=a:", "--run=b: train.grad_accum_steps=3"],
+     "run 'b': config.train.batch_size=8 (8 rows a step) is not divisible by "
+     "config.train.grad_accum_steps=3", 1),
     (["--workdir="], "--workdir='': expected a sweep directory", 1),
     (["--sweep=model.positions=rope"], "Flag --workdir must have a value", 2),
 ])
@@ -192,6 +201,20 @@ def test_ctrl_c_stops_the_sweep_after_the_run_checkpoints_and_a_rerun_resumes_it
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   starts = [json.loads(line) for line in (tmp_path / "positions-learned" / "runs.jsonl").open()]
   assert len(starts) == 2 and f"step {saved[0]}" in starts[1]["origin"], starts[1]["origin"]
+
+
+def test_checking_the_runs_configs_starts_no_jax_backend():
+  """The sweep checks every run's config in its own process: a backend started there
+  would hold a TPU host's chips, and each run's train.py could not get them."""
+  check = ("from jax._src import xla_bridge\n"
+           "from transformer_research import sweep\n"
+           "for spec in ('wmt_spa.py', 'imdb.py:cpu', 'lm_imdb.py', 'addition.py:index_hints'):\n"
+           "  sweep.parse_config(sweep.Run('run', ()), ['python', 'train.py',\n"
+           "                                            f'--config=configs/{spec}'])\n"
+           "assert not xla_bridge.backends_are_initialized()\n")
+  run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT, env=tiny_setup.subprocess_env())
+  assert run.returncode == 0, run.stderr[-3000:]
 
 
 def test_grid_names_and_order():

@@ -17,8 +17,10 @@ dotted config fields), built from two kinds of flag of `launch/sweep.py`:
 
 The same field twice in one run, or a name twice, is an error before
 anything runs. Every run's command is parsed by config_flags up front (in
-`launch/sweep.py`), so a misspelt field fails before the first run trains;
-values that only the model can judge fail in that run.
+`launch/sweep.py`) and its config checked as train.py checks it before it
+writes anything, so a misspelt field or a value train.py would refuse fails
+before the first run trains; what depends on the devices or the data (the mesh,
+the data paths, a warm start's source) fails in that run.
 
 Each run trains in `SWEEPDIR/<name>/` (its log: `SWEEPDIR/<name>/train.log`);
 `SWEEPDIR/sweep.jsonl` records every attempt (command, exit status, wall
@@ -51,6 +53,7 @@ from transformer_research import configs
 from transformer_research import plots
 from transformer_research import rundir
 from transformer_research import storage
+from transformer_research import train_loop
 
 _KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -216,11 +219,14 @@ def train_command(train_script: str, config: str, sweep_dir: str, shared: Sequen
 
 
 def parse_config(run: Run, command: Sequence[str]) -> Any:
-  """The config `command` will train, parsed by config_flags as train.py parses it.
+  """The config `command` will train, parsed by config_flags as train.py parses
+  it, and checked as train.py checks it before it writes anything (the checks
+  that need neither devices nor data: `train_loop.check_settings`), so a bad
+  value stops the sweep before its first run, not when its turn comes.
 
   Raises:
     ValueError: naming the run, with config_flags' message (an unknown field,
-      a value of the wrong type).
+      a value of the wrong type) or the value train.py would refuse.
   """
   argv = [command[1]] + [arg for arg in command[2:] if OVERRIDE.match(arg) or
                          arg.startswith("--config=")]
@@ -229,12 +235,16 @@ def parse_config(run: Run, command: Sequence[str]) -> Any:
                                            sys_argv=argv)
   try:
     values(argv)
-    return holder.value
   except Exception as e:  # pylint: disable=broad-except  (flags, config files, config values)
     while e.args and isinstance(e.args[0], BaseException):
       e = e.args[0]  # ConfigDict wraps a KeyError in an AttributeError.
     text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
     raise ValueError(f"run {run.name!r}: {type(e).__name__}: {' '.join(text.split())}") from None
+  try:
+    train_loop.check_settings(holder.value)
+  except ValueError as e:
+    raise ValueError(f"run {run.name!r}: {e}") from None
+  return holder.value
 
 
 def printable(command: Sequence[str]) -> str:

@@ -46,6 +46,8 @@ from transformer_research import evaluation
 from transformer_research import experiment
 from transformer_research import flops as flops_lib
 from transformer_research import metrics as metrics_lib
+from transformer_research import models
+from transformer_research import optim
 from transformer_research import rundir
 from transformer_research import runtime
 from transformer_research import sharding
@@ -251,11 +253,16 @@ _NUMBER_RANGES = (
 )
 
 
-def _check_config(config: Any, exp: experiment.Experiment) -> None:
-  """Everything about the config that can fail, before anything is written:
-  sizes and options of the model, optimizer and mesh (the abstract state
-  builds all three), feeding depths, batch splits (over devices and
-  micro-batches), step counts, the eval split, the metric that ranks checkpoints."""
+def check_settings(config: Any) -> None:
+  """What `_check_config` checks of `config` alone, with no devices and no
+  data: the task, the options and sizes of the model and optimizer, feeding
+  depths, step counts, micro-batches, the eval split, the metric that ranks
+  checkpoints. `launch/sweep.py` checks every run's config with it before the
+  first run trains, without starting a JAX backend (its runs need the devices).
+
+  Raises:
+    ValueError naming the field and its value.
+  """
   pipeline.check_depth(config.data.prefetch)
   if config.eval.split not in tasks.EVAL_SPLITS:
     raise ValueError(f"config.eval.split={config.eval.split!r}: expected one of "
@@ -265,11 +272,24 @@ def _check_config(config: Any, exp: experiment.Experiment) -> None:
     value = config[section][field]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
       raise ValueError(f"config.{name}={value!r}: expected {expected}")
+  vocab = tasks.vocab_sizes(config)
+  models.build(config.model, tasks.spec(config.data.task).kind, input_vocab_size=vocab.input,
+               target_vocab_size=vocab.target, num_classes=vocab.num_classes,
+               platform="cpu")  # Any platform: only the options are checked.
+  optim.make_optimizer(config.train)
+  training.check_step_config(config, mesh=None)
+  _check_best_metric(config)
+
+
+def _check_config(config: Any, exp: experiment.Experiment) -> None:
+  """Everything about the config that can fail, before anything is written:
+  `check_settings`, then what depends on the devices: the mesh (the abstract
+  state builds it with the model and optimizer) and the batch splits over it."""
+  check_settings(config)
   exp.abstract_state  # pylint: disable=pointless-statement  (validates model, optimizer, mesh)
   sharding.check_batch_size(config.train.batch_size, exp.mesh)  # Before any compile.
   sharding.check_batch_size(config.eval.batch_size, exp.mesh, "config.eval.batch_size")
   training.check_step_config(config, exp.mesh)
-  _check_best_metric(config)
 
 
 def _check_best_metric(config: Any) -> None:

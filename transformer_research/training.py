@@ -108,6 +108,8 @@ def make_train_step(config: Any, model: Any, optimizer: optax.GradientTransforma
     `token_count`, plus `grad_norm` and `learning_rate`.
   """
   check_step_config(config, mesh)
+  if config.train.partitioning == "shard_map" and mesh is None:
+    raise ValueError("partitioning='shard_map' needs the mesh")
   accum = int(config.train.grad_accum_steps)
   smoothing = float(config.train.label_smoothing)
   partitioning = config.train.partitioning
@@ -188,7 +190,8 @@ def make_train_step(config: Any, model: Any, optimizer: optax.GradientTransforma
 def check_step_config(config: Any, mesh: Mesh | None) -> None:
   """The train step's settings, checked before a run writes anything: the
   partitioning, and a batch (per shard, under shard_map) that splits into
-  `train.grad_accum_steps` micro-batches.
+  `train.grad_accum_steps` micro-batches. Without a mesh (a config checked
+  before its devices are known), the whole batch must split.
 
   Raises:
     ValueError naming the field and its value.
@@ -199,9 +202,7 @@ def check_step_config(config: Any, mesh: Mesh | None) -> None:
   if partitioning not in ("jit", "shard_map"):
     raise ValueError(f"config.train.partitioning={partitioning!r}: expected 'jit' or 'shard_map'")
   rows, per = config.train.batch_size, "step"
-  if partitioning == "shard_map":
-    if mesh is None:
-      raise ValueError("partitioning='shard_map' needs the mesh")
+  if partitioning == "shard_map" and mesh is not None:
     if mesh.shape["tensor"] != 1:
       raise ValueError(f"partitioning='shard_map' maps over the batch axes only; mesh "
                        f"tensor={mesh.shape['tensor']}: expected 1 (use 'jit' for tensor "
