@@ -12,6 +12,7 @@ import sys
 
 from absl import flags
 
+from transformer_research import batching
 from transformer_research import cli
 from transformer_research import experiment
 from transformer_research import inference
@@ -32,11 +33,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "LM sampling seed.")
 
 
 def main(argv: list[str]) -> None:
-  texts = argv[1:]
-  if not texts:
-    if sys.stdin.isatty():
-      print("reading one text per line from stdin (Ctrl-D to end)", file=sys.stderr)
-    texts = sys.stdin.read().splitlines()
+  if len(argv) == 1 and sys.stdin.isatty():
+    print("reading one text per line from stdin (Ctrl-D to end)", file=sys.stderr)
+  texts = batching.input_texts(argv[1:], sys.stdin.buffer)
   if not any(t.strip() for t in texts):
     raise ValueError("empty input: expected a text argument or one text per line on stdin.")
   runtime.keep_freed_memory()  # Before the jax backend starts (see runtime.py).

@@ -11,12 +11,14 @@ each batch stops at twice its width (`first_pass_steps`); the few rows it
 leaves unfinished are decoded again in full (`decode`).
 
 NumPy only (no jax, no Haiku, no config), so that `launch/translate.py`
-(through `inference`) and the exported translator (`serve.py`) plan the same
-batches from the same sentences, and therefore decode the same tokens.
+(through `inference`) and the exported translator (`serve.py`) read the same
+sentences from the same input (`text_lines`), plan the same batches from them,
+and therefore decode the same tokens.
 """
 
 import logging
-from typing import Callable, Sequence
+import os
+from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 
@@ -160,3 +162,33 @@ def on_non_blank(texts: Sequence[str], fn: Callable[[list[str]], list[str]]) -> 
   for i, out in zip(keep, fn([texts[i].strip() for i in keep])):
     result[i] = out
   return result
+
+
+def text_lines(data: bytes, name: str) -> list[str]:
+  """The lines of a user's text file (or stdin): see `_decoded`."""
+  return _decoded(data, name).splitlines()
+
+
+def input_texts(arguments: Sequence[str], stdin: BinaryIO) -> list[str]:
+  """The texts of a command line: its arguments, else one per line of stdin."""
+  if arguments:  # Bytes that are not UTF-8 reach Python as surrogates; fsencode undoes that.
+    return [_decoded(os.fsencode(a), f"argument {i}") for i, a in enumerate(arguments, 1)]
+  return text_lines(stdin.read(), "stdin")
+
+
+def _decoded(data: bytes, name: str) -> str:
+  """A user's text: UTF-8, a leading byte-order mark dropped (editors on
+  Windows write one).
+
+  Raises:
+    ValueError: bytes that are not UTF-8, naming `name`, the line and the byte
+      (else a traceback from the tokenizer's C++ code, or Python's message
+      without the line).
+  """
+  try:
+    return data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    where = f"{name} line {line}" if b"\n" in data else name
+    raise ValueError(f"{where}: byte {data[e.start]:#04x} is not UTF-8 text; "
+                     "expected UTF-8 (convert it, e.g. iconv -f latin1 -t utf-8)") from None

@@ -33,6 +33,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import sacrebleu
 
+from transformer_research import batching
 from transformer_research import experiment
 from transformer_research import inference
 from transformer_research import metrics as metrics_lib
@@ -246,8 +247,8 @@ def read_pairs(source_file: str, reference_file: str | None) -> list[dict[str, s
     raise ValueError(f"source_file={source_file!r} without a reference_file: expected the "
                      "references to score against, one line per source, tab-separated "
                      "(launch/translate.py translates without scoring)")
-  sources = epath.Path(source_file).read_text(encoding="utf-8").splitlines()
-  references = epath.Path(reference_file).read_text(encoding="utf-8").splitlines()
+  sources = batching.text_lines(epath.Path(source_file).read_bytes(), source_file)
+  references = batching.text_lines(epath.Path(reference_file).read_bytes(), reference_file)
   if len(sources) != len(references):
     raise ValueError(f"{source_file} has {len(sources)} lines and {reference_file} "
                      f"{len(references)}: expected one line of references per source")

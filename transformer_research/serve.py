@@ -138,8 +138,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("directory", help="export directory (launch/export.py --out)")
   parser.add_argument("texts", nargs="*", help="sentences; none = one per line on stdin")
   args = parser.parse_args(argv)
-  texts = args.texts or sys.stdin.read().splitlines()
   try:
+    texts = batching.input_texts(args.texts, sys.stdin.buffer)
     translations = load_exported(args.directory)(texts)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None

@@ -164,6 +164,33 @@ def test_bad_reference_files_are_named(tmp_path):
     evaluation.read_pairs(source, str(tmp_path / "gap.txt"))
 
 
+def test_text_that_is_not_utf8_is_one_line_naming_where_it_is(run_dir, exported, tmp_path):
+  """A Latin-1 line on stdin stopped translate.py and serve with a traceback from
+  SentencePiece's C++ binding; in a file given to evaluate.py, with Python's decode
+  message, which names neither the file nor the line. A BOM is not part of the text."""
+  latin1 = "the red cat.\nel niño.\n".encode("latin-1")
+  expected = "error: stdin line 2: byte 0xf1 is not UTF-8 text; expected UTF-8 (convert it"
+  for command in (["launch/translate.py", f"--workdir={run_dir}"],
+                  ["-m", "transformer_research.serve", exported]):
+    result = cli(*command, stdin=latin1)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-3000:]
+  argument = cli("launch/translate.py", f"--workdir={run_dir}", "the cat.",
+                 os.fsdecode("el niño.".encode("latin-1")))
+  assert argument.stderr.strip().splitlines()[-1].startswith(
+      "error: argument 2: byte 0xf1 is not UTF-8 text"), argument.stderr[-3000:]
+
+  source, reference = write_pairs(tmp_path)
+  pathlib.Path(reference).write_bytes("el gato rojo.\ndónde está mi coche?\n".encode("latin-1"))
+  result = cli("launch/evaluate.py", f"--workdir={run_dir}", f"--source_file={source}",
+               f"--reference_file={reference}")
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f"error: {reference} line 2: byte 0xf3 is not UTF-8 text"), result.stderr[-3000:]
+  pathlib.Path(reference).write_bytes(b"\xef\xbb\xbf" + "el gato rojo.\nun coche.\n".encode())
+  assert evaluation.read_pairs(source, reference)[0]["targets"] == "el gato rojo."
+
+
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("export"))
@@ -261,9 +288,14 @@ def test_export_refuses_a_directory_that_is_not_an_export(run_dir, tmp_path):
   assert sorted(str(p) for p in pathlib.Path(run_dir).rglob("*")) == before
 
 
-def cli(*args: str, env=None) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
-                        cwd=REPO, env=env)
+def cli(*args: str, env=None, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+  if stdin is None:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
+                          cwd=REPO, env=env)
+  run = subprocess.run([sys.executable, *args], capture_output=True, input=stdin, timeout=600,
+                       cwd=REPO, env=env)
+  return subprocess.CompletedProcess(run.args, run.returncode, run.stdout.decode(),
+                                     run.stderr.decode())
 
 
 @pytest.mark.slow
