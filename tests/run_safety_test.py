@@ -279,6 +279,24 @@ def test_one_run_per_run_directory(tmp_path):
   assert not (tmp_path / "lock").exists()
 
 
+def test_a_resume_may_rank_the_best_checkpoints_by_another_metric(tmp_path):
+  """checkpoint.best_metric is a checkpoint setting a resume may change. The first save
+  after such a resume failed (KeyError: the checkpoints there had recorded only the old
+  metric). Each eval checkpoint now records every number of its eval; one that lacks the
+  new metric ranks last."""
+  common = {"checkpoint.every_steps": 2, "eval.every_steps": 2, "checkpoint.max_to_keep": 1}
+  ok(train(tmp_path, **common, **{"train.num_steps": 4, "checkpoint.best_metric": "accuracy"}))
+  resumed = ok(train(tmp_path, **common, **{
+      "train.num_steps": 8, "checkpoint.best_metric": "loss", "checkpoint.best_mode": "min"}))
+  assert "checkpoint.best_metric: 'accuracy' -> 'loss'" in resumed.stderr
+  losses = {r["step"]: r["loss"] for r in tiny_setup.records(tmp_path)
+            if r["split"] == "validation"}
+  kept = steps_saved(tmp_path)
+  assert kept[-1] == 8 and all(losses[step] < losses[8] for step in kept[:-1]), (kept, losses)
+  recorded = json.loads((tmp_path / "checkpoints" / "8" / "metrics" / "metrics").read_text())
+  assert recorded["loss"] == losses[8] and "accuracy" in recorded
+
+
 def test_every_start_is_recorded_with_what_changed(run_copy):
   run = ok(train(run_copy, **{"train.num_steps": 6}))
   assert "changed fields: train.num_steps: 4 -> 6" in run.stderr

@@ -27,13 +27,15 @@ Each step directory holds `params` (so warm starts read only them), `train`
 (optimizer state, step, rng), `extra` (JSON: the data iterator position, the
 same on every process, and the train-record window still open at that step)
 and, when `checkpoint.best_metric` is set and the step was an eval step,
-Orbax's `metrics` item, which is what keeps best-N checkpoints across restarts.
+Orbax's `metrics` item (every number of that eval), which is what keeps best-N
+checkpoints across restarts, also when a restart ranks by another metric.
 Paths go through `etils.epath`, so the workdir may be a bucket (`gs://...`).
 """
 
 import contextlib
 import dataclasses
 import logging
+import math
 from typing import Any, Callable
 
 from etils import epath
@@ -82,7 +84,10 @@ class Checkpointer:
     if mode not in ("max", "min"):  # Orbax checks it even without a metric.
       raise ValueError(f"config.checkpoint.best_mode={mode!r}: expected 'max' or 'min'")
     if metric:
-      best_fn = lambda metrics: metrics[metric]
+      # A checkpoint saved while another best_metric ranked them (a resume may
+      # change it) may lack this one: it ranks last, as one never evaluated.
+      worst = math.inf if mode == "min" else -math.inf
+      best_fn = lambda metrics: metrics.get(metric, worst)
       # The latest `keep` stay for resuming; the best `keep` stay as results.
       policy = policies.AnyPreservationPolicy([policy, policies.BestN(
           get_metric_fn=best_fn, reverse=mode == "min", n=keep,
@@ -112,7 +117,10 @@ class Checkpointer:
       if best not in eval_metrics:
         raise ValueError(f"config.checkpoint.best_metric={best!r}: the eval at step {step} "
                          f"reports {sorted(eval_metrics)}")
-      keep_metrics = {best: float(eval_metrics[best])}
+      # Every number of the eval, so a resume that ranks by another metric
+      # still knows this checkpoint's value of it.
+      keep_metrics = {name: float(value) for name, value in eval_metrics.items()
+                      if isinstance(value, (int, float, np.number)) and not isinstance(value, bool)}
     with self._writing(step):
       self.manager.save(step, args=ocp.args.Composite(
           params=ocp.args.StandardSave(state.params),
