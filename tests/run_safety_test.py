@@ -452,3 +452,32 @@ def test_a_vocabulary_larger_than_the_text_allows_is_one_line_naming_the_key(tmp
   head, most = error.rsplit("; set data.vocab_size <= ", 1)
   assert most.isdigit() and f"has pieces for at most {most}" in head
   assert not list((tmp_path / "run").glob("spm_*"))
+
+
+def test_a_resume_on_training_files_that_changed_is_refused_naming_them(tmp_path):
+  """The data paths may change on resume (a copy moved); the data may not: the
+  checkpoint's position indexes the examples it trained on. The rebuilt tokenized
+  cache names the file that changed (it named the first of all the run's files)."""
+  rng = np.random.default_rng(0)
+  reviews = [json.dumps({"text": " ".join(rng.choice(["good", "bad", "plot", "film"], 12)),
+                         "label": i % 2}) for i in range(200)]
+  train_file, test_file = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+  train_file.write_text("\n".join(reviews) + "\n")
+  test_file.write_text("\n".join(reviews[:40]) + "\n")
+  command = tiny_setup.train_command(tmp_path / "run", **{
+      "data.train_path": train_file, "data.eval_path": test_file, "data.vocab_size": 16})
+  command[2] = f"--config={tiny_setup.ROOT / 'configs' / 'imdb.py'}:tiny,smoke"
+  run = lambda: subprocess.run(command, env=tiny_setup.subprocess_env(), capture_output=True,
+                               text=True, timeout=300)
+  ok(run())
+  train_file.write_text("\n".join(reviews[:150]) + "\n")  # 50 reviews removed.
+  before = tiny_setup.fingerprint(tmp_path / "run")
+  resumed = run()
+  error = refused(resumed, f"checkpoint step 4 in {tmp_path / 'run'}: its data position does "
+                           "not fit the training data now at the run's data paths (iterator "
+                           "state num_examples=180, expected 135: ")
+  assert error.endswith(f"--config.checkpoint.init_from={tmp_path / 'run'})")
+  assert f'] changed (cached ["{train_file}", ' in resumed.stderr, resumed.stderr[-3000:]
+  after = tiny_setup.fingerprint(tmp_path / "run")
+  assert {k: v for k, v in after.items() if not k.startswith("tokenized")} == {
+      k: v for k, v in before.items() if not k.startswith("tokenized")}

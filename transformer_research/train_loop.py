@@ -110,7 +110,15 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
         exp.task.train_iterator(config.train.batch_size), config.data.prefetch,
         lambda batch: (batch, sharding.global_batch(batch, exp.mesh)))))
     if resumed.data_state is not None:
-      train_iter.set_state(resumed.data_state)
+      try:
+        train_iter.set_state(resumed.data_state)
+      except ValueError as e:  # The seed cannot change (check_continues): the data did.
+        raise ValueError(
+            f"checkpoint step {int(jax.device_get(resumed.state.step))} in {workdir}: its data "
+            f"position does not fit the training data now at the run's data paths ({e}); the "
+            "files were changed, added or removed since. Nothing "
+            "was changed: restore them, or warm-start a new --workdir from this run "
+            f"(--config.checkpoint.init_from={workdir})") from None
     state = resumed.state
     step, num_steps = int(jax.device_get(state.step)), config.train.num_steps
 

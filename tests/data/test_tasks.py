@@ -290,10 +290,10 @@ def test_tokenized_cache_is_reused_only_with_the_same_tokenizer_and_data(tmp_pat
     assert len(warnings) == 1 and why in warnings[0], warnings
 
   _imdb_files(tmp_path, n=61)  # One more record: the file's size and mtime change.
-  rebuilt_because(config, "data changed")
+  rebuilt_because(config, f'data.files[0] changed (cached ["{config.data.eval_path}", ')
   rebuilt_because(configs.load_config("imdb:tiny,smoke", {
       **{f"data.{k}": config.data[k] for k in ("train_path", "eval_path", "vocab_size")},
-      "data.max_input_len": 12}), "max_lengths changed")
+      "data.max_input_len": 12}), "max_lengths.inputs changed (cached 16, now 12)")
   rebuilt_because(configs.load_config("imdb:tiny,smoke", {
       **{f"data.{k}": config.data[k] for k in ("train_path", "eval_path")},
       "data.max_input_len": 12, "data.vocab_size": 32}), "tokenizers changed")
@@ -304,6 +304,6 @@ def test_tokenized_cache_is_reused_only_with_the_same_tokenizer_and_data(tmp_pat
   rebuilt_because(configs.load_config("imdb:tiny,smoke", {
       **{f"data.{k}": config.data[k] for k in ("train_path", "eval_path")},
       "data.max_input_len": 12, "data.vocab_size": 32, "data.truncation": "head_tail",
-      "data.validation_fraction": 0.2}), "data changed")
+      "data.validation_fraction": 0.2}), "data.validation_fraction changed (cached 0.1, now 0.2)")
   cache_file.write_bytes(cache_file.read_bytes()[:100])  # Torn write / corrupt file.
   rebuilt_because(config, "unreadable")

@@ -63,13 +63,29 @@ def load_or_tokenize(path: str | os.PathLike, key: dict[str, Any],
   return data
 
 
-def _difference(cached: dict[str, Any], current: dict[str, Any]) -> str | None:
-  """None if equal, else which field changed, e.g. "tokenizers changed (cached ..., now ...)"."""
-  for field in sorted(set(cached) | set(current)):
-    if cached.get(field) != current.get(field):
-      show = lambda v: (s if len(s := json.dumps(v)) <= 80 else s[:77] + "...")
-      return f"{field} changed (cached {show(cached.get(field))}, now {show(current.get(field))})"
-  return None
+def _difference(cached: Any, current: Any, where: str = "") -> str | None:
+  """None if equal, else the first value that changed, by its place in the key:
+  `data.files[1] changed (cached ["/data/train.jsonl", 31000, ...], now [...])`.
+  Dicts and lists of lists are descended into, so a changed file is named by
+  its own entry (path, size, time) rather than by the list of all files."""
+  if isinstance(cached, dict) and isinstance(current, dict):
+    for field in sorted(set(cached) | set(current)):
+      found = _difference(cached.get(field), current.get(field),
+                          f"{where}.{field}" if where else field)
+      if found:
+        return found
+    return None
+  if (isinstance(cached, list) and isinstance(current, list) and len(cached) == len(current)
+      and all(isinstance(v, (list, dict)) for v in cached + current)):
+    for i, (old, new) in enumerate(zip(cached, current)):
+      found = _difference(old, new, f"{where}[{i}]")
+      if found:
+        return found
+    return None
+  if cached == current:
+    return None
+  show = lambda v: (s if len(s := json.dumps(v)) <= 200 else s[:197] + "...")
+  return f"{where} changed (cached {show(cached)}, now {show(current)})"
 
 
 def _save(path: epath.Path, key: dict[str, Any], data: pipeline.TokenizedData) -> None:

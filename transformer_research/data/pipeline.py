@@ -234,8 +234,8 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
     """Resumes at `state`; refuses a state written for other data or seed."""
     for key, want in (("seed", self._seed), ("num_examples", len(self._data))):
       if state.get(key) != want:
-        raise ValueError(f"iterator state {key}={state.get(key)!r}; expected {want} "
-                         "(the state was saved for different data or seed)")
+        raise ValueError(f"iterator state {key}={state.get(key)!r}, expected {want}: the state "
+                         "was saved for other data or another seed")
     self._epoch, self._position = int(state["epoch"]), int(state["position"])
 
   def _peek(self) -> int:
