@@ -70,6 +70,10 @@ def export_run(workdir: str, out: str, *, step: int | None = None, average_last:
       beam size < 1, or a non-empty `out` that is not an export; nothing is
       written then.
   """
+  if storage.is_remote(out):  # os.path would make it a local path (./gs:/bucket/...).
+    raise ValueError(f"out={out!r}: expected a local directory (serve.py reads an export with "
+                     "the standard library); export here, then copy the directory to the "
+                     "bucket (gcloud storage cp -r DIR gs://...)")
   out = os.path.abspath(out)
   if os.path.isdir(out) and os.listdir(out) and not os.path.exists(
       os.path.join(out, serve.MANIFEST)):

@@ -237,6 +237,8 @@ def _bad_value(override: str, message: str) -> tuple:
                                           reason="TensorFlow is installed")),
     ("export.py", ["--workdir={tmp}", "--out={tmp}/export"], 1,
      "workdir='{tmp}' has no checkpoint"),
+    ("export.py", ["--workdir={tmp}", "--out=gs://bucket/export"], 1,
+     "out='gs://bucket/export': expected a local directory"),
 ])
 def test_user_errors_are_one_line(tmp_path, script, args, status, message):
   bad_config = tmp_path / "bad_config.py"
