@@ -19,9 +19,16 @@ has the formula) and the peak from `flops.device_peak`, the same functions
 the training loop uses for the "mfu" of its train records. The formula is
 printed next to XLA's own count (`compiled.cost_analysis()["flops"]`), which
 also includes softmax, norms and the optimizer update.
+
+`--matmul_table` times every dot of the compiled step alone (its operand
+shapes, dtypes and dimension numbers, read from the optimized HLO), best of
+5: how much of the step is matmul, at what speed each shape runs on this
+device, and so what MFU the step could reach if nothing else took time.
 """
 
+import collections
 import os
+import re
 import time
 
 from absl import app
@@ -41,6 +48,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_c
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one compile + warmup step).")
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "N of the N x N x N peak-matmul probe (CPU).")
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Print compile time and memory only.")
+_MATMUL_TABLE = flags.DEFINE_bool("matmul_table", False, "Also time each dot of the compiled "
+                                  "step alone, at its own shapes (see the module docstring).")
 
 
 def synthetic_batch(kind: str, batch: int, s: int, t: int,
@@ -120,6 +129,62 @@ def main(argv: list[str]) -> None:
   print(f"achieved: {achieved / 1e12:.4f} TFLOP/s per device")
   print(f"peak: {peak.flops_per_device / 1e12:.4f} TFLOP/s per device ({peak.source})")
   print(f"MFU: {achieved / peak.flops_per_device:.1%}")
+  if _MATMUL_TABLE.value:
+    matmul_table(compiled.as_text(), step_s, flops / mesh.devices.size, peak.flops_per_device)
+
+
+# A dot of optimized HLO: `dot(%lhs, %rhs), lhs_contracting_dims={1}, ...`.
+_DOT = re.compile(r" dot\(%([\w.\-]+), %([\w.\-]+)\), (.*)")
+_DEFINITION = re.compile(r"%([\w.\-]+) = (\w+)\[([\d,]*)\]")
+_HLO_DTYPES = {"f32": np.float32, "bf16": jax.numpy.bfloat16, "f16": np.float16,
+               "s32": np.int32}
+
+
+def compiled_dots(hlo: str) -> collections.Counter:
+  """(lhs (dtype, shape), rhs (dtype, shape), dimension numbers) -> count, for
+  every dot in the optimized HLO text of a compiled step."""
+  numbers = lambda text: tuple(int(v) for v in text.split(",") if v)
+  arrays = {m.group(1): (m.group(2), numbers(m.group(3))) for m in _DEFINITION.finditer(hlo)}
+  dots = collections.Counter()
+  for line in hlo.splitlines():
+    match = _DOT.search(line)
+    if not match:
+      continue
+    def dims(name, attributes=match.group(3)):
+      found = re.search(name + r"=\{([\d,]*)\}", attributes)
+      return numbers(found.group(1)) if found else ()
+    dimension_numbers = ((dims("lhs_contracting_dims"), dims("rhs_contracting_dims")),
+                         (dims("lhs_batch_dims"), dims("rhs_batch_dims")))
+    dots[arrays[match.group(1)], arrays[match.group(2)], dimension_numbers] += 1
+  return dots
+
+
+def matmul_table(hlo: str, step_s: float, model_flops: float, peak: float) -> None:
+  """Prints each distinct dot of one device's step timed alone, and their sum
+  against the step; `model_flops` per device, as MFU counts them."""
+  print("\nmatmuls of the compiled step, each jitted alone (best of 5):")
+  print(f"{'count':>5}  {'lhs':<22} {'rhs':<22} {'contracting':<14} {'batch':<18} "
+        f"{'ms':>8} {'TFLOP/s':>8}")
+  total_s = total_flop = 0.0
+  for (lhs, rhs, numbers), count in sorted(compiled_dots(hlo).items(), key=lambda kv: -kv[1]):
+    (contract, _), (batch, rhs_batch) = numbers
+    x, y = (jax.numpy.ones(shape, _HLO_DTYPES[dtype]) for dtype, shape in (lhs, rhs))
+    dot = jax.jit(lambda x, y, numbers=numbers: jax.lax.dot_general(x, y, numbers))
+    dot(x, y).block_until_ready()
+    seconds = []
+    for _ in range(5):
+      start = time.perf_counter()
+      dot(x, y).block_until_ready()
+      seconds.append(time.perf_counter() - start)
+    kept = [n for i, n in enumerate(rhs[1]) if i not in numbers[0][1] and i not in rhs_batch]
+    flop = 2.0 * np.prod(lhs[1]) * np.prod(kept)
+    total_s += count * min(seconds)
+    total_flop += count * flop
+    print(f"{count:>5}  {str(lhs[1]):<22} {str(rhs[1]):<22} {str(numbers[0]):<14} "
+          f"{str(numbers[1]):<18} {min(seconds) * 1e3:>8.2f} {flop / min(seconds) / 1e12:>8.3f}")
+  print(f"matmuls: {total_s * 1e3:,.0f} ms of the {step_s * 1e3:,.0f} ms step "
+        f"({total_s / step_s:.0%}), {total_flop / total_s / 1e12:.3f} TFLOP/s: with nothing "
+        f"else in the step, MFU would be {model_flops / total_s / peak:.1%}")
 
 
 if __name__ == "__main__":

@@ -128,3 +128,21 @@ def test_shard_map_keeps_parameters_and_gradients_sharded_over_fsdp():
   specs = [s.spec for s in jax.tree.leaves(sharding.param_shardings(
       params, sharding.make_mesh(c.mesh)))]
   assert sum("fsdp" in str(s) for s in specs) > len(specs) // 2
+
+
+def test_remat_policies_keep_less_in_the_order_none_dots_full():
+  """`dots` keeps every Dense's matmul output (named: the matmul is inside a
+  custom_vjp, where policies that look for dots do not see it, and `dots`
+  silently became `full`): its step must hold less than `none`, more than `full`."""
+  from transformer_research import configs, experiment  # pylint: disable=g-import-not-at-top
+  temporaries = {}
+  for remat in ("none", "dots", "full"):
+    c = configs.load_config("reverse:tiny,smoke", {
+        "model.scan_layers": True, "model.remat": remat, "model.num_encoder_layers": 4,
+        "model.num_decoder_layers": 4, "train.batch_size": 32})
+    exp = experiment.Experiment(c, devices=jax.devices()[:1])
+    batch = tiny_setup.batches(1, 32, c.data.max_input_len + 1)[0]
+    compiled = exp.train_step.lower(exp.abstract_state, batch).compile()
+    temporaries[remat] = compiled.memory_analysis().temp_size_in_bytes
+  assert temporaries["none"] > 1.5 * temporaries["dots"] > 1.5 * 1.5 * temporaries["full"], (
+      temporaries)

@@ -202,3 +202,23 @@ def test_dropout_rate_and_scale(rate):
   np.testing.assert_allclose(np.unique(y), [0.0, 65536 / (65536 - round(rate * 65536))], rtol=1e-6)
   with pytest.raises(ValueError, match="rate=1.0"):
     hk.transform(lambda x: attention.dropout(x, 1.0, is_training=True)).apply({}, jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dense_gradients_equal_autodiff_of_the_plain_product(dtype):
+  """Dense's backward pass is written by hand (flattened rows, for XLA:CPU's
+  speed): it must give what autodiff of x @ w + b gives, in either compute dtype."""
+  f = hk.transform(lambda x: attention.Dense(6, compute_dtype=dtype, name="d")(x, jnp.float32))
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, T, D))
+  params = f.init(jax.random.PRNGKey(1), x)
+  weights = jax.random.normal(jax.random.PRNGKey(2), (B, T, 6))
+
+  def plain(p, x):
+    y = jnp.dot(x.astype(dtype), p["d"]["w"].astype(dtype), preferred_element_type=jnp.float32)
+    return jnp.sum((y + p["d"]["b"]) * weights)
+
+  got = jax.grad(lambda p, x: jnp.sum(f.apply(p, None, x) * weights), argnums=(0, 1))(params, x)
+  want = jax.grad(plain, argnums=(0, 1))(params, x)
+  tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)

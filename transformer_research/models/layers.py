@@ -59,7 +59,7 @@ REMAT_POLICIES = {
     "none": None,  # Keep everything (no jax.checkpoint).
     "full": jax.checkpoint_policies.nothing_saveable,  # Keep only the block's input.
     # Keep the weight matmuls' outputs, recompute attention and elementwise ops.
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": jax.checkpoint_policies.save_only_these_names(attention.DENSE_OUTPUT),
 }
 # Scanned stacks keep their blocks under ENCODER_OR_DECODER/layers/layer/...,
 # with a leading [num_layers] dimension on every parameter.
