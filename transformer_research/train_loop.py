@@ -116,9 +116,9 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
         raise ValueError(
             f"checkpoint step {int(jax.device_get(resumed.state.step))} in {workdir}: its data "
             f"position does not fit the training data now at the run's data paths ({e}); the "
-            "files were changed, added or removed since. Nothing "
-            "was changed: restore them, or warm-start a new --workdir from this run "
-            f"(--config.checkpoint.init_from={workdir})") from None
+            "files were changed, added or removed since. Nothing was changed: restore them, "
+            f"or warm-start a new --workdir from this run (--config.checkpoint.init_from="
+            f"{workdir})") from None
     state = resumed.state
     step, num_steps = int(jax.device_get(state.step)), config.train.num_steps
 
