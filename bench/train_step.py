@@ -167,7 +167,7 @@ def matmul_table(hlo: str, step_s: float, model_flops: float, peak: float) -> No
         f"{'ms':>8} {'TFLOP/s':>8}")
   total_s = total_flop = 0.0
   for (lhs, rhs, numbers), count in sorted(compiled_dots(hlo).items(), key=lambda kv: -kv[1]):
-    (contract, _), (batch, rhs_batch) = numbers
+    (_, rhs_contracting), (_, rhs_batch) = numbers
     x, y = (jax.numpy.ones(shape, _HLO_DTYPES[dtype]) for dtype, shape in (lhs, rhs))
     dot = jax.jit(lambda x, y, numbers=numbers: jax.lax.dot_general(x, y, numbers))
     dot(x, y).block_until_ready()
@@ -176,7 +176,7 @@ def matmul_table(hlo: str, step_s: float, model_flops: float, peak: float) -> No
       start = time.perf_counter()
       dot(x, y).block_until_ready()
       seconds.append(time.perf_counter() - start)
-    kept = [n for i, n in enumerate(rhs[1]) if i not in numbers[0][1] and i not in rhs_batch]
+    kept = [n for i, n in enumerate(rhs[1]) if i not in rhs_contracting and i not in rhs_batch]
     flop = 2.0 * np.prod(lhs[1]) * np.prod(kept)
     total_s += count * min(seconds)
     total_flop += count * flop
