@@ -454,30 +454,47 @@ def test_a_vocabulary_larger_than_the_text_allows_is_one_line_naming_the_key(tmp
   assert not list((tmp_path / "run").glob("spm_*"))
 
 
-def test_a_resume_on_training_files_that_changed_is_refused_naming_them(tmp_path):
+def test_training_files_that_changed_are_refused_by_a_resume_and_a_validation_eval(tmp_path):
   """The data paths may change on resume (a copy moved); the data may not: the
-  checkpoint's position indexes the examples it trained on. The rebuilt tokenized
-  cache names the file that changed (it named the first of all the run's files)."""
+  checkpoint's position indexes the examples it trained on, and the validation
+  split is carved from the same files. A file rewritten with as many lines is
+  caught too (by the examples' digest); one only touched is not refused. The
+  rebuilt tokenized cache names the file that changed (it named the first of all
+  the run's files)."""
   rng = np.random.default_rng(0)
   reviews = [json.dumps({"text": " ".join(rng.choice(["good", "bad", "plot", "film"], 12)),
                          "label": i % 2}) for i in range(200)]
   train_file, test_file = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
   train_file.write_text("\n".join(reviews) + "\n")
   test_file.write_text("\n".join(reviews[:40]) + "\n")
-  command = tiny_setup.train_command(tmp_path / "run", **{
+  workdir = tmp_path / "run"
+  command = tiny_setup.train_command(workdir, **{
       "data.train_path": train_file, "data.eval_path": test_file, "data.vocab_size": 16})
   command[2] = f"--config={tiny_setup.ROOT / 'configs' / 'imdb.py'}:tiny,smoke"
-  run = lambda: subprocess.run(command, env=tiny_setup.subprocess_env(), capture_output=True,
-                               text=True, timeout=300)
-  ok(run())
+  run = lambda command: subprocess.run(command, env=tiny_setup.subprocess_env(),
+                                       capture_output=True, text=True, timeout=300)
+  evaluate = [sys.executable, str(tiny_setup.ROOT / "launch" / "evaluate.py"),
+              f"--workdir={workdir}", "--split=validation"]
+  ok(run(command))
   train_file.write_text("\n".join(reviews[:150]) + "\n")  # 50 reviews removed.
-  before = tiny_setup.fingerprint(tmp_path / "run")
-  resumed = run()
-  error = refused(resumed, f"checkpoint step 4 in {tmp_path / 'run'}: its data position does "
+  before = tiny_setup.fingerprint(workdir)
+  resumed = run(command)
+  error = refused(resumed, f"checkpoint step 4 in {workdir}: its data position does "
                            "not fit the training data now at the run's data paths (iterator "
                            "state num_examples=180, expected 135: ")
-  assert error.endswith(f"--config.checkpoint.init_from={tmp_path / 'run'})")
+  assert error.endswith(f"--config.checkpoint.init_from={workdir})")
   assert f'] changed (cached ["{train_file}", ' in resumed.stderr, resumed.stderr[-3000:]
-  after = tiny_setup.fingerprint(tmp_path / "run")
+  error = refused(run(evaluate), f"split='validation' of {workdir} is held out of "
+                                 f"data.train_path='{train_file}', whose examples are not those "
+                                 "checkpoint step 4 trained on (iterator state num_examples=180")
+  assert error.endswith("or score other text with --source_file or --split=test")
+  # As many reviews, other words: the same number of examples, other ones.
+  train_file.write_text("\n".join(r.replace("good", "fine") for r in reviews) + "\n")
+  refused(run(command), "(iterator state data_sha256=")
+  refused(run(evaluate), "(iterator state data_sha256=")
+  after = tiny_setup.fingerprint(workdir)
   assert {k: v for k, v in after.items() if not k.startswith("tokenized")} == {
       k: v for k, v in before.items() if not k.startswith("tokenized")}
+  train_file.write_text("\n".join(reviews) + "\n")  # Restored: a new time, the same data.
+  ok(run(evaluate))
+  ok(run([*command, "--config.train.num_steps=6"]))

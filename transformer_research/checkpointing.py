@@ -254,12 +254,22 @@ def checkpoint_steps(workdir: str) -> list[int]:
 
 def time_used_s(workdir: str, step: int) -> float:
   """The wall time a run had used at its checkpoint of `step` (0 if it predates the record)."""
+  return _elapsed_s(_read_extra(workdir, step))
+
+
+def data_state(workdir: str, step: int) -> dict:
+  """The training data position saved in the checkpoint of `step` (`BatchIterator.get_state`)."""
+  return _this_process(_read_extra(workdir, step)["data"])
+
+
+def _read_extra(workdir: str, step: int) -> dict:
+  """The JSON item of a checkpoint (data position, log window, time used), read only."""
   manager = ocp.CheckpointManager(storage.absolute(workdir) / "checkpoints",
                                   options=ocp.CheckpointManagerOptions(read_only=True),
                                   item_handlers=_handlers())
   extra = manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))["extra"]
   manager.close()
-  return _elapsed_s(extra)
+  return extra
 
 
 def _elapsed_s(extra: dict) -> float:

@@ -34,6 +34,7 @@ import numpy as np
 import sacrebleu
 
 from transformer_research import batching
+from transformer_research import checkpointing
 from transformer_research import experiment
 from transformer_research import inference
 from transformer_research import metrics as metrics_lib
@@ -310,6 +311,8 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
     num_examples = -1 if num_examples is None else num_examples
   if split not in task.eval_splits:
     raise ValueError(f"split={split!r}: expected one of {list(task.eval_splits)}.")
+  if split == "validation" and exp.config.data.get("train_path"):
+    _check_still_held_out(exp, workdir, run.step)
   metrics, examples, outputs = evaluate(exp, run.params, split, num_examples=num_examples)
   if outputs is not None:  # Decoded scores depend on the search: the record says which.
     metrics["decoding"] = "greedy" if e.beam_size == 1 else f"beam {e.beam_size}"
@@ -331,6 +334,28 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
   path = epath.Path(workdir) / f"eval_{split}_{run.step}{suffix}.md"
   path.write_text(format_report(run, split, record, examples, outputs))
   return record, str(path)
+
+
+def _check_still_held_out(exp: experiment.Experiment, workdir: str, step: int) -> None:
+  """Refuses a validation split carved from training files that changed since.
+
+  The split is `data.validation_fraction` of the shuffled `data.train_path`
+  records: files edited, added or removed move the carve, and the split would
+  then mix in examples the model trained on, scored as unseen. The checkpoint's
+  data position records the training examples it was made with (their number
+  and digest); the current files must give the same ones.
+  """
+  c = exp.config
+  try:
+    exp.task.train_iterator(c.train.batch_size, 0, 1).set_state(
+        checkpointing.data_state(workdir, step))
+  except ValueError as e:
+    raise ValueError(
+        f"split='validation' of {workdir} is held out of data.train_path="
+        f"{c.data.train_path!r}, whose examples are not those checkpoint step {step} trained "
+        f"on ({e}): the split would mix in examples the model trained on. Nothing was "
+        "written: restore the files, or score other text with --source_file or "
+        "--split=test") from None
 
 
 def format_report(run: Any, split: str, record: dict[str, Any],

@@ -123,10 +123,10 @@ class MaskedBatches(Iterator[dict[str, np.ndarray]]):
     self._batches, self._masker, self._seed = batches, masker, seed
     self._pi, self._pc = pipeline.default_process(process_index, process_count)
 
-  def get_state(self) -> dict[str, int]:
+  def get_state(self) -> dict[str, Any]:
     return self._batches.get_state()
 
-  def set_state(self, state: Mapping[str, int]) -> None:
+  def set_state(self, state: Mapping[str, Any]) -> None:
     self._batches.set_state(state)
 
   def __next__(self) -> dict[str, np.ndarray]:

@@ -35,6 +35,8 @@ How a batch is made:
 import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 import dataclasses
+import functools
+import hashlib
 import logging
 import queue
 import threading
@@ -71,6 +73,22 @@ class TokenizedData:
 
   def get(self, field: str, index: int) -> np.ndarray:
     return self.tokens[field][self.offsets[field][index]:self.offsets[field][index + 1]]
+
+  @functools.cached_property
+  def sha256(self) -> str:
+    """What identifies the examples: a digest of every array (16 hex digits).
+
+    A checkpoint's data position records it, so a resume on other data of the
+    same size is refused rather than silently shuffled differently (a position
+    indexes examples), and `evaluate.py` knows whether a validation split
+    carved from the training files is still the one the run held out.
+    """
+    digest = hashlib.sha256()
+    for group in ("tokens", "offsets", "scalars"):
+      for field, values in sorted(getattr(self, group).items()):
+        digest.update(f"{group}.{field}:{values.dtype.str}:".encode())
+        digest.update(np.ascontiguousarray(values).data)
+    return digest.hexdigest()[:16]
 
 
 def tokenize(source: Sequence[Mapping[str, Any]],
@@ -222,17 +240,21 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
     if len(max_lengths) == 1:
       self._pack_lengths.append([0] * len(data))
       self._pack_limits.append(0)
-    self._num_examples = len(data)
+    self._num_examples, self._data_sha256 = len(data), data.sha256
     self._epoch, self._position = 0, 0
     self._order_epoch, self._order = -1, []
 
-  def get_state(self) -> dict[str, int]:
+  def get_state(self) -> dict[str, Any]:
     return {"epoch": self._epoch, "position": self._position, "seed": self._seed,
-            "num_examples": len(self._data)}
+            "num_examples": self._num_examples, "data_sha256": self._data_sha256}
 
-  def set_state(self, state: Mapping[str, int]) -> None:
+  def set_state(self, state: Mapping[str, Any]) -> None:
     """Resumes at `state`; refuses a state written for other data or seed."""
-    for key, want in (("seed", self._seed), ("num_examples", len(self._data))):
+    expected = {"seed": self._seed, "num_examples": self._num_examples,
+                "data_sha256": self._data_sha256}
+    if "data_sha256" not in state:  # Saved before the digest was recorded.
+      del expected["data_sha256"]
+    for key, want in expected.items():
       if state.get(key) != want:
         raise ValueError(f"iterator state {key}={state.get(key)!r}, expected {want}: the state "
                          "was saved for other data or another seed")
