@@ -5,8 +5,9 @@ waits) each run the README's command with their own `--process_id`. They
 must: train, checkpoint and resume exactly like one process with all the
 devices; stop together and exit 0 on SIGTERM; stop (non-zero) soon after one
 of them is killed, and resume from the last checkpoint when all are rerun;
-refuse inconsistent launch flags, different configs and a run directory that
-is not one directory for all of them with one clear line.
+refuse inconsistent launch flags, different configs, different training data
+and a run directory that is not one directory for all of them with one clear
+line.
 A persistent compilation cache shared by the runs of a test keeps reruns
 from compiling again.
 """
@@ -47,17 +48,18 @@ class _Launch:
   """The same command on processes 0..N-1 of one run, output in per-process logs."""
 
   def __init__(self, tmp_path, name: str, args: list[str], env: dict[str, str],
-               per_process: tuple[list[str], ...] = ([], [])):
+               per_process: tuple[list[str], ...] = ([], []),
+               cwds: tuple[pathlib.Path | None, ...] = (None, None)):
     port = _free_port()
     self.logs = [tmp_path / f"{name}_{i}.log" for i in range(len(per_process))]
     self.procs = []
-    for i, (extra, log) in enumerate(zip(per_process, self.logs)):
+    for i, (extra, cwd, log) in enumerate(zip(per_process, cwds, self.logs)):
       with open(log, "w") as out:
         self.procs.append(subprocess.Popen(tiny_setup.as_at_a_terminal(
             [sys.executable, TRAIN, f"--coordinator_address=127.0.0.1:{port}",
              f"--num_processes={len(per_process)}", f"--process_id={i}", "--init_timeout_s=120",
              "--heartbeat_timeout_s=10", *args, *extra]),
-            env=env, stdout=out, stderr=subprocess.STDOUT))
+            env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT))
 
   def output(self, i: int) -> str:
     return self.logs[i].read_text()
@@ -234,6 +236,39 @@ def test_processes_that_do_not_share_the_run_directory_are_refused(tmp_path):
     assert (f"error: --workdir={workdir} is not one directory for every process: "
             "process(es) [1] could not read the file process 0 wrote there") in launch.output(i)
   assert list(here.iterdir()) == [] and not (there / "checkpoints").exists()
+
+
+def test_processes_that_read_different_training_data_are_refused_before_training(tmp_path):
+  """One relative data.train_path read from two directories stands for a stale
+  copy of the files on one host: each process would take its rows of every
+  global batch from its own copy. Both stop before step 0 with one line naming
+  what differs and where the data was read."""
+  rng = np.random.default_rng(0)
+  words = ["good", "bad", "movie", "plot", "actor", "long", "fun", "boring", "story"]
+  reviews = [json.dumps({"text": " ".join(rng.choice(words, 12))}) for _ in range(200)]
+  hosts = (tmp_path / "host0", tmp_path / "host1")
+  for host, copy in zip(hosts, (reviews, reviews[:150])):  # host1's copy is stale.
+    host.mkdir()
+    (host / "reviews.jsonl").write_text("\n".join(copy) + "\n")
+  workdir = tmp_path / "run"
+  args = [f"--config={tiny_setup.ROOT / 'configs' / 'lm_imdb.py'}:tiny,smoke",
+          f"--workdir={workdir}", "--config.data.train_path=reviews.jsonl",
+          "--config.data.vocab_size=30", "--config.model.num_decoder_layers=1",
+          "--config.train.batch_size=8"]
+  launch = _Launch(tmp_path, "stale", args, _env(tmp_path, devices=1), cwds=hosts)
+  codes = launch.wait(timeout=200)
+  assert codes == [1, 1], launch.output(0)[-3000:] + launch.output(1)[-3000:]
+  for i in range(2):
+    error = [line for line in launch.output(i).splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in launch.output(i) and len(error) == 1 and re.fullmatch(
+        rf"error: process {i}: process 1 reads other training data than process 0 "
+        r"\(num_examples \d+ "
+        r"there, \d+ on process 0; data_sha256 '\w+' there, '\w+' on process 0\) at the "
+        r"run's data paths \(data.train_path='reviews.jsonl'\): every process reads the whole "
+        r"training split; give every host the same files \(or read them from one bucket\)",
+        error[0]), launch.output(i)[-3000:]
+  assert not list((workdir / "checkpoints").glob("[0-9]*"))
+  assert not (workdir / "metrics.jsonl").exists()
 
 
 @pytest.mark.slow  # The 2-process run and its resume are in the default suite (above).

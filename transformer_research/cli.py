@@ -45,6 +45,11 @@ def run(main: Callable[[list[str]], None]) -> None:
   app.run(lambda argv: _main(main, argv), flags_parser=_parse_flags)
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+  """The exceptions to report as one line here: USER_ERRORS, none with --verbose."""
+  return () if _verbose() else USER_ERRORS
+
+
 def one_line(error: BaseException) -> str:
   """An exception's message on one line (config_flags' span several)."""
   return " ".join(str(error).split()) or type(error).__name__

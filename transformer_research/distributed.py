@@ -13,6 +13,9 @@ is the one place that knows about more than one process:
 * `check_shared_workdir` refuses a run directory that is not one directory
   for every process (a host-local path on a pod): each host would save only
   its own checkpoint shards, and no host could restore them.
+* `check_same_data` refuses processes that read different training data
+  (a stale copy of the files on one host): each would take its rows of the
+  global batch from its own copy, silently mixing two datasets.
 * `broadcast_bytes` and `process_0_first` let process 0 do a job once
   (train a tokenizer, prepare a TFDS dataset) and the others follow without
   assuming a disk shared by every host: bytes travel through JAX collectives,
@@ -33,7 +36,7 @@ import os
 import sys
 import threading
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 import uuid
 
 from etils import epath
@@ -128,22 +131,29 @@ def _give_up(message: str) -> None:
 
 
 @contextlib.contextmanager
-def fail_fast():
-  """On an exception in a multi-process run, log it and exit at once (status 1).
+def fail_fast(user_errors: tuple[type[BaseException], ...] = ()):
+  """On an exception in a multi-process run, report it and exit at once (status 1).
 
   The other processes are then waiting in a collective for this one; a normal
   interpreter exit would wait for them in JAX's shutdown barrier (minutes),
   while exiting now lets them notice within the heartbeat timeout and stop too.
   With one process the exception propagates as usual.
+
+  Args:
+    user_errors: exceptions reported as one line, `error: process I: ...`
+      (`cli.user_errors()`: what a user can fix); others keep their traceback.
   """
   try:
     yield
   except Exception as e:  # pylint: disable=broad-except
     if jax.process_count() == 1:
       raise
-    traceback.print_exc()
-    print(f"error: process {jax.process_index()}: {type(e).__name__}: {e}", file=sys.stderr,
-          flush=True)
+    if isinstance(e, user_errors):
+      message = " ".join(str(e).split())
+    else:
+      traceback.print_exc()
+      message = f"{type(e).__name__}: {e}"
+    print(f"error: process {jax.process_index()}: {message}", file=sys.stderr, flush=True)
     os._exit(1)  # pylint: disable=protected-access
 
 
@@ -222,6 +232,35 @@ def check_same_config(config: Any) -> None:
             f"process {index} was started with a different config than process 0: {key} is "
             f"{theirs!r} there and {mine!r} on process 0; start every process with the same "
             "--config and overrides")
+
+
+def check_same_data(data_state: Mapping[str, Any], where: str) -> None:
+  """Refuses to train when the processes read different training data.
+
+  Every process reads the whole training split and takes its rows of each
+  global batch by position, so the batch is one batch only if every host
+  holds the same examples. Compared: the data iterators' states before the
+  first batch (the number of examples and their digest, `pipeline.BatchIterator`).
+
+  Args:
+    data_state: this process's training iterator state.
+    where: the run's data paths, for the message.
+
+  Raises:
+    LaunchError: naming the first process whose data differs from process
+      0's, the values that differ, and `where`.
+  """
+  if jax.process_count() == 1:
+    return
+  states = gather_json(dict(data_state))
+  for index, other in enumerate(states[1:], start=1):
+    differs = [f"{key} {other.get(key)!r} there, {states[0].get(key)!r} on process 0"
+               for key in states[0] if other.get(key) != states[0][key]]
+    if differs:
+      raise LaunchError(
+          f"process {index} reads other training data than process 0 ({'; '.join(differs)}) "
+          f"at the run's data paths ({where}): every process reads the whole training split; "
+          "give every host the same files (or read them from one bucket)")
 
 
 def check_shared_workdir(workdir: str) -> None:
