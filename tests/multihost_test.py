@@ -238,37 +238,44 @@ def test_processes_that_do_not_share_the_run_directory_are_refused(tmp_path):
   assert list(here.iterdir()) == [] and not (there / "checkpoints").exists()
 
 
-def test_processes_that_read_different_training_data_are_refused_before_training(tmp_path):
-  """One relative data.train_path read from two directories stands for a stale
-  copy of the files on one host: each process would take its rows of every
-  global batch from its own copy. Both stop before step 0 with one line naming
-  what differs and where the data was read."""
+@pytest.mark.parametrize("stale, flags, what", [
+    ("reviews.jsonl", [], "training data"),  # Refused before step 0.
+    ("test.jsonl", ["--config.eval.split=test", "--config.eval.every_steps=2"],
+     "data for the test split"),  # Refused at the first eval, which hung before.
+])
+def test_processes_that_read_different_data_are_refused(tmp_path, stale, flags, what):
+  """Relative data paths read from two directories stand for a stale copy of
+  the files on one host: each process would take its rows of every global
+  batch from its own copy (an eval split of another length hung the run in
+  the eval's collectives). Both stop with one line naming what differs and
+  where the data was read."""
   rng = np.random.default_rng(0)
   words = ["good", "bad", "movie", "plot", "actor", "long", "fun", "boring", "story"]
   reviews = [json.dumps({"text": " ".join(rng.choice(words, 12))}) for _ in range(200)]
   hosts = (tmp_path / "host0", tmp_path / "host1")
-  for host, copy in zip(hosts, (reviews, reviews[:150])):  # host1's copy is stale.
+  for host in hosts:
     host.mkdir()
-    (host / "reviews.jsonl").write_text("\n".join(copy) + "\n")
+    for name in ("reviews.jsonl", "test.jsonl"):
+      copy = reviews[:150] if host == hosts[1] and name == stale else reviews
+      (host / name).write_text("\n".join(copy) + "\n")
   workdir = tmp_path / "run"
   args = [f"--config={tiny_setup.ROOT / 'configs' / 'lm_imdb.py'}:tiny,smoke",
           f"--workdir={workdir}", "--config.data.train_path=reviews.jsonl",
-          "--config.data.vocab_size=30", "--config.model.num_decoder_layers=1",
-          "--config.train.batch_size=8"]
+          "--config.data.eval_path=test.jsonl", "--config.data.vocab_size=30",
+          "--config.model.num_decoder_layers=1", "--config.train.batch_size=8",
+          "--config.train.num_steps=4", *flags]
   launch = _Launch(tmp_path, "stale", args, _env(tmp_path, devices=1), cwds=hosts)
   codes = launch.wait(timeout=200)
   assert codes == [1, 1], launch.output(0)[-3000:] + launch.output(1)[-3000:]
   for i in range(2):
     error = [line for line in launch.output(i).splitlines() if line.startswith("error: ")]
     assert "Traceback" not in launch.output(i) and len(error) == 1 and re.fullmatch(
-        rf"error: process {i}: process 1 reads other training data than process 0 "
-        r"\(num_examples \d+ "
-        r"there, \d+ on process 0; data_sha256 '\w+' there, '\w+' on process 0\) at the "
-        r"run's data paths \(data.train_path='reviews.jsonl'\): every process reads the whole "
-        r"training split; give every host the same files \(or read them from one bucket\)",
-        error[0]), launch.output(i)[-3000:]
+        rf"error: process {i}: process 1 reads other {what} than process 0 \(num_examples "
+        r"\d+ there, \d+ on process 0; data_sha256 '\w+' there, '\w+' on process 0\) at the "
+        r"run's data paths \(data.train_path='reviews.jsonl', data.eval_path='test.jsonl'\): "
+        r"every process reads all of it; give every host the same files \(or read them from "
+        r"one bucket\)", error[0]), launch.output(i)[-3000:]
   assert not list((workdir / "checkpoints").glob("[0-9]*"))
-  assert not (workdir / "metrics.jsonl").exists()
 
 
 @pytest.mark.slow  # The 2-process run and its resume are in the default suite (above).

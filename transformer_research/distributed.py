@@ -13,9 +13,9 @@ is the one place that knows about more than one process:
 * `check_shared_workdir` refuses a run directory that is not one directory
   for every process (a host-local path on a pod): each host would save only
   its own checkpoint shards, and no host could restore them.
-* `check_same_data` refuses processes that read different training data
-  (a stale copy of the files on one host): each would take its rows of the
-  global batch from its own copy, silently mixing two datasets.
+* `check_same_data` refuses processes that read different training or eval
+  data (a stale copy of the files on one host): each would take its rows of
+  the global batch from its own copy, silently mixing two datasets.
 * `broadcast_bytes` and `process_0_first` let process 0 do a job once
   (train a tokenizer, prepare a TFDS dataset) and the others follow without
   assuming a disk shared by every host: bytes travel through JAX collectives,
@@ -234,16 +234,19 @@ def check_same_config(config: Any) -> None:
             "--config and overrides")
 
 
-def check_same_data(data_state: Mapping[str, Any], where: str) -> None:
-  """Refuses to train when the processes read different training data.
+def check_same_data(identity: Mapping[str, Any], what: str, where: str) -> None:
+  """Refuses to go on when the processes read different data.
 
-  Every process reads the whole training split and takes its rows of each
-  global batch by position, so the batch is one batch only if every host
-  holds the same examples. Compared: the data iterators' states before the
-  first batch (the number of examples and their digest, `pipeline.BatchIterator`).
+  Every process reads a whole split and takes its rows of each global batch
+  by position, so a batch is one batch only if every host holds the same
+  examples; with a stale copy on one host the processes would mix two
+  datasets, and an eval split of another length hangs them in a collective.
+  Compared: the number of examples and their digest (`pipeline.TokenizedData`).
 
   Args:
-    data_state: this process's training iterator state.
+    identity: this process's `{"num_examples", "data_sha256", ...}` (a
+      training iterator's state, or `Task.data_identity`).
+    what: the data, for the message ("training data", "data for the test split").
     where: the run's data paths, for the message.
 
   Raises:
@@ -252,15 +255,15 @@ def check_same_data(data_state: Mapping[str, Any], where: str) -> None:
   """
   if jax.process_count() == 1:
     return
-  states = gather_json(dict(data_state))
-  for index, other in enumerate(states[1:], start=1):
-    differs = [f"{key} {other.get(key)!r} there, {states[0].get(key)!r} on process 0"
-               for key in states[0] if other.get(key) != states[0][key]]
+  identities = gather_json(dict(identity))
+  for index, other in enumerate(identities[1:], start=1):
+    differs = [f"{key} {other.get(key)!r} there, {identities[0].get(key)!r} on process 0"
+               for key in identities[0] if other.get(key) != identities[0][key]]
     if differs:
       raise LaunchError(
-          f"process {index} reads other training data than process 0 ({'; '.join(differs)}) "
-          f"at the run's data paths ({where}): every process reads the whole training split; "
-          "give every host the same files (or read them from one bucket)")
+          f"process {index} reads other {what} than process 0 ({'; '.join(differs)}) at the "
+          f"run's data paths ({where}): every process reads all of it; give every host the "
+          "same files (or read them from one bucket)")
 
 
 def check_shared_workdir(workdir: str) -> None:

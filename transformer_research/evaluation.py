@@ -35,6 +35,7 @@ import sacrebleu
 
 from transformer_research import batching
 from transformer_research import checkpointing
+from transformer_research import distributed
 from transformer_research import experiment
 from transformer_research import inference
 from transformer_research import metrics as metrics_lib
@@ -224,6 +225,8 @@ def evaluate(exp: experiment.Experiment, params: Any, split: str, *,
   if exp.kind == "seq2seq" and limit < -1:
     raise ValueError(f"num_examples={limit}: expected -1 (the whole split), 0 (no decoding) "
                      "or a number of examples to decode")
+  distributed.check_same_data(exp.task.data_identity(split), f"data for the {split} split",
+                              experiment.data_paths(exp.config))
   metrics = teacher_forced(exp, params, split)
   if exp.kind != "seq2seq" or limit == 0:  # 0: no BLEU of 0 for nothing decoded.
     return metrics, [], None

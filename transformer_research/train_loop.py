@@ -110,9 +110,8 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
     train_iter = stack.enter_context(contextlib.closing(pipeline.Prefetch(
         exp.task.train_iterator(config.train.batch_size), config.data.prefetch,
         lambda batch: (batch, sharding.global_batch(batch, exp.mesh)))))
-    distributed.check_same_data(train_iter.get_state(), ", ".join(
-        f"data.{field}={config.data[field]!r}" for field in experiment.DATA_PATH_FIELDS
-        if config.data.get(field)) or f"data.task={config.data.task!r}")
+    distributed.check_same_data(train_iter.get_state(), "training data",
+                                experiment.data_paths(config))
     if resumed.data_state is not None:
       try:
         train_iter.set_state(resumed.data_state)

@@ -299,6 +299,12 @@ class Task:
                                          process_count=process_count)
     return batches
 
+  def data_identity(self, split: str) -> dict[str, Any]:
+    """The number of examples of `split` and their digest: what every process
+    of a run must agree on (`distributed.check_same_data`)."""
+    data = self._tokenize(split)
+    return {"num_examples": len(data), "data_sha256": data.sha256}
+
   def eval_examples(self, split: str) -> list[dict[str, Any]]:
     """Raw examples of `split` for decoding, grouped by source text.
 
