@@ -226,7 +226,7 @@ def evaluate(exp: experiment.Experiment, params: Any, split: str, *,
     raise ValueError(f"num_examples={limit}: expected -1 (the whole split), 0 (no decoding) "
                      "or a number of examples to decode")
   distributed.check_same_data(exp.task.data_identity(split), f"data for the {split} split",
-                              experiment.data_paths(exp.config))
+                              experiment.describe_data_paths(exp.config))
   metrics = teacher_forced(exp, params, split)
   if exp.kind != "seq2seq" or limit == 0:  # 0: no BLEU of 0 for nothing decoded.
     return metrics, [], None

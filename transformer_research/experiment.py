@@ -185,7 +185,7 @@ class Run:
 DATA_PATH_FIELDS = ("manual_dir", "tfds_data_dir", "train_path", "eval_path")
 
 
-def data_paths(config: ml_collections.ConfigDict) -> str:
+def describe_data_paths(config: ml_collections.ConfigDict) -> str:
   """Where a run reads its data, for messages: the path fields that are set."""
   return ", ".join(f"data.{field}={config.data[field]!r}" for field in DATA_PATH_FIELDS
                    if config.data.get(field)) or f"data.task={config.data.task!r}, default paths"

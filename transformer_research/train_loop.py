@@ -111,7 +111,7 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
         exp.task.train_iterator(config.train.batch_size), config.data.prefetch,
         lambda batch: (batch, sharding.global_batch(batch, exp.mesh)))))
     distributed.check_same_data(train_iter.get_state(), "training data",
-                                experiment.data_paths(config))
+                                experiment.describe_data_paths(config))
     if resumed.data_state is not None:
       try:
         train_iter.set_state(resumed.data_state)
