@@ -103,12 +103,15 @@ class Checkpointer:
                                          item_handlers=_handlers())
 
   def save(self, state: TrainState, data_state: dict, window: dict,
-           eval_metrics: dict | None = None, elapsed_s: float = 0.0) -> None:
+           eval_metrics: dict | None = None, elapsed_s: float = 0.0,
+           held_out: dict | None = None) -> None:
     """Starts a (collective, possibly async) save of `state` at its step.
 
     Every process calls this: arrays are written shard by shard by their
     owners. `eval_metrics` are the metrics of an eval made at this very step
-    (None otherwise), so only eval checkpoints compete for "best".
+    (None otherwise), so only eval checkpoints compete for "best". `held_out`
+    identifies a validation split carved from the training files
+    (`Task.data_identity`; read back by `held_out`).
     """
     step = int(jax.device_get(state.step))
     best = self.config.best_metric
@@ -127,7 +130,8 @@ class Checkpointer:
           train=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step,
                                        "rng": state.rng}),
           extra=ocp.args.JsonSave({"data": _same_on_every_process(data_state),
-                                   "window": window, "elapsed_s": elapsed_s})),
+                                   "window": window, "elapsed_s": elapsed_s,
+                                   **({"held_out": held_out} if held_out else {})})),
           metrics=keep_metrics, force=True)
 
   @contextlib.contextmanager
@@ -257,9 +261,10 @@ def time_used_s(workdir: str, step: int) -> float:
   return _elapsed_s(_read_extra(workdir, step))
 
 
-def data_state(workdir: str, step: int) -> dict:
-  """The training data position saved in the checkpoint of `step` (`BatchIterator.get_state`)."""
-  return _this_process(_read_extra(workdir, step)["data"])
+def held_out(workdir: str, step: int) -> dict | None:
+  """The validation split's identity saved with the checkpoint of `step` (None
+  where the split is not carved from training files, or saved before this was)."""
+  return _read_extra(workdir, step).get("held_out")
 
 
 def _read_extra(workdir: str, step: int) -> dict:

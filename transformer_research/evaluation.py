@@ -344,21 +344,21 @@ def _check_still_held_out(exp: experiment.Experiment, workdir: str, step: int) -
 
   The split is `data.validation_fraction` of the shuffled `data.train_path`
   records: files edited, added or removed move the carve, and the split would
-  then mix in examples the model trained on, scored as unseen. The checkpoint's
-  data position records the training examples it was made with (their number
-  and digest); the current files must give the same ones.
+  then mix in examples the model trained on, scored as unseen. Each checkpoint
+  records the split it held out (number of examples and digest); the current
+  files must give the same one.
   """
-  c = exp.config
-  try:
-    exp.task.train_iterator(c.train.batch_size, 0, 1).set_state(
-        checkpointing.data_state(workdir, step))
-  except ValueError as e:
-    raise ValueError(
-        f"split='validation' of {workdir} is held out of data.train_path="
-        f"{c.data.train_path!r}, whose examples are not those checkpoint step {step} trained "
-        f"on ({e}): the split would mix in examples the model trained on. Nothing was "
-        "written: restore the files, or score other text with --source_file or "
-        "--split=test") from None
+  then, now = checkpointing.held_out(workdir, step), exp.task.data_identity("validation")
+  if then is None or then == now:  # None: saved before checkpoints recorded it.
+    return
+  differs = "; ".join(f"{key} {now.get(key)!r} now, {then[key]!r} then" for key in then
+                      if now.get(key) != then[key])
+  raise ValueError(
+      f"split='validation' of {workdir} is held out of data.train_path="
+      f"{exp.config.data.train_path!r}, but its examples are not those checkpoint step {step} "
+      f"held out ({differs}): the files were edited, added or removed since, and the split "
+      "would mix in examples the model trained on. Nothing was written: restore the files, "
+      "or score other text with --source_file or --split=test")
 
 
 def format_report(run: Any, split: str, record: dict[str, Any],

@@ -112,6 +112,9 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
         lambda batch: (batch, sharding.global_batch(batch, exp.mesh)))))
     distributed.check_same_data(train_iter.get_state(), "training data",
                                 experiment.describe_data_paths(config))
+    # A validation split carved from local training files moves when they are
+    # edited: each checkpoint records its examples, for evaluate.py to check.
+    held_out = exp.task.data_identity("validation") if config.data.get("train_path") else None
     if resumed.data_state is not None:
       try:
         train_iter.set_state(resumed.data_state)
@@ -204,7 +207,7 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
         if save_now:
           started = time.time()
           ckpt.save(state, train_iter.get_state(), window.to_state(), eval_metrics,
-                    elapsed_s=budget.elapsed())
+                    elapsed_s=budget.elapsed(), held_out=held_out)
           progress.saved(step, time.time() - started, config.checkpoint.async_save)
 
       # ------------------------------------------------------------- stop
