@@ -150,6 +150,26 @@ def test_a_resume_that_does_not_fit_is_refused_and_changes_nothing(run_copy, fla
   assert tiny_setup.fingerprint(run_copy) == before
 
 
+def test_a_first_start_killed_before_its_first_checkpoint_is_no_warm_start_source(tmp_path):
+  """Step 0 out of memory, a kill before the first save: config.json is written,
+  no checkpoint. Another model there is refused (as in any run directory), but
+  the advice offered a warm start from it, which then failed with "no checkpoint
+  found there"."""
+  killed = train(tmp_path, fault="kill_before_commit=2")
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  assert (tmp_path / "config.json").exists()
+  # Step 2's write was cut short: only its temporary directory.
+  assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  before = tiny_setup.fingerprint(tmp_path)
+  error = refused(train(tmp_path, **{"model.d_model": 64}),
+                  "holds a run with model.d_model=-1; this config has 64")
+  assert error.endswith("use a new --workdir (this run saved no checkpoint to warm-start "
+                        "from; to use the directory for this config, remove it first).")
+  assert "init_from" not in error
+  before.pop("lock")  # The killed run's stale lock, taken over and released.
+  assert tiny_setup.fingerprint(tmp_path) == before
+
+
 @pytest.mark.parametrize("flag,message", [
     ({"train.grad_accum_steps": 3}, "config.train.batch_size=8 (8 rows a step) is not divisible "
                                     "by config.train.grad_accum_steps=3"),

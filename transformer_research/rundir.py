@@ -210,8 +210,17 @@ def previous_config(workdir: str) -> Any | None:
   return configs.saved_config(path)
 
 
-def check_continues(previous: Any | None, config: Any, workdir: str) -> list[str]:
+def check_continues(previous: Any | None, config: Any, workdir: str,
+                    checkpointed: bool = True) -> list[str]:
   """Refuses a config that would train another model in `workdir`.
+
+  Args:
+    previous: `previous_config(workdir)`.
+    config: this start's config.
+    workdir: the run directory, for the message.
+    checkpointed: whether `workdir` holds a checkpoint (else the message
+      cannot offer a warm start from it: a first start that failed before
+      its first save, an out-of-memory step 0, left only its config).
 
   Returns:
     "field: old -> new" for every other field that changed (for the log).
@@ -231,9 +240,13 @@ def check_continues(previous: Any | None, config: Any, workdir: str) -> list[str
               not (section == "model" and field in _FREE_MODEL_FIELDS)) or
              name in _FIXED_FIELDS or (section == "data" and field not in _FREE_DATA_FIELDS))
     if fixed:
-      advice = (f"({_NO_WARM_START[name]})" if name in _NO_WARM_START else
-                "(or warm-start one from this run with "
-                f"--config.checkpoint.init_from={workdir})")
+      if not checkpointed:
+        advice = ("(this run saved no checkpoint to warm-start from; to use the directory "
+                  "for this config, remove it first)")
+      elif name in _NO_WARM_START:
+        advice = f"({_NO_WARM_START[name]})"
+      else:
+        advice = f"(or warm-start one from this run with --config.checkpoint.init_from={workdir})"
       raise ValueError(
           f"{workdir} holds a run with {name}={old.get(name)!r}; this config has "
           f"{new.get(name)!r}. A run directory continues one model and its data: nothing "
