@@ -256,6 +256,14 @@ def checkpoint_steps(workdir: str) -> list[int]:
   return steps
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether WORKDIR/checkpoints holds a saved step, by a plain listing: an Orbax
+  manager's construction is a collective in a multi-process run, and the
+  processes may see the directory at different moments of its creation."""
+  directory = storage.absolute(workdir) / "checkpoints"
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def time_used_s(workdir: str, step: int) -> float:
   """The wall time a run had used at its checkpoint of `step` (0 if it predates the record)."""
   return _elapsed_s(_read_extra(workdir, step))

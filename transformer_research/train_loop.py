@@ -85,7 +85,7 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
     # ------------------------------------------------------------- resume
     previous = rundir.previous_config(workdir)
     changed = rundir.check_continues(previous, config, workdir,
-                                     bool(checkpointing.checkpoint_steps(workdir)))
+                                     checkpointing.has_checkpoint(workdir))
     rundir.check_not_orphaned(workdir)
     ckpt = stack.enter_context(contextlib.closing(
         checkpointing.Checkpointer(workdir, config.checkpoint)))
