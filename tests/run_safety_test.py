@@ -478,9 +478,9 @@ def test_training_files_that_changed_are_refused_by_a_resume_and_a_validation_ev
   """The data paths may change on resume (a copy moved); the data may not: the
   checkpoint's position indexes the examples it trained on, and the validation
   split is carved from the same files. A file rewritten with as many lines is
-  caught too (by the examples' digest); one only touched is not refused. The
-  rebuilt tokenized cache names the file that changed (it named the first of all
-  the run's files)."""
+  caught too (by the examples' digest); one only touched is not refused, and a
+  copy elsewhere resumes from the tokenized cache. The rebuilt cache names the
+  file that changed (it named the first of all the run's files)."""
   rng = np.random.default_rng(0)
   reviews = [json.dumps({"text": " ".join(rng.choice(["good", "bad", "plot", "film"], 12)),
                          "label": i % 2}) for i in range(200)]
@@ -488,9 +488,15 @@ def test_training_files_that_changed_are_refused_by_a_resume_and_a_validation_ev
   train_file.write_text("\n".join(reviews) + "\n")
   test_file.write_text("\n".join(reviews[:40]) + "\n")
   workdir = tmp_path / "run"
-  command = tiny_setup.train_command(workdir, **{
-      "data.train_path": train_file, "data.eval_path": test_file, "data.vocab_size": 16})
-  command[2] = f"--config={tiny_setup.ROOT / 'configs' / 'imdb.py'}:tiny,smoke"
+
+  def command_at(folder: pathlib.Path, num_steps: int = 4) -> list[str]:
+    command = tiny_setup.train_command(workdir, **{
+        "data.train_path": folder / "train.jsonl", "data.eval_path": folder / "test.jsonl",
+        "data.vocab_size": 16, "train.num_steps": num_steps})
+    command[2] = f"--config={tiny_setup.ROOT / 'configs' / 'imdb.py'}:tiny,smoke"
+    return command
+
+  command = command_at(tmp_path)
   run = lambda command: subprocess.run(command, env=tiny_setup.subprocess_env(),
                                        capture_output=True, text=True, timeout=300)
   evaluate = [sys.executable, str(tiny_setup.ROOT / "launch" / "evaluate.py"),
@@ -518,4 +524,13 @@ def test_training_files_that_changed_are_refused_by_a_resume_and_a_validation_ev
       k: v for k, v in before.items() if not k.startswith("tokenized")}
   train_file.write_text("\n".join(reviews) + "\n")  # Restored: a new time, the same data.
   ok(run(evaluate))
-  ok(run([*command, "--config.train.num_steps=6"]))
+  ok(run(command_at(tmp_path, num_steps=6)))
+  # Copied elsewhere (other paths, new times, as a host's start-up script copies
+  # data): the resume reads the tokenized cache instead of tokenizing again.
+  moved = tmp_path / "moved"
+  moved.mkdir()
+  for name in ("train.jsonl", "test.jsonl"):
+    shutil.copy(tmp_path / name, moved / name)
+  resumed = ok(run(command_at(moved, num_steps=8)))
+  assert "but the files hold the bytes it was made from; using it" in resumed.stderr
+  assert "rebuilding it" not in resumed.stderr, resumed.stderr[-3000:]

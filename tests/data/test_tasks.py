@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -264,7 +265,7 @@ def test_tokenized_cache_is_reused_only_with_the_same_tokenizer_and_data(tmp_pat
                                                                           caplog):
   """A restart loads the tokenized split instead of re-tokenizing; a changed
   data file, length limit or tokenizer, or a corrupt cache, rebuilds it with
-  one warning saying why."""
+  one warning saying why; the same bytes at other paths or times do not."""
   caplog.set_level("INFO")
   workdir = tmp_path / "run"
   config = _imdb_files(tmp_path)
@@ -307,3 +308,25 @@ def test_tokenized_cache_is_reused_only_with_the_same_tokenizer_and_data(tmp_pat
       "data.validation_fraction": 0.2}), "data.validation_fraction changed (cached 0.1, now 0.2)")
   cache_file.write_bytes(cache_file.read_bytes()[:100])  # Torn write / corrupt file.
   rebuilt_because(config, "unreadable")
+
+  # The same files copied elsewhere (other paths, new times, as a host's start-up
+  # script copies them): the stamps differ, the bytes do not, so the cache is used,
+  # and under the new stamps the next start matches at once.
+  copies = tmp_path / "copies"
+  copies.mkdir()
+  for name in ("train.jsonl.gz", "test.jsonl.gz"):
+    shutil.copy(tmp_path / name, copies / name)
+  copied = configs.load_config("imdb:tiny,smoke", {
+      "data.train_path": str(copies / "train.jsonl.gz"),
+      "data.eval_path": str(copies / "test.jsonl.gz"), "data.vocab_size": 30,
+      "data.max_input_len": 16})
+  first = _first_batches(config, workdir)
+  monkeypatch.setattr(tasks.pipeline, "tokenize", no_tokenize)
+  caplog.clear()
+  for a, b in zip(first, _first_batches(copied, workdir)):
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+  assert (f'data.files[0] changed (cached ["{config.data.eval_path}", ' in caplog.text and
+          "but the files hold the bytes it was made from; using it" in caplog.text), caplog.text
+  caplog.clear()
+  _first_batches(copied, workdir)
+  assert "made with the same tokenizers and data" in caplog.text

@@ -8,9 +8,13 @@ in `WORKDIR/tokenized/<split>.npz`: the flat int32 arrays of
 tokenizers' fingerprints, the raw data's fingerprint, the lengths and limits
 that decide what is kept, and `VERSION` for the encoding code itself).
 
-A cache is used only when its key equals the current one, field for field.
-Otherwise (or when the file cannot be read) it is rebuilt with one warning
-naming the first field that differs, never silently reused. Files are
+A cache is used only when its key equals the current one, field for field,
+or when only the raw data's stamps (`key["data"]["files"]`: the files' paths,
+sizes and times) differ and the files hold the same bytes as when it was made
+(a digest of local files is stored beside the key): data copied afresh to a
+host at every start, or moved, is not tokenized again. Otherwise (or when the file cannot be
+read) it is rebuilt with one warning naming the first field that differs,
+never silently reused. Files are
 written whole (`storage.replace_bytes`: a temporary name renamed locally, one
 object write on a bucket), so a process killed mid-write, or a second
 process writing the same split, leaves either the old file or a whole new one.
@@ -34,17 +38,22 @@ VERSION = 1
 
 
 def load_or_tokenize(path: str | os.PathLike, key: dict[str, Any],
-                     tokenize: Callable[[], pipeline.TokenizedData]) -> pipeline.TokenizedData:
+                     tokenize: Callable[[], pipeline.TokenizedData],
+                     content: Callable[[], str | None] = lambda: None
+                     ) -> pipeline.TokenizedData:
   """The cached data at `path` if it was made with `key`, else `tokenize()`, saved there.
 
   Args:
     path: the `.npz` file (any epath file system: local, gs://).
-    key: JSON-serialisable description of everything the data depends on.
+    key: JSON-serialisable description of everything the data depends on;
+      `key["data"]["files"]` stamps the raw files cheaply (paths, sizes, times).
     tokenize: builds the data when the cache cannot be used.
+    content: a digest of the raw files' bytes (None: not files); computed when
+      a cache is made, and when one differs from `key` only in those stamps.
   """
   path = epath.Path(path)
   key = json.loads(json.dumps({"version": VERSION, **key}))  # Lists, as read back.
-  reason = "no cache yet"
+  reason, digest, same_bytes = "no cache yet", None, None
   if path.exists():
     try:
       with path.open("rb") as f, np.load(f) as stored:
@@ -55,12 +64,29 @@ def load_or_tokenize(path: str | os.PathLike, key: dict[str, Any],
           logging.info("tokenized cache %s: %d examples, made with the same tokenizers and "
                        "data", path, len(data))
           return data
+        if ("content" in stored.files and
+            _difference(_unstamped(cached_key), _unstamped(key)) is None):
+          digest = content()
+          if digest is not None and bytes(stored["content"]).decode() == digest:
+            same_bytes = _unpack(stored)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # Torn or foreign.
       reason = f"unreadable ({type(e).__name__}: {e})"
+    if same_bytes is not None:
+      logging.info("tokenized cache %s: %s, but the files hold the bytes it was made from; "
+                   "using it (%d examples)", path, reason, len(same_bytes))
+      _save(path, key, same_bytes, digest)  # Under the new stamps: the next start matches.
+      return same_bytes
     logging.warning("tokenized cache %s: %s; rebuilding it", path, reason)
   data = tokenize()
-  _save(path, key, data)
+  _save(path, key, data, digest if digest is not None else content())
   return data
+
+
+def _unstamped(key: dict[str, Any]) -> dict[str, Any]:
+  """`key` without the raw files' stamps (`key["data"]["files"]`: paths, sizes,
+  times), which a digest of their bytes may stand in for."""
+  data = key.get("data")
+  return {**key, "data": {**data, "files": None}} if isinstance(data, dict) else key
 
 
 def _difference(cached: Any, current: Any, where: str = "") -> str | None:
@@ -88,9 +114,12 @@ def _difference(cached: Any, current: Any, where: str = "") -> str | None:
   return f"{where} changed (cached {show(cached)}, now {show(current)})"
 
 
-def _save(path: epath.Path, key: dict[str, Any], data: pipeline.TokenizedData) -> None:
+def _save(path: epath.Path, key: dict[str, Any], data: pipeline.TokenizedData,
+          content: str | None) -> None:
   arrays = {"key": np.frombuffer(json.dumps(key).encode(), np.uint8),
             "skipped": np.frombuffer(json.dumps(data.skipped).encode(), np.uint8)}
+  if content is not None:
+    arrays["content"] = np.frombuffer(content.encode(), np.uint8)
   for group in ("tokens", "offsets", "scalars"):
     for field, values in getattr(data, group).items():
       arrays[f"{group}.{field}"] = values

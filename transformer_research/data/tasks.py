@@ -159,14 +159,17 @@ class Task:
                raw: Callable[[str], Sequence[Mapping[str, Any]]],
                input_tokenizer: tok_lib.Tokenizer | None,
                target_tokenizer: tok_lib.Tokenizer | None, *, cache_dir: str | None = None,
-               data_fingerprint: Callable[[str], Any] | None = None):
+               data_fingerprint: Callable[[str], Any] | None = None,
+               data_content: Callable[[], str | None] = lambda: None):
     """Args:
       name, data, seed: the task name, `config.data` and `config.seed`.
       raw: split -> raw records.
       input_tokenizer, target_tokenizer: as the attributes.
       cache_dir: where tokenized splits are cached (`cache.py`); None = no cache.
-      data_fingerprint: split -> what identifies its raw records (needed with
-        `cache_dir`).
+      data_fingerprint: split -> what identifies its raw records cheaply
+        (needed with `cache_dir`).
+      data_content: a digest of the bytes of the files the fingerprint stamps
+        (None: not local files), for a cache whose stamps alone changed.
     """
     task_spec = spec(name)
     self.name, self.kind, self.metric_names = name, task_spec.kind, task_spec.metric_names
@@ -184,6 +187,7 @@ class Task:
                          "mlm": {"inputs": data.max_input_len}}[self.kind]
     self._tokenized: dict[str, pipeline.TokenizedData] = {}
     self._cache_dir, self._data_fingerprint = cache_dir, data_fingerprint
+    self._data_content = data_content
 
   @property
   def eval_splits(self) -> tuple[str, ...]:
@@ -249,7 +253,7 @@ class Task:
                               for t in (self.input_tokenizer, self.target_tokenizer)],
                "data": self._data_fingerprint(split)}
         self._tokenized[split] = cache_lib.load_or_tokenize(
-            epath.Path(self._cache_dir) / f"{split}.npz", key, tokenize)
+            epath.Path(self._cache_dir) / f"{split}.npz", key, tokenize, self._data_content)
     return self._tokenized[split]
 
   def train_iterator(self, batch_size: int, process_index: int | None = None,
@@ -433,6 +437,16 @@ def _text_fingerprint(data: ml_collections.ConfigDict,
   return {"split": split, "examples": len(records), "sha256": digest.hexdigest()}
 
 
+def _text_content(data: ml_collections.ConfigDict) -> str | None:
+  """A digest of the bytes of the local files `_text_fingerprint` stamps (None
+  for TFDS data: preparing a dataset again can write other bytes for the same
+  records; five preparations of spa_eng gave two different files)."""
+  if not data.train_path:
+    return None
+  paths = [data.train_path] + ([data.eval_path] if data.eval_path else [])
+  return text_files.content_digest(paths)
+
+
 def char_tokenizers(name: str, data: ml_collections.ConfigDict
                     ) -> tuple[tok_lib.Tokenizer, tok_lib.Tokenizer | None]:
   """The (input, target) tokenizers of a synthetic task (target None: a label).
@@ -591,4 +605,5 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *, train_token
     return Task(name, data, config.seed, raw, in_tok, tgt_tok)
   return Task(name, data, config.seed, raw, in_tok, tgt_tok,
               cache_dir=str(epath.Path(workdir) / "tokenized") if workdir else None,
-              data_fingerprint=lambda split: _text_fingerprint(data, raw, split))
+              data_fingerprint=lambda split: _text_fingerprint(data, raw, split),
+              data_content=lambda: _text_content(data))

@@ -35,6 +35,7 @@ skipping would quietly drop a class), and so is a file with no usable example
 from collections.abc import Iterator, Sequence
 import glob
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -361,6 +362,21 @@ def text_files(paths: str | os.PathLike | Sequence[str | os.PathLike], *, with_l
       if (epath.Path(path) / name).is_dir():
         examples.extend(_read_folder(str(epath.Path(path) / name), names.index(name)))
   return examples
+
+
+def content_digest(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
+  """sha256 of the bytes of each file `text_files(paths)` reads, with its place
+  under the path given (a class folder's name is its label), not where that
+  path is: the same data copied elsewhere, or again, has the same digest."""
+  digest = hashlib.sha256()
+  for path in _expand(paths):
+    for file in _folder_files(path) if epath.Path(path).is_dir() else [path]:
+      size = storage.file_stamp(file)[0]
+      digest.update(f"{os.path.relpath(file, path)}\0{size}\0".encode())
+      with epath.Path(file).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+          digest.update(chunk)
+  return digest.hexdigest()
 
 
 def fingerprint(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[list[Any]]:
