@@ -78,7 +78,7 @@ def main(argv: list[str]) -> None:
   storage.check_workdir(_WORKDIR.value)
   distributed.check_same_config(_CONFIG.value)
   distributed.check_shared_workdir(_WORKDIR.value)
-  with distributed.fail_fast(cli.user_errors()):
+  with distributed.fail_fast(cli.user_error_line):
     train_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if multi:  # Leave together: process 0 hosts the coordinator the others need until then.
     jax.distributed.shutdown()

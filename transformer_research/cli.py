@@ -45,9 +45,10 @@ def run(main: Callable[[list[str]], None]) -> None:
   app.run(lambda argv: _main(main, argv), flags_parser=_parse_flags)
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-  """The exceptions to report as one line here: USER_ERRORS, none with --verbose."""
-  return () if _verbose() else USER_ERRORS
+def user_error_line(error: BaseException) -> str | None:
+  """The one line `run` reports `error` with when a user can fix it (USER_ERRORS);
+  None for anything else, and with --verbose (the traceback is shown then)."""
+  return None if _verbose() or not isinstance(error, USER_ERRORS) else one_line(error)
 
 
 def one_line(error: BaseException) -> str:

@@ -131,7 +131,7 @@ def _give_up(message: str) -> None:
 
 
 @contextlib.contextmanager
-def fail_fast(user_errors: tuple[type[BaseException], ...] = ()):
+def fail_fast(user_error_line: Callable[[Exception], str | None] = lambda error: None):
   """On an exception in a multi-process run, report it and exit at once (status 1).
 
   The other processes are then waiting in a collective for this one; a normal
@@ -140,17 +140,16 @@ def fail_fast(user_errors: tuple[type[BaseException], ...] = ()):
   With one process the exception propagates as usual.
 
   Args:
-    user_errors: exceptions reported as one line, `error: process I: ...`
-      (`cli.user_errors()`: what a user can fix); others keep their traceback.
+    user_error_line: the one line of an error a user can fix, None for others
+      (`cli.user_error_line`), which keep their traceback.
   """
   try:
     yield
   except Exception as e:  # pylint: disable=broad-except
     if jax.process_count() == 1:
       raise
-    if isinstance(e, user_errors):
-      message = " ".join(str(e).split())
-    else:
+    message = user_error_line(e)
+    if message is None:
       traceback.print_exc()
       message = f"{type(e).__name__}: {e}"
     print(f"error: process {jax.process_index()}: {message}", file=sys.stderr, flush=True)

@@ -606,4 +606,5 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *, train_token
   return Task(name, data, config.seed, raw, in_tok, tgt_tok,
               cache_dir=str(epath.Path(workdir) / "tokenized") if workdir else None,
               data_fingerprint=lambda split: _text_fingerprint(data, raw, split),
-              data_content=lambda: _text_content(data))
+              # Once per start: the same files back every split's cache.
+              data_content=functools.cache(lambda: _text_content(data)))

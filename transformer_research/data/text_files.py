@@ -364,18 +364,25 @@ def text_files(paths: str | os.PathLike | Sequence[str | os.PathLike], *, with_l
   return examples
 
 
+def _files_read(paths: str | os.PathLike | Sequence[str | os.PathLike]
+                ) -> list[tuple[str, str]]:
+  """(path given, file) for each file `text_files(paths)` reads: the path
+  itself, or the .txt files of a folder of class folders."""
+  return [(path, file) for path in _expand(paths)
+          for file in (_folder_files(path) if epath.Path(path).is_dir() else [path])]
+
+
 def content_digest(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
   """sha256 of the bytes of each file `text_files(paths)` reads, with its place
   under the path given (a class folder's name is its label), not where that
   path is: the same data copied elsewhere, or again, has the same digest."""
   digest = hashlib.sha256()
-  for path in _expand(paths):
-    for file in _folder_files(path) if epath.Path(path).is_dir() else [path]:
-      size = storage.file_stamp(file)[0]
-      digest.update(f"{os.path.relpath(file, path)}\0{size}\0".encode())
-      with epath.Path(file).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-          digest.update(chunk)
+  for path, file in _files_read(paths):
+    size = storage.file_stamp(file)[0]
+    digest.update(f"{os.path.relpath(file, path)}\0{size}\0".encode())
+    with epath.Path(file).open("rb") as f:
+      for chunk in iter(lambda: f.read(1 << 24), b""):
+        digest.update(chunk)
   return digest.hexdigest()
 
 
@@ -383,8 +390,6 @@ def fingerprint(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
   """[path, size, modification time] of each file `text_files(paths)` reads
   (the .txt files of class folders included), so a cache of what was made
   from them notices an edited or added file."""
-  files = []
-  for path in _expand(paths):
-    files.extend(_folder_files(path) if epath.Path(path).is_dir() else [path])
+  files = [file for _, file in _files_read(paths)]
   return [[path if storage.is_remote(path) else os.path.abspath(path), *storage.file_stamp(path)]
           for path in files]
