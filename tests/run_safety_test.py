@@ -378,19 +378,32 @@ def test_a_record_appended_after_a_kill_mid_line_is_kept_whole(run_copy):
   assert len(starts) == 2 and json.loads(starts[1])["origin"].endswith("step 4"), starts
 
 
-def test_a_damaged_config_json_is_named_and_nothing_changes(run_copy):
-  """A hand edit gone wrong (or a damaged disk): the JSON error names the file and
-  the line, for a resume and for a reader, and the run directory stays as it was."""
+@pytest.mark.parametrize("damage, message", [
+    pytest.param(lambda text: text[:100], ": line ", id="truncated"),
+    pytest.param(lambda text: json.dumps({"step": 4, "loss": 1.0}), ": no 'data' section, so "
+                 "this is not the config of a run (found ['loss', 'step'])", id="not_a_config")])
+def test_a_damaged_config_json_is_named_and_nothing_changes(run_copy, damage, message):
+  """A hand edit gone wrong, a damaged disk, another file copied over it: the
+  error names the file (and the line), for a resume and for a reader, and the
+  run directory stays as it was. Without its 'data' and 'model' sections the
+  defaults would fill in another model, and a resume was refused for a field
+  the run never had. plot.py only loses its training-length mark."""
   config = run_copy / "config.json"
-  config.write_text(config.read_text()[:100])
+  config.write_text(damage(config.read_text()))
   before = tiny_setup.fingerprint(run_copy)
-  message = f"{config}: line "
+  message = f"{config}{message}"
   refused(train(run_copy, **{"train.num_steps": 6}), message)
   translate = subprocess.run(
       [sys.executable, str(tiny_setup.ROOT / "launch" / "translate.py"), f"--workdir={run_copy}",
        "123"], env=tiny_setup.subprocess_env(), capture_output=True, text=True, timeout=300)
   refused(translate, message)
   assert tiny_setup.fingerprint(run_copy) == before
+  plot = subprocess.run(
+      [sys.executable, str(tiny_setup.ROOT / "launch" / "plot.py"), f"--workdir={run_copy}",
+       f"--out_dir={run_copy.parent / 'plots'}"], env=tiny_setup.subprocess_env(),
+      capture_output=True, text=True, timeout=300)
+  assert plot.returncode == 0 and "per_length_accuracy.png" in plot.stdout, plot.stderr[-3000:]
+  assert f"no training-length mark for {run_copy}: {message}" in plot.stderr, plot.stderr
 
 
 def test_a_full_disk_stops_with_the_path_and_keeps_the_last_checkpoint(run_copy):

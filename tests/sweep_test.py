@@ -65,6 +65,17 @@ def test_a_sweep_trains_each_run_reports_a_failed_one_and_reruns_nothing_finishe
   assert [(a["name"], a["returncode"]) for a in attempts] == [
       ("plain", 0), ("warm", 1), ("warm", 1)]
 
+  # A damaged config.json of a finished run: that run fails with train.py's error
+  # naming the file, the rest of the sweep goes on, the plots are drawn.
+  config = good / "config.json"
+  config.write_text(config.read_text()[:100])
+  third = _sweep(tmp_path, *plan)
+  assert third.returncode == 1, third.stderr[-3000:]
+  assert f"[1/2] plain: FAILED with exit status 1: error: {config}: line " in third.stdout
+  assert "[2/2] warm: FAILED" in third.stdout
+  assert f"no training-length mark for {good}" in third.stderr
+  assert "error: 2 of 2 runs failed" in third.stderr
+
 
 def test_a_run_stopped_by_its_time_budget_is_finished_and_not_started_again(tmp_path):
   """The sweep's run is first trained on a ticking clock, so its train.max_minutes budget ends

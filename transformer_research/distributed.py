@@ -45,6 +45,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from transformer_research import configs
+from transformer_research.data import pipeline
 
 
 # JAX's own connection deadline is set this much later than --init_timeout_s.
@@ -256,11 +257,10 @@ def check_same_data(identity: Mapping[str, Any], what: str, where: str) -> None:
     return
   identities = gather_json(dict(identity))
   for index, other in enumerate(identities[1:], start=1):
-    differs = [f"{key} {other.get(key)!r} there, {identities[0].get(key)!r} on process 0"
-               for key in identities[0] if other.get(key) != identities[0][key]]
+    differs = pipeline.identity_changes(other, identities[0], "there", "on process 0")
     if differs:
       raise LaunchError(
-          f"process {index} reads other {what} than process 0 ({'; '.join(differs)}) at the "
+          f"process {index} reads other {what} than process 0 ({differs}) at the "
           f"run's data paths ({where}): every process reads all of it; give every host the "
           "same files (or read them from one bucket)")
 

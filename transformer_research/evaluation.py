@@ -40,6 +40,7 @@ from transformer_research import experiment
 from transformer_research import inference
 from transformer_research import metrics as metrics_lib
 from transformer_research import sharding
+from transformer_research.data import pipeline
 
 
 def bleu_and_chrf(hypotheses: Sequence[str],
@@ -351,8 +352,7 @@ def _check_still_held_out(exp: experiment.Experiment, workdir: str, step: int) -
   then, now = checkpointing.held_out(workdir, step), exp.task.data_identity("validation")
   if then is None or then == now:  # None: saved before checkpoints recorded it.
     return
-  differs = "; ".join(f"{key} {now.get(key)!r} now, {then[key]!r} then" for key in then
-                      if now.get(key) != then[key])
+  differs = pipeline.identity_changes(now, then, "now", "then")
   raise ValueError(
       f"split='validation' of {workdir} is held out of data.train_path="
       f"{exp.config.data.train_path!r}, but its examples are not those checkpoint step {step} "

@@ -28,6 +28,7 @@ matplotlib.use("Agg")  # Files only: no display on servers and CI.
 import matplotlib.pyplot as plt  # noqa: E402  (after use("Agg"))
 from matplotlib import ticker  # noqa: E402
 
+from transformer_research import configs  # noqa: E402
 from transformer_research import storage  # noqa: E402
 
 # Metric groups -> one figure each: (file name, title, metric names, y label, log-scale y).
@@ -194,12 +195,20 @@ def _path_parts(workdir: str) -> list[str]:
 
 
 def _train_max_len(workdir: str) -> int | None:
-  """The longest training length of a synthetic task (config.json), if any."""
+  """The longest training length of a synthetic task (config.json), if any.
+
+  Only a mark on the per-length plots: a damaged config.json costs the mark
+  (with a warning naming it), not the plots of the records beside it.
+  """
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
     return None
-  data = json.loads(path.read_text()).get("data", {})
-  return data.get("train_max_len") if data.get("num_train_examples") else None
+  try:
+    data = configs.saved_config(path).data
+  except ValueError as e:
+    logging.warning("no training-length mark for %s: %s", workdir, e)
+    return None
+  return data.train_max_len if data.num_train_examples else None
 
 
 def plot_workdirs(workdirs: Sequence[str], out_dir: str | None = None) -> list[str]:

@@ -255,7 +255,10 @@ def printable(command: Sequence[str]) -> str:
 
 def finished_step(run_dir: str, config: Any) -> int | None:
   """The last step of a finished run of exactly `config` in `run_dir`, else None (module docstring)."""
-  previous = rundir.previous_config(run_dir)
+  try:
+    previous = rundir.previous_config(run_dir)
+  except ValueError:  # A damaged config.json: the run's train.py names it, the sweep goes on.
+    return None
   if previous is None or configs.flatten(previous) != configs.flatten(config):
     return None
   steps = checkpointing.checkpoint_steps(run_dir)

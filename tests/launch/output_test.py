@@ -135,7 +135,7 @@ def test_plots_overlay_runs_with_titles_labels_and_the_training_length(tmp_path,
                     "sequence_accuracy_len_09": 1.0, "sequence_accuracy_len_12": 0.2})
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (workdir / "config.json").write_text(json.dumps(
-        {"data": {"train_max_len": 10, "num_train_examples": 100}}))
+        {"data": {"train_max_len": 10, "num_train_examples": 100}, "model": {}, "train": {}}))
     runs.append(str(workdir))
   figures = {}
 

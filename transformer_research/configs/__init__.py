@@ -48,6 +48,11 @@ def load_config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_col
   return config
 
 
+_RUN_SECTIONS = ("data", "model", "train")
+_RESTORE = ("restore it (a copy is in the newest record of runs.jsonl beside it) or use a new "
+            "run directory")
+
+
 def saved_config(path: Any) -> ml_collections.ConfigDict:
   """A run's config.json as a config, with the fields base.py has gained since.
 
@@ -64,17 +69,23 @@ def saved_config(path: Any) -> ml_collections.ConfigDict:
         out[key] = fill(out[key], value)
     return out
 
+  restore = f"this file records the run's config: {_RESTORE}"
   try:
     saved = json.loads(epath.Path(path).read_text())
   except FileNotFoundError:
     raise missing_saved_config(path) from None
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: line {e.lineno} column {e.colno}: {e.msg}; this file records the "
-                     "run's config: restore it (a copy is in the newest record of runs.jsonl "
-                     "beside it) or use a new run directory") from None
+    raise ValueError(f"{path}: line {e.lineno} column {e.colno}: {e.msg}; {restore}") from None
   if not isinstance(saved, dict):
     raise ValueError(f"{path}: expected a JSON object of config sections, found "
-                     f"{type(saved).__name__}")
+                     f"{type(saved).__name__}; {restore}")
+  # Every config launch/train.py ever wrote has these: without them the
+  # defaults would fill in a model and data, and a resume would be refused
+  # for a field the run never had (or a reader would build the wrong model).
+  for section in _RUN_SECTIONS:
+    if not isinstance(saved.get(section), dict):
+      raise ValueError(f"{path}: no {section!r} section, so this is not the config of a run "
+                       f"(found {sorted(saved)[:5]}); {restore}")
   return ml_collections.ConfigDict(fill(saved, json.loads(base.get_config().to_json_best_effort())))
 
 
@@ -82,8 +93,7 @@ def missing_saved_config(path: Any) -> FileNotFoundError:
   """The error of a run directory whose checkpoints outlived its config.json."""
   return FileNotFoundError(
       f"{path} not found: this file records the config the run's checkpoints were trained "
-      "with: restore it (a copy is in the newest record of runs.jsonl beside it) or use a new "
-      "run directory")
+      f"with: {_RESTORE}")
 
 
 def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:

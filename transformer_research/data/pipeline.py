@@ -91,6 +91,18 @@ class TokenizedData:
     return digest.hexdigest()[:16]
 
 
+def identity_changes(ours: Mapping[str, Any], theirs: Mapping[str, Any], ours_label: str,
+                     theirs_label: str) -> str:
+  """'num_examples 15 now, 20 then; ...' for each key of `theirs` that `ours` does not match.
+
+  How the messages that refuse other data (another host's copy, a carve that
+  moved) name what differs between two identities (`TokenizedData.sha256`
+  and the number of examples); "" when none does.
+  """
+  return "; ".join(f"{key} {ours.get(key)!r} {ours_label}, {value!r} {theirs_label}"
+                   for key, value in theirs.items() if ours.get(key) != value)
+
+
 def tokenize(source: Sequence[Mapping[str, Any]],
              encode: Callable[[Mapping[str, Any]], Encoded | list[Encoded]],
              max_lengths: Mapping[str, int],
