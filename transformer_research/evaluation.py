@@ -40,6 +40,7 @@ from transformer_research import experiment
 from transformer_research import inference
 from transformer_research import metrics as metrics_lib
 from transformer_research import sharding
+from transformer_research import storage
 from transformer_research.data import pipeline
 
 
@@ -336,7 +337,7 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
   if jax.process_index() != 0:
     return record, None
   path = epath.Path(workdir) / f"eval_{split}_{run.step}{suffix}.md"
-  path.write_text(format_report(run, split, record, examples, outputs))
+  storage.replace_text(path, format_report(run, split, record, examples, outputs))
   return record, str(path)
 
 

@@ -12,18 +12,11 @@ machine): test sequence accuracy 99.6% (796 of 799) on the trained lengths 1-10
 
 import ml_collections
 
-from transformer_research.configs import base
+from transformer_research.configs import reverse
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg`: a model variant and/or `smoke` (see `base.parse_arg`); default "mini"."""
-  variant, smoke = base.parse_arg(arg, default_variant="mini")
-  c = base.get_config()
-  c.model.variant = variant
+  """configs/reverse.py's recipe (lengths, steps, batch; `arg` as there) on the sort task."""
+  c = reverse.get_config(arg)
   c.data.task = "sort"
-  c.data.max_input_len = 20  # eval_max_len symbols.
-  c.data.max_target_len = 21  # ... plus EOS.
-  c.train.num_steps = 3000
-  c.eval.every_steps = 1000
-  c.train.batch_size = 64
-  return base.finalize(c, smoke)
+  return c
