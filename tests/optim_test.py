@@ -30,6 +30,31 @@ def test_cosine_and_constant_schedules():
   np.testing.assert_allclose([const(2), const(4), const(1000)], [1.5, 3.0, 3.0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("schedule", ["rsqrt", "constant"])
+def test_more_steps_leave_a_schedule_that_does_not_decay_over_them_alone(schedule):
+  before = _train(schedule=schedule, warmup_steps=2, num_steps=6)
+  assert optim.schedule_change(before, _train(schedule=schedule, warmup_steps=2, num_steps=12),
+                               6) is None
+
+
+def test_a_resume_that_moves_the_learning_rate_names_both_rates():
+  """More steps move a cosine decay back up; so does any other schedule field,
+  unless the rate at the resume step stays the same (during warmup here)."""
+  cosine = dict(schedule="cosine", warmup_steps=2, learning_rate=1e-3)
+  assert optim.schedule_change(_train(**cosine, num_steps=6), _train(**cosine, num_steps=12),
+                               6) == (
+      "the learning-rate schedule changed (train.num_steps: 6 -> 12): step 6 trains at "
+      "0.000655; the schedule of the run's last start gives 0 there (a cosine schedule "
+      "decays over train.num_steps)")
+  moved = optim.schedule_change(_train(**cosine, num_steps=6),
+                                _train(**dict(cosine, learning_rate=2e-3), num_steps=6), 4)
+  assert moved.startswith("the learning-rate schedule changed (train.learning_rate: 0.001 -> "
+                          "0.002): step 4 trains at 0.001; the schedule of the run's last start "
+                          "gives 0.0005 there")
+  assert optim.schedule_change(_train(**cosine, num_steps=6),
+                               _train(**dict(cosine, schedule="constant"), num_steps=6), 1) is None
+
+
 def test_unknown_names_are_errors():
   with pytest.raises(ValueError, match="config.train.schedule='linear'"):
     optim.make_schedule(_train(schedule="linear"))

@@ -318,8 +318,12 @@ def test_a_resume_may_rank_the_best_checkpoints_by_another_metric(tmp_path):
 
 
 def test_every_start_is_recorded_with_what_changed(run_copy):
+  """Also: a change that moves the learning rate at the resume step says so with
+  both rates (more steps do not move the default "rsqrt" schedule; "cosine"
+  decays over them)."""
   run = ok(train(run_copy, **{"train.num_steps": 6}))
   assert "changed fields: train.num_steps: 4 -> 6" in run.stderr
+  assert "learning-rate schedule changed" not in run.stderr
   starts = [json.loads(line) for line in open(run_copy / "runs.jsonl")]
   assert [s["origin"].split(" step ")[-1] for s in starts] == ["from scratch", "4"]
   assert starts[1]["changed"] == ["train.num_steps: 4 -> 6"]
@@ -328,6 +332,9 @@ def test_every_start_is_recorded_with_what_changed(run_copy):
     assert starts[1]["versions"][key][0].isdigit(), starts[1]["versions"]
   assert "git_commit" in starts[1]
   assert json.load(open(run_copy / "config.json"))["train"]["num_steps"] == 6
+  cosine = ok(train(run_copy, **{"train.num_steps": 8, "train.schedule": "cosine"}))
+  assert ("the learning-rate schedule changed (train.schedule: 'rsqrt' -> 'cosine'; "
+          "train.num_steps: 6 -> 8): step 6 trains at ") in cosine.stderr
 
 
 def test_rerunning_a_finished_run_says_so_and_changes_no_checkpoint_or_metric(run_copy):

@@ -59,6 +59,39 @@ def make_schedule(train: Any) -> optax.Schedule:
                    "or 'constant'")
 
 
+# The fields `make_schedule` reads.
+_SCHEDULE_FIELDS = ("schedule", "learning_rate", "warmup_steps", "num_steps", "min_lr_ratio")
+
+
+def schedule_change(previous: Any, train: Any, step: int) -> str | None:
+  """What a resume at `step` does to the learning rate, if it is not what it was.
+
+  Raising `train.num_steps` to train a run on reads as "more of the same",
+  but a cosine schedule decays over num_steps: the resumed run jumps back up
+  the curve (a run decayed to 0 at its step 6, then taken on to 12 steps,
+  trains step 6 at 6.5e-4 of a 1e-3 peak). Allowed (a restart of the decay
+  can be what one wants), but said, with both rates; "rsqrt" and "constant"
+  do not depend on num_steps.
+
+  Args:
+    previous, train: the `config.train` of the run's last start and of this one.
+    step: the step the run resumes at.
+
+  Returns:
+    One line naming the changed schedule fields and the rate at `step` under
+    each, or None when the rate there is the same.
+  """
+  before, now = (float(make_schedule(t)(step)) for t in (previous, train))
+  if abs(now - before) <= 1e-6 * max(abs(before), abs(now)):
+    return None
+  fields = "; ".join(f"train.{f}: {previous.get(f)!r} -> {train.get(f)!r}"
+                     for f in _SCHEDULE_FIELDS if previous.get(f) != train.get(f))
+  why = (" (a cosine schedule decays over train.num_steps)" if train.schedule == "cosine" and
+         previous.get("num_steps") != train.num_steps else "")
+  return (f"the learning-rate schedule changed ({fields}): step {step} trains at {now:.3g}; "
+          f"the schedule of the run's last start gives {before:.3g} there{why}")
+
+
 def decay_mask(params: Any) -> Any:
   """True where weight decay applies: matrices, not biases or norm parameters.
 

@@ -135,6 +135,9 @@ def train_and_evaluate(config: Any, workdir: str) -> training.TrainState:
     if changed:
       logging.warning("this run continues %s with changed fields: %s", workdir,
                       "; ".join(changed))
+      moved = optim.schedule_change(previous.train, config.train, step)
+      if moved and step < num_steps:
+        logging.warning("%s", moved)
     logging.info("%s; training from step %d to %d on mesh %s", origin, step,
                  num_steps, dict(exp.mesh.shape))
     writer = stack.enter_context(contextlib.closing(
