@@ -129,7 +129,7 @@ def test_init_from_loads_params_only(saved, tmp_path):
   resumed = _resume(ckpt, fresh._replace(step=fresh.step * 0), shardings)
   ckpt.close()
   state = resumed.state
-  assert resumed.origin == f"params from {workdir}" and resumed.data_state is None
+  assert resumed.origin == f"params from {workdir}/checkpoints step 1" and resumed.data_state is None
   assert int(state.step) == 0
   _assert_same(state.params, expected.params)
   _assert_same(state.opt_state, jax.device_get(fresh.opt_state))  # Fresh optimizer.

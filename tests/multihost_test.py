@@ -15,6 +15,7 @@ from compiling again.
 import json
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -63,6 +64,17 @@ class _Launch:
 
   def output(self, i: int) -> str:
     return self.logs[i].read_text()
+
+  def refused(self, timeout: float) -> list[str]:
+    """Each process's one `error: ...` line, once all exited 1 (a user's error: no traceback)."""
+    codes = self.wait(timeout)
+    assert codes == [1] * len(self.procs), [self.output(i)[-3000:] for i in range(len(codes))]
+    lines = []
+    for i in range(len(self.procs)):
+      errors = [line for line in self.output(i).splitlines() if line.startswith("error: ")]
+      assert len(errors) == 1 and "Traceback" not in self.output(i), self.output(i)[-3000:]
+      lines.append(errors[0])
+    return lines
 
   def wait(self, timeout: float) -> list[int]:
     """Exit codes; kills whatever is still running after `timeout` seconds."""
@@ -238,6 +250,11 @@ def test_processes_that_do_not_share_the_run_directory_are_refused(tmp_path):
   assert list(here.iterdir()) == [] and not (there / "checkpoints").exists()
 
 
+# The advice that ends every "reads other ... than process 0" error.
+_SAME_FILES = (r"every process reads all of it; give every host the same files \(or read them "
+               r"from one bucket\)")
+
+
 @pytest.mark.parametrize("stale, flags, what", [
     ("reviews.jsonl", [], "training data"),  # Refused before step 0.
     ("test.jsonl", ["--config.eval.split=test", "--config.eval.every_steps=2"],
@@ -264,17 +281,38 @@ def test_processes_that_read_different_data_are_refused(tmp_path, stale, flags, 
           "--config.data.eval_path=test.jsonl", "--config.data.vocab_size=30",
           "--config.model.num_decoder_layers=1", "--config.train.batch_size=8",
           "--config.train.num_steps=4", *flags]
-  launch = _Launch(tmp_path, "stale", args, _env(tmp_path, devices=1), cwds=hosts)
-  codes = launch.wait(timeout=200)
-  assert codes == [1, 1], launch.output(0)[-3000:] + launch.output(1)[-3000:]
-  for i in range(2):
-    error = [line for line in launch.output(i).splitlines() if line.startswith("error: ")]
-    assert "Traceback" not in launch.output(i) and len(error) == 1 and re.fullmatch(
+  errors = _Launch(tmp_path, "stale", args, _env(tmp_path, devices=1), cwds=hosts).refused(200)
+  for i, error in enumerate(errors):
+    assert re.fullmatch(
         rf"error: process {i}: process 1 reads other {what} than process 0 \(num_examples "
         r"\d+ there, \d+ on process 0; data_sha256 '\w+' there, '\w+' on process 0\) at the "
         r"run's data paths \(data.train_path='reviews.jsonl', data.eval_path='test.jsonl'\): "
-        r"every process reads all of it; give every host the same files \(or read them from "
-        r"one bucket\)", error[0]), launch.output(i)[-3000:]
+        + _SAME_FILES, error)
+  assert not list((workdir / "checkpoints").glob("[0-9]*"))
+
+
+def test_processes_that_warm_start_from_different_checkpoints_are_refused(tmp_path):
+  """A warm-start source copied to each host's disk, stale on one (its copy
+  lacks the latest step): the processes started from different parameters and
+  trained on as one model without a word. Both stop with one line naming the
+  steps; nothing is trained."""
+  source = tmp_path / "source"
+  trained = subprocess.run(tiny_setup.train_command(source), env=tiny_setup.subprocess_env(),
+                           capture_output=True, text=True, timeout=300)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  hosts = (tmp_path / "host0", tmp_path / "host1")
+  for host in hosts:
+    shutil.copytree(source, host / "source")
+  shutil.rmtree(hosts[1] / "source" / "checkpoints" / "4")
+  workdir = tmp_path / "run"
+  args = [REVERSE, f"--workdir={workdir}", "--config.checkpoint.init_from=source",
+          *tiny_setup.flags(**{"train.num_steps": 6})]
+  errors = _Launch(tmp_path, "warm", args, _env(tmp_path, devices=1), cwds=hosts).refused(200)
+  for i, error in enumerate(errors):
+    assert re.fullmatch(
+        rf"error: process {i}: process 1 reads other warm-start parameters than process 0 "
+        r"\(step 2 there, 4 on process 0; metadata_sha256 '\w+' there, '\w+' on process 0\) "
+        r"at config.checkpoint.init_from='source': " + _SAME_FILES, error)
   assert not list((workdir / "checkpoints").glob("[0-9]*"))
 
 

@@ -192,9 +192,11 @@ class Checkpointer:
                                        abstract.params, state.params)
       return Resumed(state._replace(params=params), None, None, origin)
     if self.config.init_from:
-      params = restore_params(self.config.init_from, abstract.params)
+      directory, step = warm_start.locate(self.config.init_from)
+      warm_start.check_same_source(self.config.init_from, directory, step)
+      params = restore_params(epath.Path(directory) / str(step), abstract.params)
       return Resumed(state._replace(params=params), None, None,
-                     f"params from {self.config.init_from}")
+                     f"params from {directory} step {step}")
     return Resumed(state, None, None, "from scratch")
 
   def _move_aside(self, step: int, error: Exception) -> str:

@@ -246,8 +246,9 @@ def check_same_data(identity: Mapping[str, Any], what: str, where: str) -> None:
   Args:
     identity: this process's `{"num_examples", "data_sha256", ...}` (a
       training iterator's state, or `Task.data_identity`).
-    what: the data, for the message ("training data", "data for the test split").
-    where: the run's data paths, for the message.
+    what: the data, for the message ("training data", "data for the test split",
+      "warm-start parameters").
+    where: where it was read, for the message ("the run's data paths (...)").
 
   Raises:
     LaunchError: naming the first process whose data differs from process
@@ -260,9 +261,9 @@ def check_same_data(identity: Mapping[str, Any], what: str, where: str) -> None:
     differs = pipeline.identity_changes(other, identities[0], "there", "on process 0")
     if differs:
       raise LaunchError(
-          f"process {index} reads other {what} than process 0 ({differs}) at the "
-          f"run's data paths ({where}): every process reads all of it; give every host the "
-          "same files (or read them from one bucket)")
+          f"process {index} reads other {what} than process 0 ({differs}) at {where}: every "
+          "process reads all of it; give every host the same files (or read them from one "
+          "bucket)")
 
 
 def check_shared_workdir(workdir: str) -> None:

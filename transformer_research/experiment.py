@@ -186,9 +186,11 @@ DATA_PATH_FIELDS = ("manual_dir", "tfds_data_dir", "train_path", "eval_path")
 
 
 def describe_data_paths(config: ml_collections.ConfigDict) -> str:
-  """Where a run reads its data, for messages: the path fields that are set."""
-  return ", ".join(f"data.{field}={config.data[field]!r}" for field in DATA_PATH_FIELDS
-                   if config.data.get(field)) or f"data.task={config.data.task!r}, default paths"
+  """Where a run reads its data, for messages: "the run's data paths (the path
+  fields that are set)"."""
+  paths = ", ".join(f"data.{field}={config.data[field]!r}" for field in DATA_PATH_FIELDS
+                    if config.data.get(field))
+  return f"the run's data paths ({paths or f'data.task={config.data.task!r}, default paths'})"
 
 
 def load_run(workdir: str, step: int | None = None, *, average_last: int = 1,

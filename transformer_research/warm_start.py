@@ -38,6 +38,7 @@ things come from that source run:
   with the same vocabulary); "" means `init_from`'s.
 """
 
+import hashlib
 import logging
 import re
 from typing import Any, Sequence
@@ -48,6 +49,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from transformer_research import configs
+from transformer_research import distributed
 from transformer_research import sharding
 from transformer_research import storage
 from transformer_research.data import tasks
@@ -76,6 +78,26 @@ def locate(path: str) -> tuple[str, int]:
   if step is None:
     raise ValueError(f"config.checkpoint.init_from='{path}': no checkpoint found there")
   return str(path), step
+
+
+def check_same_source(init_from: str, directory: str, step: int) -> None:
+  """Refuses a warm start whose source is not one checkpoint on every process.
+
+  Each process reads the source at its own `init_from` path: with a copy on
+  each host's disk, a stale copy on one (another latest step, another run)
+  started the processes from different parameters, which then trained on as
+  one model without a word. Orbax's `_CHECKPOINT_METADATA` records when a
+  checkpoint was saved, so copies of one save agree and two saves do not.
+
+  Raises:
+    distributed.LaunchError: naming the first process whose source differs.
+  """
+  if jax.process_count() == 1:
+    return
+  metadata = epath.Path(directory) / str(step) / "_CHECKPOINT_METADATA"
+  digest = hashlib.sha256(metadata.read_bytes()).hexdigest()[:16] if metadata.exists() else ""
+  distributed.check_same_data({"step": step, "metadata_sha256": digest}, "warm-start parameters",
+                              f"config.checkpoint.init_from={init_from!r}")
 
 
 def run_directory(path: str) -> str:
@@ -173,6 +195,7 @@ def load(init_from: str, rules: Sequence[Any], abstract: Any, fresh: Any) -> tup
     (params, origin): origin is one line for the log and runs.jsonl.
   """
   directory, step = locate(init_from)
+  check_same_source(init_from, directory, step)
   where = f"checkpoint step {step} in {directory}"
   # PyTree handler: its restore reads a part of the tree (partial_restore).
   handlers = {"params": ocp.PyTreeCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
