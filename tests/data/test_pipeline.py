@@ -189,6 +189,22 @@ def test_bad_records_are_skipped_and_counted_in_one_line(caplog):
                    "(malformed=2, empty=1, too_long=1)"]
 
 
+@pytest.mark.parametrize("labels, level, said", [
+    ([1, 0, 1, 1], logging.INFO, "; examples per label 0: 1, 1: 3"),
+    ([2, 2, 2], logging.WARNING, "; examples per label 2: 3 (every example has the same label: "
+     "is the data sorted by label and cut?)")])
+def test_a_classifiers_labels_are_counted_and_one_label_is_a_warning(caplog, labels, level,
+                                                                     said):
+  """A file sorted by label and cut short (max_train_examples, `head`) holds one class."""
+  records = [{"inputs": [5, 6], "label": label} for label in labels]
+  with caplog.at_level(logging.INFO):
+    pipeline.tokenize(records, lambda r: r, {"inputs": 4}, "reviews")
+  (record,) = [r for r in caplog.records if r.getMessage().startswith("reviews:")]
+  assert record.levelno == level and record.getMessage() == (
+      f"reviews: kept {len(labels)} examples from {len(labels)} records; skipped 0 "
+      f"(malformed=0, empty=0, too_long=0){said}")
+
+
 def test_lm_packing_targets_only():
   records = [{"targets": list(range(1, n + 1))} for n in (3, 5, 2, 7, 1)]
   data = pipeline.tokenize(records, lambda r: r, {"targets": 8})

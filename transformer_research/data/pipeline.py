@@ -156,10 +156,18 @@ def tokenize(source: Sequence[Mapping[str, Any]],
                for f, n in sizes.items()},
       scalars={f: np.asarray(v, np.int32) for f, v in scalars.items()},
       skipped=skipped)
-  logging.log(logging.WARNING if sum(skipped.values()) else logging.INFO,
-              "%s: kept %d examples from %d records; skipped %d (%s)", name, len(data),
+  # Examples per label: a classifier's file sorted by label and cut short
+  # (max_train_examples, `head`) holds one class, and trains to say it.
+  counts = np.bincount(data.scalars["label"]) if len(data.scalars.get("label", ())) else None
+  labels = "" if counts is None else "; examples per label " + ", ".join(
+      f"{label}: {n}" for label, n in enumerate(counts.tolist()) if n)
+  one_label = counts is not None and np.count_nonzero(counts) == 1
+  if one_label:
+    labels += " (every example has the same label: is the data sorted by label and cut?)"
+  logging.log(logging.WARNING if sum(skipped.values()) or one_label else logging.INFO,
+              "%s: kept %d examples from %d records; skipped %d (%s)%s", name, len(data),
               num_records, sum(skipped.values()),
-              ", ".join(f"{k}={v}" for k, v in skipped.items()))
+              ", ".join(f"{k}={v}" for k, v in skipped.items()), labels)
   return data
 
 
