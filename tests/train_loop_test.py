@@ -6,6 +6,7 @@ run_safety_test.py.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -143,3 +144,15 @@ def test_feeding_depths_below_one_are_refused_before_training(tmp_path, key, val
   with pytest.raises(ValueError, match=rf"config.{key}=0.*expected an int >= 1"):
     train_loop.train_and_evaluate(tiny_setup.task_config(**{key: value}), str(tmp_path))
   assert not os.listdir(tmp_path)  # Refused before the lock, the cache or a checkpoint.
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"eval.num_samples": -1}, "config.eval.num_samples=-1: expected 0 (none) or a number of "
+     "examples in the eval report"),
+    ({"eval.max_decode_len": 0}, "config.eval.max_decode_len=0: expected -1"),
+    ({"train.dispatch_ahead": 0}, "config.train.dispatch_ahead=0: expected an int >= 1")])
+def test_settings_out_of_range_are_named_before_any_device_is_used(override, message):
+  """What launch/sweep.py checks of every run before the first trains (train.py
+  checks it too, through _check_config)."""
+  with pytest.raises(ValueError, match=re.escape(message)):
+    train_loop.check_settings(tiny_setup.task_config(**override))

@@ -268,6 +268,7 @@ _NUMBER_RANGES = (
     ("eval.max_decode_len", lambda v: v == -1 or _count(1)(v),
      "-1 (data.max_target_len) or a positive number of tokens"),
     ("eval.length_penalty", lambda v: v >= 0, ">= 0 (0 ranks beams by raw log-probability)"),
+    ("eval.num_samples", _count(0), "0 (none) or a number of examples in the eval report"),
 )
 
 
