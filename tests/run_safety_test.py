@@ -176,12 +176,15 @@ def test_a_first_start_killed_before_its_first_checkpoint_is_no_warm_start_sourc
     ({"checkpoint.best_metric": "bleu"}, "config.checkpoint.best_metric='bleu': data.task="
                                          "'reverse' evaluates ['loss', 'accuracy', "
                                          "'sequence_accuracy'] and per length"),
+    ({"data.eval_min_len": 5}, "config.data.eval_min_len=5, config.data.eval_max_len=4: "
+                               "expected 1 <= eval_min_len <= eval_max_len"),
 ])
 def test_a_setting_that_fails_only_later_is_refused_before_anything_changes(
     run_copy, flag, message):
   """The micro-batch split failed when the step was first traced, after config.json
   and runs.jsonl had taken the value; the ranking metric at the first eval's
-  checkpoint, losing the steps trained since the last one."""
+  checkpoint, losing the steps trained since the last one; so did a synthetic
+  task's eval lengths (its eval split is generated at the first eval)."""
   before = tiny_setup.fingerprint(run_copy)
   refused(train(run_copy, **{"train.num_steps": 6, **flag}), message)
   assert tiny_setup.fingerprint(run_copy) == before

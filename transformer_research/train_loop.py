@@ -55,6 +55,7 @@ from transformer_research import sharding
 from transformer_research import training
 from transformer_research import warm_start
 from transformer_research.data import pipeline
+from transformer_research.data import synthetic
 from transformer_research.data import tasks
 
 
@@ -283,6 +284,8 @@ def check_settings(config: Any) -> None:
     ValueError naming the field and its value.
   """
   pipeline.check_depth(config.data.prefetch)
+  if config.data.task in synthetic.TASKS:
+    synthetic.check_config(config.data)
   if config.eval.split not in tasks.EVAL_SPLITS:
     raise ValueError(f"config.eval.split={config.eval.split!r}: expected one of "
                      f"{list(tasks.EVAL_SPLITS)}")

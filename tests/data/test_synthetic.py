@@ -1,7 +1,10 @@
 """Tests of the synthetic task generators: determinism, correctness, disjoint splits."""
 
+import re
+
 import pytest
 
+from transformer_research import configs
 from transformer_research.data import synthetic
 
 
@@ -55,3 +58,16 @@ def test_bad_arguments_name_the_value():
     synthetic.generate("sort", "dev", num_examples=1, min_len=1, max_len=2, seed=0)
   with pytest.raises(ValueError, match="min_len=3, max_len=2"):
     synthetic.generate("sort", "train", num_examples=1, min_len=3, max_len=2, seed=0)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_train_examples", 0, "config.data.num_train_examples=0: expected a positive number"),
+    ("num_eval_per_length", 0, "config.data.num_eval_per_length=0: expected a positive number"),
+    ("min_len", 0, "config.data.min_len=0, config.data.train_max_len=10: expected 1 <= min_len"),
+    ("eval_max_len", 0, "config.data.eval_min_len=1, config.data.eval_max_len=0: expected"),
+    ("num_symbols", 1, "config.data.num_symbols=1: expected 2..36")])
+def test_bad_task_fields_are_named_as_config_fields(field, value, message):
+  data = configs.load_config("reverse").data
+  data[field] = value
+  with pytest.raises(ValueError, match=re.escape(message)):
+    synthetic.check_config(data)

@@ -62,6 +62,28 @@ def _example(task: str, rng: np.random.Generator, length: int,
   return text, {"text": text, "label": int(int(a) > int(b)), "length": length}
 
 
+def check_config(data: Any) -> None:
+  """The synthetic-task fields of `config.data`, before anything trains.
+
+  The eval splits are generated at the first eval: a bad eval length range
+  was found only there, after the first steps had trained and checkpointed.
+
+  Raises:
+    ValueError naming the config field(s) and value(s).
+  """
+  for field in ("num_train_examples", "num_eval_per_length"):
+    if isinstance(data[field], bool) or not isinstance(data[field], int) or data[field] < 1:
+      raise ValueError(f"config.data.{field}={data[field]!r}: expected a positive number of "
+                       "examples")
+  for low, high in (("min_len", "train_max_len"), ("eval_min_len", "eval_max_len")):
+    if not 1 <= data[low] <= data[high]:
+      raise ValueError(f"config.data.{low}={data[low]!r}, config.data.{high}={data[high]!r}: "
+                       f"expected 1 <= {low} <= {high}")
+  if not 2 <= data.num_symbols <= len(ALPHABET):
+    raise ValueError(f"config.data.num_symbols={data.num_symbols!r}: expected 2..{len(ALPHABET)} "
+                     "(the symbols of reverse / sort)")
+
+
 def generate(task: str, split: str, *, num_examples: int, min_len: int, max_len: int,
              seed: int, num_symbols: int = 10) -> list[dict[str, Any]]:
   """Generates the examples of one split.
