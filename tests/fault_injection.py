@@ -25,6 +25,13 @@ or, for a script that reads a run (evaluate.py, translate.py, export.py):
                           training in the directory saves a newer checkpoint and
                           deletes an old one (config.checkpoint.max_to_keep)
 
+or, in place of a device's failure:
+
+    out_of_memory=0       the first step's results report XLA's out-of-memory
+                          error (RESOURCE_EXHAUSTED), as a step too large for the
+                          device does; no test can make that happen safely, as
+                          the allocation it takes may succeed under overcommit
+
 or, at a terminal (SIGINT raising KeyboardInterrupt):
 
     swallowed_ctrl_c=0    a Ctrl-C while the task is built (train.py's start-up,
@@ -120,6 +127,17 @@ def _swallow_ctrl_c(_) -> None:
   tasks.build = interrupted_build
 
 
+def _out_of_memory(_) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  from transformer_research import train_loop  # pylint: disable=g-import-not-at-top
+
+  def exhausted(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError(
+        "RESOURCE_EXHAUSTED: Out of memory allocating 3850099231360 bytes.")
+
+  train_loop._Progress.first_step = exhausted  # pylint: disable=protected-access
+
+
 def main(fault: str, script: str, *args: str) -> None:
   name, value = fault.split("=")
   if name == "clock_tick":
@@ -131,7 +149,8 @@ def main(fault: str, script: str, *args: str) -> None:
            "kill_after_commit": lambda n: _hook_commit(n, before=False),
            "kill_after_record": lambda n: _hook_record(n, torn=False),
            "torn_record": lambda n: _hook_record(n, torn=True),
-           "saved_over": _save_over_when_read, "swallowed_ctrl_c": _swallow_ctrl_c}
+           "saved_over": _save_over_when_read, "swallowed_ctrl_c": _swallow_ctrl_c,
+           "out_of_memory": _out_of_memory}
   if name not in hooks:
     raise SystemExit(f"fault={fault!r}: expected one of {sorted(hooks)}=STEP or clock_tick=S")
   hooks[name](int(value))

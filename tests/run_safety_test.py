@@ -430,6 +430,20 @@ def test_a_full_disk_stops_with_the_path_and_keeps_the_last_checkpoint(run_copy)
     np.testing.assert_array_equal(a, b)
 
 
+def test_out_of_device_memory_is_one_line_and_keeps_the_checkpoints_and_records(run_copy):
+  """XLA's RESOURCE_EXHAUSTED (a batch or sequence too large for the device) was a
+  traceback; it is one line with what to make smaller."""
+  kept = lambda: {k: v for k, v in tiny_setup.fingerprint(run_copy).items()
+                  if k.startswith("checkpoints") or k == "metrics.jsonl"}
+  before = kept()
+  refused(train(run_copy, fault="out_of_memory=0", **{"train.num_steps": 6}),
+          "error: out of device memory (Out of memory allocating 3850099231360 bytes.): use a "
+          "smaller batch (train.batch_size, or more train.grad_accum_steps; eval.batch_size for "
+          "evals and decoding), shorter data.max_input_len / max_target_len, a smaller model "
+          "or model.remat")
+  assert kept() == before
+
+
 def test_runs_started_together_on_a_fresh_data_dir_prepare_it_one_at_a_time(tmp_path):
   """Two first starts sharing a TFDS data dir (two terminals, or the commands of
   `sweep.py --print`): the second failed at TFDS's final rename. The test holds the

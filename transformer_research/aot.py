@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from transformer_research import experiment
+from transformer_research import runtime
 from transformer_research import sharding
 from transformer_research.data import masking
 
@@ -176,11 +177,10 @@ def _compile(lower: Callable[[], Any], params: Any, opt_state: Any) -> Memory:
   try:
     compiled = lower().compile()
   except Exception as e:  # pylint: disable=broad-except  (JaxRuntimeError)
-    if "RESOURCE_EXHAUSTED" not in str(e):
+    message = runtime.out_of_memory(e)
+    if message is None:
       raise
-    line = next((l for l in str(e).splitlines() if "RESOURCE_EXHAUSTED" in l), str(e))
-    raise DoesNotFit(line.split("RESOURCE_EXHAUSTED:", 1)[-1].strip()[:300],
-                     per_device_bytes(params), per_device_bytes(opt_state)) from None
+    raise DoesNotFit(message, per_device_bytes(params), per_device_bytes(opt_state)) from None
   seconds = time.perf_counter() - start
   ma = compiled.memory_analysis()
   outputs = max(int(ma.output_size_in_bytes) - int(ma.alias_size_in_bytes), 0)

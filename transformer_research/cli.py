@@ -46,9 +46,19 @@ def run(main: Callable[[list[str]], None]) -> None:
 
 
 def user_error_line(error: BaseException) -> str | None:
-  """The one line `run` reports `error` with when a user can fix it (USER_ERRORS);
-  None for anything else, and with --verbose (the traceback is shown then)."""
-  return None if _verbose() or not isinstance(error, USER_ERRORS) else one_line(error)
+  """The one line `run` reports `error` with when a user can fix it (USER_ERRORS,
+  or the device out of memory); None for anything else, and with --verbose
+  (the traceback is shown then)."""
+  if _verbose():
+    return None
+  if isinstance(error, USER_ERRORS):
+    return one_line(error)
+  memory = runtime.out_of_memory(error)
+  if memory is None:
+    return None
+  return (f"out of device memory ({memory}): use a smaller batch (train.batch_size, or more "
+          "train.grad_accum_steps; eval.batch_size for evals and decoding), shorter "
+          "data.max_input_len / max_target_len, a smaller model or model.remat")
 
 
 def one_line(error: BaseException) -> str:
@@ -118,11 +128,14 @@ def _main(main: Callable[[list[str]], None], argv: list[str]) -> None:
     if _verbose():
       raise
     _interrupted(one_line(e) if str(e) else "interrupted (Ctrl-C)")
-  except Exception:  # pylint: disable=broad-except
+  except Exception as e:  # pylint: disable=broad-except
     # A Ctrl-C that a C extension swallowed and turned into another error.
     if runtime.ctrl_c_seen() and not _verbose():
       _interrupted("interrupted (Ctrl-C)")
-    raise
+    line = user_error_line(e)  # The device out of memory, or None: a bug.
+    if line is None:
+      raise
+    _fail(line, 1)
 
 
 def _interrupted(message: str) -> NoReturn:

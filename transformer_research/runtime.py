@@ -31,6 +31,11 @@ calls back into Python can be swallowed there and come out as another error
 (SentencePiece training, whose text iterator opens a TFDS source through
 dm-tree, gave `AttributeError: 'str' object has no attribute 'keys'`); the
 entry point (`cli`) then still reports the Ctrl-C, not that error.
+
+`out_of_memory(error)`: XLA's out-of-memory message in an error (a
+`JaxRuntimeError` whose text has `RESOURCE_EXHAUSTED`), which a user fixes
+with a smaller batch, shorter sequences or a smaller model: `cli` reports it
+as one line, `aot` as a layout that does not fit.
 """
 
 import ctypes
@@ -100,3 +105,10 @@ def ctrl_c_raises() -> bool:
 def ctrl_c_seen() -> bool:
   """Whether a Ctrl-C reached `remember_ctrl_c`'s handler."""
   return _ctrl_c["seen"]
+
+
+def out_of_memory(error: BaseException) -> str | None:
+  """The out-of-memory message of `error` (its RESOURCE_EXHAUSTED line, at most
+  300 characters), None when it is another error."""
+  lines = [line for line in str(error).splitlines() if "RESOURCE_EXHAUSTED" in line]
+  return lines[0].split("RESOURCE_EXHAUSTED:", 1)[-1].strip()[:300] if lines else None
