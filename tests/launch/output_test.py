@@ -223,6 +223,12 @@ def _bad_value(override: str, message: str) -> tuple:
                "config.data.max_input_len=0: expected a positive number of tokens"),
     _bad_value("--config.data.num_buckets=0",
                "config.data.num_buckets=0: expected a positive number of padded lengths"),
+    ("train.py", [f"--config={CONFIGS}/imdb.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.data.vocab_size=0"], 1,
+     "config.data.vocab_size=0: expected a positive number of sentencepiece pieces"),
+    ("train.py", [f"--config={CONFIGS}/imdb.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.data.train_path={bad_config}", "--config.data.eval_path={tmp}/no.tsv"],
+     1, "config.data.eval_path: paths='{tmp}/no.tsv': no such file"),
     _bad_value("--config.checkpoint.best_mode=maximum",
                "config.checkpoint.best_mode='maximum': expected 'max' or 'min'"),
     _bad_value("--config.checkpoint.best_metric=loss",  # best_mode is 'max' by default.

@@ -420,6 +420,18 @@ def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Seq
   return raw
 
 
+def _check_local_paths(data: ml_collections.ConfigDict) -> None:
+  """Refuses a `data.train_path` / `data.eval_path` that matches no file, naming
+  the field, before a tokenizer is trained on the other (the test file is
+  otherwise first read at the first test eval)."""
+  for field in ("train_path", "eval_path"):
+    if data.get(field):
+      try:
+        text_files.expand(data[field])
+      except FileNotFoundError as e:
+        raise FileNotFoundError(f"config.data.{field}: {e}") from None
+
+
 def _text_fingerprint(data: ml_collections.ConfigDict,
                       raw: Callable[[str], Sequence[Mapping[str, Any]]], split: str) -> Any:
   """What identifies a text task's raw split: the TFDS files, or the local files."""
@@ -525,6 +537,11 @@ def sentencepiece_files(data: ml_collections.ConfigDict) -> tuple[str, str] | No
 
 def _text_vocab_size(data: ml_collections.ConfigDict) -> int:
   """Ids of the tokenizer `data.tokenizer` will give, known without training it."""
+  if data.tokenizer in ("sentencepiece", "bpemb") and (
+      isinstance(data.vocab_size, bool) or not isinstance(data.vocab_size, int) or
+      data.vocab_size < 1):
+    raise ValueError(f"config.data.vocab_size={data.vocab_size!r}: expected a positive number "
+                     f"of {data.tokenizer} pieces")
   if data.tokenizer == "sentencepiece":
     return data.vocab_size  # SentencePiece trains exactly this many pieces.
   if data.tokenizer == "bpemb":
@@ -590,6 +607,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *, train_token
     raw = _synthetic_raw(name, data, config.seed)
     in_tok, tgt_tok = char_tokenizers(name, data)
   else:
+    if train_tokenizers:
+      _check_local_paths(data)
     raw = _text_raw(name, data)
     pi, pc = pipeline.default_process(process_index, process_count)
     if pc > 1 and train_tokenizers:  # TFDS preparation: once by process 0, then found

@@ -270,9 +270,13 @@ def _class_of_file(path: str) -> str:
   return name[:-len(".txt.gz")] if name.endswith(".txt.gz") else name[:-len(".txt")]
 
 
-def _expand(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+def expand(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
   """Glob patterns and paths -> existing paths, sorted (so the example order,
-  and the shuffled order downstream, do not depend on how a file system lists)."""
+  and the shuffled order downstream, do not depend on how a file system lists).
+
+  Raises:
+    FileNotFoundError: naming a path or pattern that matches nothing.
+  """
   patterns = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
   if not patterns:
     raise ValueError(f"paths={paths!r}: expected at least one path or pattern")
@@ -299,7 +303,7 @@ def _layout(files: Sequence[str]) -> str:
 def class_names(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str] | None:
   """The classes a folder or one-file-per-class layout names, sorted; None for
   JSON / TSV files (their labels are in the records)."""
-  files = _expand(paths)
+  files = expand(paths)
   layout = _layout(files)
   if layout == "records":
     return None
@@ -327,7 +331,7 @@ def text_files(paths: str | os.PathLike | Sequence[str | os.PathLike], *, with_l
     ValueError: a class layout with another number of classes than
       `num_labels`, or a class with no file or folder (naming what was found).
   """
-  files = _expand(paths)
+  files = expand(paths)
   layout = _layout(files)
   if layout == "records" or not with_label:
     examples = []
@@ -368,7 +372,7 @@ def _files_read(paths: str | os.PathLike | Sequence[str | os.PathLike]
                 ) -> list[tuple[str, str]]:
   """(path given, file) for each file `text_files(paths)` reads: the path
   itself, or the .txt files of a folder of class folders."""
-  return [(path, file) for path in _expand(paths)
+  return [(path, file) for path in expand(paths)
           for file in (_folder_files(path) if epath.Path(path).is_dir() else [path])]
 
 
