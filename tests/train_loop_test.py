@@ -150,7 +150,9 @@ def test_feeding_depths_below_one_are_refused_before_training(tmp_path, key, val
     ({"eval.num_samples": -1}, "config.eval.num_samples=-1: expected 0 (none) or a number of "
      "examples in the eval report"),
     ({"eval.max_decode_len": 0}, "config.eval.max_decode_len=0: expected -1"),
-    ({"train.dispatch_ahead": 0}, "config.train.dispatch_ahead=0: expected an int >= 1")])
+    ({"train.dispatch_ahead": 0}, "config.train.dispatch_ahead=0: expected an int >= 1"),
+    ({"data.task": "difference", "data.packing": True}, "config.data.packing=True: data.task="
+     "'difference' is a classifier, which reads one example a row")])
 def test_settings_out_of_range_are_named_before_any_device_is_used(override, message):
   """What launch/sweep.py checks of every run before the first trains (train.py
   checks it too, through _check_config)."""

@@ -286,6 +286,9 @@ def check_settings(config: Any) -> None:
   pipeline.check_depth(config.data.prefetch)
   if config.data.task in synthetic.TASKS:
     synthetic.check_config(config.data)
+  if config.data.packing and tasks.spec(config.data.task).kind == "classify":
+    raise ValueError(f"config.data.packing=True: data.task={config.data.task!r} is a classifier, "
+                     "which reads one example a row (the row's label is its); expected False")
   if config.eval.split not in tasks.EVAL_SPLITS:
     raise ValueError(f"config.eval.split={config.eval.split!r}: expected one of "
                      f"{list(tasks.EVAL_SPLITS)}")
