@@ -150,6 +150,9 @@ def test_bad_position_options_are_refused_before_anything_is_trained(tmp_path, o
     ("--config.data.truncation=tail",
      "config.data.truncation='tail'; expected one of ('head', 'head_tail')"),
     ("--config.data.validation_fraction=0", "config.data.validation_fraction=0.0; expected a share"),
+    # 20 reviews: 1 % holds out none (validation scored 0 / 0 as loss 0, accuracy 0).
+    ("--config.data.validation_fraction=0.01", "config.data.validation_fraction=0.01 of the 20 "
+     f"examples of data.train_path='{{reviews}}' leaves 20 to train on and 0 to validate on"),
 ])
 def test_bad_truncation_or_validation_share_is_refused_before_anything_is_written(
     tmp_path, override, message):
@@ -160,7 +163,7 @@ def test_bad_truncation_or_validation_share_is_refused_before_anything_is_writte
   run = _launch("train.py", f"--config={ROOT / 'configs' / 'imdb.py'}:tiny,smoke",
                 f"--workdir={tmp_path / 'run'}", f"--config.data.train_path={reviews}",
                 f"--config.data.eval_path={reviews}", override)
-  assert run.returncode != 0 and message in run.stderr, run.stderr[-3000:]
+  assert run.returncode != 0 and message.format(reviews=reviews) in run.stderr, run.stderr[-3000:]
   assert not (tmp_path / "run" / "metrics.jsonl").exists()
   assert not (tmp_path / "run" / "checkpoints").exists() or not os.listdir(
       tmp_path / "run" / "checkpoints")

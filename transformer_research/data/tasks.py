@@ -407,6 +407,11 @@ def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Seq
           cache["local_train"] = [records[i] for i in order]
         records = cache["local_train"]
         kept = len(records) - round(len(records) * held_out)
+        if not 0 < kept < len(records):  # An empty split trains on nothing or scores 0 / 0.
+          raise ValueError(
+              f"config.data.validation_fraction={held_out!r} of the {len(records)} examples of "
+              f"data.train_path={data.train_path!r} leaves {kept} to train on and "
+              f"{len(records) - kept} to validate on; expected a share that leaves both some")
         cache[split] = records[:kept] if split == "train" else records[kept:]
     else:
       # The language models (masked and causal) learn text from the 50,000
