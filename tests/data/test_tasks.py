@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 import shutil
 
 import numpy as np
@@ -76,6 +77,19 @@ def test_difference_is_a_classifier_tested_on_trained_and_longer_numbers():
 def test_unknown_split_is_an_error():
   with pytest.raises(ValueError, match="split='dev'"):
     _build(_config("addition")).eval_examples("dev")
+
+
+def test_a_split_with_no_usable_example_is_an_error_naming_the_limits():
+  """Eval lengths past data.max_input_len leave nothing to score: the eval stopped
+  with "KeyError: 'index'" (or an empty split scored 0 / 0)."""
+  config = _config("reverse")
+  config.data.eval_min_len, config.data.eval_max_len = 22, 24
+  task = _build(config)
+  with pytest.raises(ValueError, match=re.escape(
+      "reverse/validation: no example is usable (skipped: {'malformed': 0, 'empty': 0, "
+      "'too_long': 12}); too_long is longer than data.max_input_len=20, "
+      "data.max_target_len=21")):
+    task.eval_examples("validation")
 
 
 _PAIRS = [("Hello.", "Hola."), ("Hello.", "¡Hola!"), ("I am here.", "Estoy aquí."),

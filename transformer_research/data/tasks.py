@@ -254,6 +254,13 @@ class Task:
                "data": self._data_fingerprint(split)}
         self._tokenized[split] = cache_lib.load_or_tokenize(
             epath.Path(self._cache_dir) / f"{split}.npz", key, tokenize, self._data_content)
+      data = self._tokenized[split]
+      if not len(data) and any(data.skipped.values()):  # Scored as 0 / 0, or a KeyError.
+        limits = ", ".join(f"data.max_{'input' if f == 'inputs' else 'target'}_len={n}"
+                           for f, n in self._max_lengths.items())
+        raise ValueError(
+            f"{self.name}/{split}: no example is usable (skipped: {data.skipped}); too_long "
+            f"is longer than {limits}: raise those, or give the split shorter examples")
     return self._tokenized[split]
 
   def train_iterator(self, batch_size: int, process_index: int | None = None,
