@@ -192,8 +192,7 @@ class Checkpointer:
                                        abstract.params, state.params)
       return Resumed(state._replace(params=params), None, None, origin)
     if self.config.init_from:
-      directory, step = warm_start.locate(self.config.init_from)
-      warm_start.check_same_source(self.config.init_from, directory, step)
+      directory, step = warm_start.locate_source(self.config.init_from)
       params = restore_params(epath.Path(directory) / str(step), abstract.params)
       return Resumed(state._replace(params=params), None, None,
                      f"params from {directory} step {step}")

@@ -80,8 +80,8 @@ def locate(path: str) -> tuple[str, int]:
   return str(path), step
 
 
-def check_same_source(init_from: str, directory: str, step: int) -> None:
-  """Refuses a warm start whose source is not one checkpoint on every process.
+def locate_source(init_from: str) -> tuple[str, int]:
+  """`locate(init_from)`, refused unless it is one checkpoint on every process.
 
   Each process reads the source at its own `init_from` path: with a copy on
   each host's disk, a stale copy on one (another latest step, another run)
@@ -90,14 +90,16 @@ def check_same_source(init_from: str, directory: str, step: int) -> None:
   checkpoint was saved, so copies of one save agree and two saves do not.
 
   Raises:
+    ValueError: no checkpoint there (`locate`).
     distributed.LaunchError: naming the first process whose source differs.
   """
-  if jax.process_count() == 1:
-    return
-  metadata = epath.Path(directory) / str(step) / "_CHECKPOINT_METADATA"
-  digest = hashlib.sha256(metadata.read_bytes()).hexdigest()[:16] if metadata.exists() else ""
-  distributed.check_same_data({"step": step, "metadata_sha256": digest}, "warm-start parameters",
-                              f"config.checkpoint.init_from={init_from!r}")
+  directory, step = locate(init_from)
+  if jax.process_count() > 1:
+    metadata = epath.Path(directory) / str(step) / "_CHECKPOINT_METADATA"
+    digest = hashlib.sha256(metadata.read_bytes()).hexdigest()[:16] if metadata.exists() else ""
+    distributed.check_same_data({"step": step, "metadata_sha256": digest}, "warm-start parameters",
+                                f"config.checkpoint.init_from={init_from!r}")
+  return directory, step
 
 
 def run_directory(path: str) -> str:
@@ -194,8 +196,7 @@ def load(init_from: str, rules: Sequence[Any], abstract: Any, fresh: Any) -> tup
   Returns:
     (params, origin): origin is one line for the log and runs.jsonl.
   """
-  directory, step = locate(init_from)
-  check_same_source(init_from, directory, step)
+  directory, step = locate_source(init_from)
   where = f"checkpoint step {step} in {directory}"
   # PyTree handler: its restore reads a part of the tree (partial_restore).
   handlers = {"params": ocp.PyTreeCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
