@@ -229,6 +229,11 @@ def _bad_value(override: str, message: str) -> tuple:
     ("train.py", [f"--config={CONFIGS}/imdb.py:tiny,smoke", "--workdir={tmp}/run",
                   "--config.data.train_path={bad_config}", "--config.data.eval_path={tmp}/no.tsv"],
      1, "config.data.eval_path: paths='{tmp}/no.tsv': no such file"),
+    _bad_value("--config.eval.num_samples=-1",
+               "config.eval.num_samples=-1: expected 0 (none) or a number of examples"),
+    ("train.py", [f"--config={CONFIGS}/difference.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.data.packing=True"], 1,
+     "config.data.packing=True: data.task='difference' is a classifier"),
     _bad_value("--config.checkpoint.best_mode=maximum",
                "config.checkpoint.best_mode='maximum': expected 'max' or 'min'"),
     _bad_value("--config.checkpoint.best_metric=loss",  # best_mode is 'max' by default.
