@@ -255,6 +255,48 @@ _SAME_FILES = (r"every process reads all of it; give every host the same files \
                r"from one bucket\)")
 
 
+def _hosts_with_reviews(tmp_path, stale: str | None = None,
+                        missing: str | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+  """Two hosts' directories, each with reviews.jsonl and test.jsonl; host 1's
+  copy of `stale` lacks its last 50 lines, and it has no `missing`."""
+  rng = np.random.default_rng(0)
+  words = ["good", "bad", "movie", "plot", "actor", "long", "fun", "boring", "story"]
+  reviews = [json.dumps({"text": " ".join(rng.choice(words, 12))}) for _ in range(200)]
+  hosts = (tmp_path / "host0", tmp_path / "host1")
+  for host in hosts:
+    host.mkdir()
+    for name in ("reviews.jsonl", "test.jsonl"):
+      if host == hosts[1] and name == missing:
+        continue
+      copy = reviews[:150] if host == hosts[1] and name == stale else reviews
+      (host / name).write_text("\n".join(copy) + "\n")
+  return hosts
+
+
+def _lm_on_reviews(workdir: pathlib.Path) -> list[str]:
+  """A tiny LM on the relative paths reviews.jsonl and test.jsonl (each host's own copy)."""
+  return [f"--config={tiny_setup.ROOT / 'configs' / 'lm_imdb.py'}:tiny,smoke",
+          f"--workdir={workdir}", "--config.data.train_path=reviews.jsonl",
+          "--config.data.eval_path=test.jsonl", "--config.data.vocab_size=30",
+          "--config.model.num_decoder_layers=1", "--config.train.batch_size=8",
+          "--config.train.num_steps=4"]
+
+
+def test_a_data_file_missing_on_one_host_stops_every_process_naming_it(tmp_path):
+  """Process 1 found no test.jsonl and stopped alone; process 0 stopped in its
+  next collective with `Gloo AllGather failed: Connection closed by peer` (on
+  a TPU, only at the heartbeat timeout). Every process now names process 1
+  and the missing file."""
+  hosts = _hosts_with_reviews(tmp_path, missing="test.jsonl")
+  workdir = tmp_path / "run"
+  errors = _Launch(tmp_path, "missing", _lm_on_reviews(workdir), _env(tmp_path, devices=1),
+                   cwds=hosts).refused(200)
+  reason = "config.data.eval_path: paths='test.jsonl': no such file"
+  assert errors == [f"error: process 0: process 1 stopped: {reason}",
+                    f"error: process 1: {reason}"]
+  assert not list((workdir / "checkpoints").glob("[0-9]*"))
+
+
 @pytest.mark.parametrize("stale, flags, what", [
     ("reviews.jsonl", [], "training data"),  # Refused before step 0.
     ("test.jsonl", ["--config.eval.split=test", "--config.eval.every_steps=2"],
@@ -266,21 +308,9 @@ def test_processes_that_read_different_data_are_refused(tmp_path, stale, flags, 
   batch from its own copy (an eval split of another length hung the run in
   the eval's collectives). Both stop with one line naming what differs and
   where the data was read."""
-  rng = np.random.default_rng(0)
-  words = ["good", "bad", "movie", "plot", "actor", "long", "fun", "boring", "story"]
-  reviews = [json.dumps({"text": " ".join(rng.choice(words, 12))}) for _ in range(200)]
-  hosts = (tmp_path / "host0", tmp_path / "host1")
-  for host in hosts:
-    host.mkdir()
-    for name in ("reviews.jsonl", "test.jsonl"):
-      copy = reviews[:150] if host == hosts[1] and name == stale else reviews
-      (host / name).write_text("\n".join(copy) + "\n")
+  hosts = _hosts_with_reviews(tmp_path, stale=stale)
   workdir = tmp_path / "run"
-  args = [f"--config={tiny_setup.ROOT / 'configs' / 'lm_imdb.py'}:tiny,smoke",
-          f"--workdir={workdir}", "--config.data.train_path=reviews.jsonl",
-          "--config.data.eval_path=test.jsonl", "--config.data.vocab_size=30",
-          "--config.model.num_decoder_layers=1", "--config.train.batch_size=8",
-          "--config.train.num_steps=4", *flags]
+  args = [*_lm_on_reviews(workdir), *flags]
   errors = _Launch(tmp_path, "stale", args, _env(tmp_path, devices=1), cwds=hosts).refused(200)
   for i, error in enumerate(errors):
     assert re.fullmatch(
@@ -295,7 +325,7 @@ def test_processes_that_warm_start_from_different_checkpoints_are_refused(tmp_pa
   """A warm-start source copied to each host's disk, stale on one (its copy
   lacks the latest step): the processes started from different parameters and
   trained on as one model without a word. Both stop with one line naming the
-  steps; nothing is trained."""
+  steps; nothing is trained. With no copy on one host, both name that host."""
   source = tmp_path / "source"
   trained = subprocess.run(tiny_setup.train_command(source), env=tiny_setup.subprocess_env(),
                            capture_output=True, text=True, timeout=300)
@@ -313,6 +343,13 @@ def test_processes_that_warm_start_from_different_checkpoints_are_refused(tmp_pa
         rf"error: process {i}: process 1 reads other warm-start parameters than process 0 "
         r"\(step 2 there, 4 on process 0; metadata_sha256 '\w+' there, '\w+' on process 0\) "
         r"at config.checkpoint.init_from='source': " + _SAME_FILES, error)
+  assert not list((workdir / "checkpoints").glob("[0-9]*"))
+
+  # No copy at all on host 1: process 0 stopped on a lost peer, naming neither.
+  shutil.rmtree(hosts[1] / "source")
+  errors = _Launch(tmp_path, "absent", args, _env(tmp_path, devices=1), cwds=hosts).refused(200)
+  reason = f"config.checkpoint.init_from='{hosts[1] / 'source'}': no checkpoint found there"
+  assert errors == [f"error: process 0: process 1 stopped: {reason}", f"error: process 1: {reason}"]
   assert not list((workdir / "checkpoints").glob("[0-9]*"))
 
 

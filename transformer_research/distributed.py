@@ -22,6 +22,9 @@ is the one place that knows about more than one process:
   and a dataset prepared into a shared directory (a bucket) is found there.
 * `gather_json` collects one small JSON value per process on every process
   (the data iterator states a checkpoint holds).
+* `raise_together` runs a check of host-local state (a file on each host's
+  disk) so that when it fails on one process, every process stops with that
+  process's reason instead of a lost peer in its next collective.
 * `fail_fast` makes a process that raises exit at once, so the others stop
   within the heartbeat timeout instead of waiting for it in a collective.
 
@@ -36,7 +39,7 @@ import os
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 import uuid
 
 from etils import epath
@@ -50,6 +53,9 @@ from transformer_research.data import pipeline
 
 # JAX's own connection deadline is set this much later than --init_timeout_s.
 _JAX_DEADLINE_MARGIN_S = 30
+
+
+_T = TypeVar("_T")
 
 
 class LaunchError(ValueError):
@@ -168,6 +174,38 @@ def gather_json(obj: Any) -> list:
   gathered = np.asarray(multihost_utils.process_allgather(padded))  # [P, L]
   return [json.loads(bytes(gathered[i, :int(lengths[i, 0])]).decode())
           for i in range(jax.process_count())]
+
+
+def raise_together(check: Callable[[], _T]) -> _T:
+  """`check()` on every process; when it raises on any, it raises on every one.
+
+  For what each host finds on its own disk (the data files, a warm-start
+  source): a process that raised alone left the others in their next
+  collective, where they stopped on a lost peer ("Gloo AllGather failed:
+  Connection closed by peer"), or on a TPU at the heartbeat timeout, naming
+  neither the process nor the reason. `check` must run no collective.
+
+  Returns:
+    what `check` returned.
+
+  Raises:
+    its own exception on a process where `check` raised; on the others,
+    LaunchError naming the first process where it did and its message.
+  """
+  if jax.process_count() == 1:
+    return check()
+  try:
+    result, failure = check(), None
+  except Exception as e:  # pylint: disable=broad-except  (reported on every process below)
+    result, failure = None, e
+  reasons = gather_json(None if failure is None else
+                        " ".join(str(failure).split()) or type(failure).__name__)
+  if failure is not None:
+    raise failure
+  for index, reason in enumerate(reasons):
+    if reason is not None:
+      raise LaunchError(f"process {index} stopped: {reason}")
+  return result
 
 
 def broadcast_bytes(data: bytes | None) -> bytes:

@@ -70,14 +70,12 @@ def locate(path: str) -> tuple[str, int]:
     path = path / "checkpoints"
   elif (path / "params").is_dir() and path.name.isdigit():
     return str(path.parent), int(path.name)
-  step = None
-  if path.is_dir():
-    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step()
-    manager.close()
-  if step is None:
+  # A plain listing of the finished steps: an Orbax manager's construction is a
+  # collective, which a process that finds no directory would never join.
+  steps = ocp.utils.checkpoint_steps(path) if path.is_dir() else []
+  if not steps:
     raise ValueError(f"config.checkpoint.init_from='{path}': no checkpoint found there")
-  return str(path), step
+  return str(path), max(steps)
 
 
 def locate_source(init_from: str) -> tuple[str, int]:
@@ -90,10 +88,11 @@ def locate_source(init_from: str) -> tuple[str, int]:
   checkpoint was saved, so copies of one save agree and two saves do not.
 
   Raises:
-    ValueError: no checkpoint there (`locate`).
+    ValueError: no checkpoint there (`locate`); on every process when one
+      process finds none.
     distributed.LaunchError: naming the first process whose source differs.
   """
-  directory, step = locate(init_from)
+  directory, step = distributed.raise_together(lambda: locate(init_from))
   if jax.process_count() > 1:
     metadata = epath.Path(directory) / str(step) / "_CHECKPOINT_METADATA"
     digest = hashlib.sha256(metadata.read_bytes()).hexdigest()[:16] if metadata.exists() else ""

@@ -619,8 +619,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *, train_token
     raw = _synthetic_raw(name, data, config.seed)
     in_tok, tgt_tok = char_tokenizers(name, data)
   else:
-    if train_tokenizers:
-      _check_local_paths(data)
+    if train_tokenizers:  # Every process stops when one host lacks the files.
+      distributed.raise_together(lambda: _check_local_paths(data))
     raw = _text_raw(name, data)
     pi, pc = pipeline.default_process(process_index, process_count)
     if pc > 1 and train_tokenizers:  # TFDS preparation: once by process 0, then found
