@@ -133,7 +133,7 @@ def test_a_kill_at_any_moment_loses_only_the_work_since_the_last_checkpoint(
     # Same parameter shapes, another model: config.json says which field.
     ({"model.positions": "rope"}, "holds a run with model.positions='sinusoidal'; this config "
                                   "has 'rope'"),
-    ({"model.d_model": 64}, "holds a run with model.d_model=-1; this config has 64"),
+    ({"model.d_model": 64}, "holds a run with model.d_model=32; this config has 64"),
     ({"data.vocab_size": 100}, "holds a run with data.vocab_size=500"),
     # Freezing part of a trained model: its parameters' optimizer state would go.
     ({"train.frozen": '("^encoder/",)'},
@@ -150,6 +150,15 @@ def test_a_resume_that_does_not_fit_is_refused_and_changes_nothing(run_copy, fla
   assert tiny_setup.fingerprint(run_copy) == before
 
 
+def test_a_resume_that_spells_out_the_variants_sizes_continues(run_copy):
+  """`model.d_model=32` on a tiny run is the model it trained (its config says
+  -1: the variant's size); it was refused as another model, naming -1."""
+  resumed = ok(train(run_copy, **{"model.d_model": 32, "model.num_heads": 4,
+                                  "train.num_steps": 6}))
+  assert "with changed fields: train.num_steps: 4 -> 6\n" in resumed.stderr
+  assert "resumed from" in resumed.stderr and steps_saved(run_copy)[-1] == 6
+
+
 def test_a_first_start_killed_before_its_first_checkpoint_is_no_warm_start_source(tmp_path):
   """Step 0 out of memory, a kill before the first save: config.json is written,
   no checkpoint. Another model there is refused (as in any run directory), but
@@ -162,7 +171,7 @@ def test_a_first_start_killed_before_its_first_checkpoint_is_no_warm_start_sourc
   assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
   before = tiny_setup.fingerprint(tmp_path)
   error = refused(train(tmp_path, **{"model.d_model": 64}),
-                  "holds a run with model.d_model=-1; this config has 64")
+                  "holds a run with model.d_model=32; this config has 64")
   assert error.endswith("use a new --workdir (this run saved no checkpoint to warm-start "
                         "from; to use the directory for this config, remove it first).")
   assert "init_from" not in error

@@ -83,6 +83,17 @@ def test_fields_that_train_another_model_are_refused_others_listed():
                                                               {field: value}), "/run")
 
 
+def test_sizes_are_compared_as_the_model_has_them():
+  """-1 keeps the variant's size: spelt out, it is the same model."""
+  old = configs.load_config("reverse:tiny,smoke")
+  same = configs.load_config("reverse:tiny,smoke", {"model.d_model": 32, "model.d_ff": 64})
+  assert rundir.check_continues(_saved(old), same, "/run") == []
+  assert rundir.check_continues(_saved(same), old, "/run") == []
+  with pytest.raises(ValueError, match="model.d_model=32; this config has 64"):
+    rundir.check_continues(_saved(old), configs.load_config("reverse:tiny,smoke",
+                                                            {"model.d_model": 64}), "/run")
+
+
 def test_how_the_same_model_is_computed_or_fed_may_change_its_layout_may_not():
   old = configs.load_config("reverse:tiny,smoke")
   new = configs.load_config("reverse:tiny,smoke", {"model.remat": "full", "data.prefetch": 4,

@@ -45,6 +45,7 @@ from transformer_research import configs
 from transformer_research import storage
 from transformer_research.data import tasks
 from transformer_research.data import tokenizers as tok_lib
+from transformer_research.models import variants
 
 # Fields a resumed run may not change: they define the model and the data it
 # learns from. Paths to the same data may move, and eval-only data may change;
@@ -230,7 +231,7 @@ def check_continues(previous: Any | None, config: Any, workdir: str,
   """
   if previous is None:
     return []
-  old, new = configs.flatten(previous), configs.flatten(config)
+  old, new = _with_model_sizes(previous), _with_model_sizes(config)
   changed = []
   for name in sorted(set(old) | set(new)):
     if old.get(name) == new.get(name):
@@ -253,6 +254,22 @@ def check_continues(previous: Any | None, config: Any, workdir: str,
           f"was changed; use a new --workdir {advice}.")
     changed.append(f"{name}: {old.get(name)!r} -> {new.get(name)!r}")
   return changed
+
+
+def _with_model_sizes(config: Any) -> dict[str, Any]:
+  """`configs.flatten(config)` with the model's sizes as the model has them.
+
+  A size field of -1 keeps the variant's value, so `model.d_model=-1` on a
+  tiny run and `model.d_model=32` are one model: compared raw, a resume that
+  spelt the size out (or dropped it) was refused as another model, naming -1.
+  """
+  flat = configs.flatten(config)
+  try:
+    sizes = variants.resolve(config["model"])  # A ConfigDict, or the dict of a test.
+  except (KeyError, ValueError):  # An unknown variant or bad size: compared raw, refused later.
+    return flat
+  flat.update({f"model.{name}": value for name, value in dataclasses.asdict(sizes).items()})
+  return flat
 
 
 def check_not_orphaned(workdir: str) -> None:

@@ -44,14 +44,14 @@ def resolve(model_config: Any) -> Sizes:
   """Returns the variant's sizes with the config's non-negative overrides.
 
   Args:
-    model_config: the `config.model` section (reads `variant` and the five
-      size fields; -1 keeps the variant's value).
+    model_config: the `config.model` section, or its dict (reads `variant`
+      and the five size fields; -1 keeps the variant's value).
 
   Raises:
     ValueError: unknown variant, a non-positive size, or `num_heads` not
       dividing `d_model`.
   """
-  name = model_config.variant
+  name = model_config["variant"]
   if name not in VARIANTS:
     raise ValueError(f"model.variant={name!r} is unknown; expected one of "
                      f"{sorted(VARIANTS)}.")
