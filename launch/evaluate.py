@@ -52,6 +52,9 @@ _DATA_PATHS = {field: flags.DEFINE_string(field, None, f"Read --split from here 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _SOURCE_FILE.value and flags.FLAGS["split"].present:
+    raise ValueError(f"--split={_SPLIT.value} with --source_file={_SOURCE_FILE.value}: "
+                     "expected one of them (the files are evaluated instead of a split)")
   runtime.keep_freed_memory()  # Before the jax backend starts (see runtime.py).
   # The run's own cache: the decoder its training evals compiled is loaded, not
   # compiled again (on a GPU that compilation took minutes; README, One GPU).

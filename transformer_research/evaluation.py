@@ -248,13 +248,21 @@ def read_pairs(source_file: str, reference_file: str | None) -> list[dict[str, s
   Raises:
     ValueError: no reference file, different line counts, or an empty
       source or reference, naming the file and line.
+    OSError: a file that cannot be read, naming the argument.
   """
   if not reference_file:
     raise ValueError(f"source_file={source_file!r} without a reference_file: expected the "
                      "references to score against, one line per source, tab-separated "
                      "(launch/translate.py translates without scoring)")
-  sources = batching.text_lines(epath.Path(source_file).read_bytes(), source_file)
-  references = batching.text_lines(epath.Path(reference_file).read_bytes(), reference_file)
+
+  def lines(name: str, path: str) -> list[str]:
+    try:
+      data = epath.Path(path).read_bytes()
+    except OSError as e:
+      raise OSError(f"{name}={path!r}: {e.strerror or e}") from None
+    return batching.text_lines(data, path)
+
+  sources, references = lines("source_file", source_file), lines("reference_file", reference_file)
   if len(sources) != len(references):
     raise ValueError(f"{source_file} has {len(sources)} lines and {reference_file} "
                      f"{len(references)}: expected one line of references per source")
@@ -300,6 +308,11 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
   Returns:
     The record written and the report path (None on processes other than 0).
   """
+  if reference_file and not source_file:  # Else the split was scored, the file ignored.
+    raise ValueError(f"reference_file={reference_file!r} without a source_file: expected the "
+                     "sentences it holds the references of, one per line")
+  # The files first: a mistake in them is found before the checkpoint is restored.
+  pairs = read_pairs(source_file, reference_file) if source_file else None
   run = experiment.load_run(workdir, step, average_last=average_last, data_paths=data_paths)
   exp = run.experiment
   task, e = exp.task, exp.config.eval
@@ -312,7 +325,7 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
       raise ValueError(f"source_file={source_file!r}: this run's model has kind="
                        f"{task.kind!r}; expected a translation (seq2seq) run")
     split = "file_" + re.sub(r"\W", "_", epath.Path(source_file).stem)
-    task.add_split(split, read_pairs(source_file, reference_file))
+    task.add_split(split, pairs)
     num_examples = -1 if num_examples is None else num_examples
   if split not in task.eval_splits:
     raise ValueError(f"split={split!r}: expected one of {list(task.eval_splits)}.")

@@ -246,6 +246,17 @@ def _bad_value(override: str, message: str) -> tuple:
                  "plain_text/1.0.0, or train on local copies: --config.data.train_path=FILE",
                  marks=pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
                                           reason="TensorFlow is installed")),
+    # Files given to evaluate.py: a reference file alone was ignored (the test
+    # split was scored), so was --split beside --source_file; a missing file
+    # was named only after the checkpoint was restored, without its flag.
+    ("evaluate.py", ["--workdir={tmp}", "--reference_file={tmp}/a_file"], 1,
+     "reference_file='{tmp}/a_file' without a source_file"),
+    ("evaluate.py", ["--workdir={tmp}", "--split=validation", "--source_file={tmp}/a_file",
+                     "--reference_file={tmp}/a_file"], 1,
+     "--split=validation with --source_file={tmp}/a_file: expected one of them"),
+    ("evaluate.py", ["--workdir={tmp}", "--source_file={tmp}/en.txt",
+                     "--reference_file={tmp}/a_file"], 1,
+     "source_file='{tmp}/en.txt': No such file or directory"),
     ("export.py", ["--workdir={tmp}", "--out={tmp}/export"], 1,
      "workdir='{tmp}' has no checkpoint"),
     ("export.py", ["--workdir={tmp}", "--out=gs://bucket/export"], 1,

@@ -159,6 +159,8 @@ def test_bad_reference_files_are_named(tmp_path):
   (tmp_path / "short.txt").write_text("uno\n")
   with pytest.raises(ValueError, match=r"en.txt has 2 lines and .*short.txt 1"):
     evaluation.read_pairs(source, str(tmp_path / "short.txt"))
+  with pytest.raises(OSError, match=r"reference_file='.*missing.txt': No such file"):
+    evaluation.read_pairs(source, str(tmp_path / "missing.txt"))
   (tmp_path / "gap.txt").write_text("uno\n\t\n")
   with pytest.raises(ValueError, match=r"gap.txt:2: empty line"):
     evaluation.read_pairs(source, str(tmp_path / "gap.txt"))
