@@ -22,7 +22,7 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.
 _AVERAGE = flags.DEFINE_integer("average_last", 1, "Use the mean parameters of --step "
                                 "(default the latest) and the N - 1 checkpoints saved before it.")
 _BEAM = flags.DEFINE_integer("beam_size", None, "Beam size; default config.eval.beam_size.")
-_PLATFORMS = flags.DEFINE_list("platforms", None, "Lower for these platforms (cpu, cuda, "
+_PLATFORMS = flags.DEFINE_list("platforms", None, "Lower for these platforms (cpu, cuda, rocm, "
                                "tpu); default this machine's.")
 
 

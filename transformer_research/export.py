@@ -49,6 +49,10 @@ def _tokenizer_file(tok: Any, what: str) -> Any:
   return tok
 
 
+# What `jax.export` lowers for (`platforms`): a GPU is "cuda" (NVIDIA) or "rocm" (AMD).
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
 def export_run(workdir: str, out: str, *, step: int | None = None, average_last: int = 1,
                beam_size: int | None = None, platforms: Sequence[str] | None = None) -> str:
   """Writes the translator of a saved translation run to `out`; returns the manifest path.
@@ -67,19 +71,27 @@ def export_run(workdir: str, out: str, *, step: int | None = None, average_last:
 
   Raises:
     ValueError: not a translation run, a tokenizer export cannot carry, a
-      beam size < 1, or a non-empty `out` that is not an export; nothing is
-      written then.
+      beam size < 1, a platform not in PLATFORMS, or an `out` that is a file
+      or a non-empty directory but no export; nothing is written then.
   """
   if storage.is_remote(out):  # os.path would make it a local path (./gs:/bucket/...).
     raise ValueError(f"out={out!r}: expected a local directory (serve.py reads an export with "
                      "the standard library); export here, then copy the directory to the "
                      "bucket (gcloud storage cp -r DIR gs://...)")
   out = os.path.abspath(out)
+  if os.path.exists(out) and not os.path.isdir(out):  # Found only at the final rename, which
+    # left the finished export behind as a hidden .partial directory.
+    raise ValueError(f"out={out!r} is a file: expected a new or empty directory, or an earlier "
+                     "export to replace; nothing was written")
   if os.path.isdir(out) and os.listdir(out) and not os.path.exists(
       os.path.join(out, serve.MANIFEST)):
     raise ValueError(f"out={out!r} holds files but no {serve.MANIFEST}: expected a new or empty "
                      "directory, or an earlier export to replace; nothing was written")
   inference.check_beam_size(beam_size)
+  unknown = sorted(set(platforms or ()) - set(PLATFORMS))
+  if unknown:  # JAX's lowering stops on it with a traceback, after the restore.
+    raise ValueError(f"platforms={','.join(platforms)}: {', '.join(unknown)} is no platform "
+                     f"jax.export lowers for; expected some of {', '.join(PLATFORMS)}")
   run = experiment.load_run(workdir, step, average_last=average_last)
   exp = run.experiment
   task, e = exp.task, exp.config.eval

@@ -259,6 +259,9 @@ def _bad_value(override: str, message: str) -> tuple:
      "source_file='{tmp}/en.txt': No such file or directory"),
     ("export.py", ["--workdir={tmp}", "--out={tmp}/export"], 1,
      "workdir='{tmp}' has no checkpoint"),
+    ("export.py", ["--workdir={tmp}", "--out={tmp}/export", "--platforms=cpu,gpu"], 1,
+     "platforms=cpu,gpu: gpu is no platform jax.export lowers for; expected some of cpu, cuda, "
+     "rocm, tpu"),
     ("export.py", ["--workdir={tmp}", "--out=gs://bucket/export"], 1,
      "out='gs://bucket/export': expected a local directory"),
 ])

@@ -281,13 +281,23 @@ def test_a_failed_re_export_leaves_the_earlier_export_whole(run_dir, exported, t
 
 
 def test_export_refuses_a_directory_that_is_not_an_export(run_dir, tmp_path):
-  """--out=the run directory (a slip of the keyboard) writes nothing into it."""
+  """--out=the run directory (a slip of the keyboard) writes nothing into it;
+  --out=a file was found only at the final rename, after the whole export,
+  which stayed behind as a hidden .partial directory (and Errno 20 named it)."""
   before = sorted(str(p) for p in pathlib.Path(run_dir).rglob("*"))
   result = cli("launch/export.py", f"--workdir={run_dir}", f"--out={run_dir}")
   assert result.returncode == 1
   assert (f"error: out='{run_dir}' holds files but no manifest.json: expected a new or empty "
           "directory, or an earlier export to replace; nothing was written") in result.stderr
   assert sorted(str(p) for p in pathlib.Path(run_dir).rglob("*")) == before
+  (tmp_path / "notes.txt").write_text("mine\n")
+  result = cli("launch/export.py", f"--workdir={run_dir}", f"--out={tmp_path / 'notes.txt'}")
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: out='{tmp_path / 'notes.txt'}' is a file: expected a new or empty directory, or "
+      "an earlier export to replace; nothing was written")
+  assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+  assert (tmp_path / "notes.txt").read_text() == "mine\n"
 
 
 def cli(*args: str, env=None, stdin: bytes | None = None) -> subprocess.CompletedProcess:
