@@ -73,6 +73,7 @@ def main(argv: list[str]) -> None:
   shared = [arg for arg in sys.argv[1:] if sweep.OVERRIDE.match(arg)]
   commands = [sweep.train_command(_train_script(), config, workdir, shared, run) for run in runs]
   parsed = [sweep.parse_config(run, command) for run, command in zip(runs, commands)]
+  sweep.check_distinct(runs, _SWEEP.value, shared, parsed)
   if _PRINT.value:
     for command in commands:
       print(sweep.printable(command))

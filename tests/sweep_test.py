@@ -146,6 +146,13 @@ def test_print_gives_the_train_commands_and_writes_nothing(tmp_path):
     (["--run=a:", "--run=b: train.grad_accum_steps=3"],
      "run 'b': config.train.batch_size=8 (8 rows a step) is not divisible by "
      "config.train.grad_accum_steps=3", 1),
+    # Runs other than the flags say: a shared field the grid overrode without
+    # a word, one config trained twice.
+    (["--sweep=model.positions=rope,learned", "--config.model.positions=learned"],
+     "--config.model.positions=learned is shared, but --sweep sets model.positions in every "
+     "run: the flag changes no run; give the field once", 1),
+    (["--sweep=train.learning_rate=1e-3,0.001"],
+     "runs 'learning_rate-1e-3' and 'learning_rate-0.001' have the same config", 1),
     (["--workdir="], "--workdir='': expected a sweep directory", 1),
     (["--sweep=model.positions=rope"], "Flag --workdir must have a value", 2),
 ])

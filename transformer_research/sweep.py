@@ -16,7 +16,8 @@ dotted config fields), built from two kinds of flag of `launch/sweep.py`:
   the grid (`attn_seed-0`, `attn_seed-1`, ...).
 
 The same field twice in one run, or a name twice, is an error before
-anything runs. Every run's command is parsed by config_flags up front (in
+anything runs; so is a shared `--config.FIELD` of a swept field (it would
+change no run, without a word) and two runs of the same config. Every run's command is parsed by config_flags up front (in
 `launch/sweep.py`) and its config checked as train.py checks it before it
 writes anything, so a misspelt field or a value train.py would refuse fails
 before the first run trains; what depends on the devices or the data (the mesh,
@@ -245,6 +246,34 @@ def parse_config(run: Run, command: Sequence[str]) -> Any:
   except ValueError as e:
     raise ValueError(f"run {run.name!r}: {e}") from None
   return holder.value
+
+
+def check_distinct(runs: Sequence[Run], sweeps: Sequence[str], shared: Sequence[str],
+                   parsed: Sequence[Any]) -> None:
+  """Refuses a sweep whose runs are not what its flags say.
+
+  A shared `--config.FIELD` of a field that `--sweep` varies was replaced by
+  the swept values in every run without a word: the flag the user typed had
+  no effect. (A named run may override a shared value: defaults and their
+  exceptions.) Two runs whose configs are equal (`learning_rate=1e-3,0.001`)
+  train one run twice.
+
+  Raises:
+    ValueError: naming the flag, or the two runs.
+  """
+  swept = {parse_sweep(text)[0] for text in sweeps}
+  for arg in shared:
+    field = OVERRIDE.sub("", arg).partition("=")[0]
+    if field in swept:
+      raise ValueError(f"{arg} is shared, but --sweep sets {field} in every run: the flag "
+                       "changes no run; give the field once")
+  seen = {}
+  for run, config in zip(runs, parsed):
+    same = seen.setdefault(json.dumps(configs.flatten(config), sort_keys=True, default=str),
+                           run.name)
+    if same != run.name:
+      raise ValueError(f"runs {same!r} and {run.name!r} have the same config: the second "
+                       "would repeat the first (vary the seed to repeat a run)")
 
 
 def printable(command: Sequence[str]) -> str:
