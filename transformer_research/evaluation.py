@@ -25,7 +25,7 @@ every process computes the same metrics (process 0 writes them).
 import collections
 import math
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from etils import epath
 import jax
@@ -334,11 +334,11 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
   metrics, examples, outputs = evaluate(exp, run.params, split, num_examples=num_examples)
   if outputs is not None:  # Decoded scores depend on the search: the record says which.
     metrics["decoding"] = "greedy" if e.beam_size == 1 else f"beam {e.beam_size}"
-  if task.kind == "lm":  # Samples only: continue the start of a few texts.
+  if task.kind == "lm" and e.num_samples:  # Samples only: continue the start of a few texts.
+    max_len = exp.config.data.max_target_len
     examples = decode_subset(task.eval_examples(split), e.num_samples)
-    prompts = [" ".join(ex["source"].split()[:8]) for ex in examples]
-    outputs = inference.continue_prompts(exp, run.params, prompts,
-                                         max_len=exp.config.data.max_target_len,
+    prompts = [_prompt(ex["source"], task.target_tokenizer.encode, max_len) for ex in examples]
+    outputs = inference.continue_prompts(exp, run.params, prompts, max_len=max_len,
                                          batch_size=e.batch_size)
     examples = [dict(ex, source=p + " ...") for ex, p in zip(examples, prompts)]
   writer = metrics_lib.MetricsWriter(workdir)
@@ -352,6 +352,17 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
   path = epath.Path(workdir) / f"eval_{split}_{run.step}{suffix}.md"
   storage.replace_text(path, format_report(run, split, record, examples, outputs))
   return record, str(path)
+
+
+def _prompt(text: str, encode: Callable[[str], list[int]], max_len: int) -> str:
+  """The first words of `text` (at most 8) that leave a language model's
+  samples half of `max_len` tokens to continue in: eight words could outgrow a
+  short data.max_target_len, which stopped evaluate.py after its metrics."""
+  words = text.split()
+  for count in range(min(8, len(words)), 1, -1):
+    if len(encode(" ".join(words[:count]))) <= max_len // 2:
+      return " ".join(words[:count])
+  return " ".join(words[:1])
 
 
 def _check_still_held_out(exp: experiment.Experiment, workdir: str, step: int) -> None:

@@ -171,7 +171,7 @@ def continue_prompts(exp: Any, params: Any, prompts: Sequence[str], *, max_len: 
   rows = [tok.encode(p) for p in prompts]
   width = max(len(r) for r in rows)
   if width >= max_len:
-    raise ValueError(f"max_len={max_len}: expected more than the longest prompt "
+    raise ValueError(f"max_length={max_len}: expected more than the longest prompt "
                      f"({width} tokens).")
   fn = exp.generate_fn(eos_id=tok.eos_id, max_len=max_len, beam_size=beam_size,
                        temperature=temperature, top_k=top_k, top_p=top_p)

@@ -235,7 +235,7 @@ def test_lm_continues_prompts(tmp_path):
   two = inference.continue_prompts(exp, params, ["the movie was"] * 16, max_len=16,
                                    batch_size=8, temperature=1.0, rng=jax.random.key(3))
   assert two[0] != two[8]
-  with pytest.raises(ValueError, match="max_len=2: expected more than the longest prompt"):
+  with pytest.raises(ValueError, match="max_length=2: expected more than the longest prompt"):
     inference.generate_text(exp, params, ["the movie was a long film"], max_len=2)
   for bad, message in ((dict(top_p=0.0), r"top_p=0.0: expected a float in \(0, 1\]"),
                        (dict(top_k=-1), "top_k=-1: expected an integer >= 0")):
@@ -266,6 +266,13 @@ def test_translate_samples_from_an_lm_run_and_refuses_what_it_would_ignore(tmp_p
     refused = cli("translate.py", f"--workdir={workdir}", *args, "the movie")
     assert refused.returncode == 1 and refused.stdout == ""
     assert f"error: {message}" in refused.stderr, refused.stderr[-2000:]
+  # The report's samples continue the first words of a few texts: eight words
+  # are about 20 tokens here, and evaluate.py stopped after its metrics with
+  # "max_len=16: expected more than the longest prompt".
+  evaluated = cli("evaluate.py", f"--workdir={workdir}", "--split=validation")
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  samples = (workdir / "eval_validation_2.md").read_text().split("## Samples")[1]
+  assert samples.count("- **input**: ") == 5 and samples.count(" ...\n") == 5, samples
 
 
 def test_the_imdb_cpu_recipe_runs_as_the_readme_says_on_local_files(tmp_path):
