@@ -246,6 +246,12 @@ def _bad_value(override: str, message: str) -> tuple:
                  "plain_text/1.0.0, or train on local copies: --config.data.train_path=FILE",
                  marks=pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
                                           reason="TensorFlow is installed")),
+    # Labels that are names: the message says how to declare them.
+    ("train.py", [f"--config={CONFIGS}/imdb.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.data.train_path={tmp}/named.jsonl"], 1,
+     "{tmp}/named.jsonl:1: label 'pos' (field 'label') is not one of the labels: expected an "
+     "int in [0, 2); data.class_names names the classes, for labels that are names or more "
+     "classes than that (class_names=('neg', 'pos'), or ('0', '1', '2') for 3)"),
     # Files given to evaluate.py: a reference file alone was ignored (the test
     # split was scored), so was --split beside --source_file; a missing file
     # was named only after the checkpoint was restored, without its flag.
@@ -269,6 +275,7 @@ def test_user_errors_are_one_line(tmp_path, script, args, status, message):
   bad_config = tmp_path / "bad_config.py"
   bad_config.write_text("import no_such_module\n")
   (tmp_path / "a_file").write_text("")
+  (tmp_path / "named.jsonl").write_text('{"text": "Loved it.", "label": "pos"}\n' * 20)
   fill = lambda s: s.format(tmp=tmp_path, bad_config=bad_config)
   run = _cli(script, *map(fill, args))
   assert run.returncode == status, run.stderr[-3000:]

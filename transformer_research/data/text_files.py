@@ -205,8 +205,11 @@ def read_text_file(path: os.PathLike | str, *, with_label: bool = True, text_fie
     if label is None:
       expected = list(label_names) if label_names is not None else (
           f"an int in [0, {num_labels})" if num_labels else "a non-negative int")
+      hint = "" if label_names is not None else (
+          "; data.class_names names the classes, for labels that are names or more classes "
+          "than that (class_names=('neg', 'pos'), or ('0', '1', '2') for 3)")
       raise ValueError(f"{path}:{number}: label {value!r} (field {fields[1]!r}) is not one "
-                       f"of the labels: expected {expected}")
+                       f"of the labels: expected {expected}{hint}")
     examples.append({"text": text, "label": label})
   if not examples:
     text_field, label_field = fields or (text_field or "text", label_field or "label")
