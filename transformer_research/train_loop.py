@@ -284,6 +284,7 @@ def check_settings(config: Any) -> None:
     ValueError naming the field and its value.
   """
   pipeline.check_depth(config.data.prefetch)
+  tasks.check_data_paths(config.data)
   if config.data.task in synthetic.TASKS:
     synthetic.check_config(config.data)
   if config.data.packing and tasks.spec(config.data.task).kind == "classify":

@@ -246,6 +246,15 @@ def _bad_value(override: str, message: str) -> tuple:
                  "plain_text/1.0.0, or train on local copies: --config.data.train_path=FILE",
                  marks=pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
                                           reason="TensorFlow is installed")),
+    # Local files a task would not read: spa_eng trained on TFDS spa_eng, and
+    # an eval_path alone left the test split TFDS's, without a word.
+    ("train.py", [f"--config={CONFIGS}/wmt_spa.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.data.train_path={tmp}/a_file"], 1,
+     "config.data.train_path='{tmp}/a_file': data.task='spa_eng' reads no local files; "
+     "expected '' (the tasks that do: imdb, lm_imdb, mlm_imdb)"),
+    ("train.py", [f"--config={CONFIGS}/imdb.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.data.eval_path={tmp}/named.jsonl"], 1,
+     "config.data.eval_path='{tmp}/named.jsonl' without a data.train_path"),
     # Labels that are names: the message says how to declare them.
     ("train.py", [f"--config={CONFIGS}/imdb.py:tiny,smoke", "--workdir={tmp}/run",
                   "--config.data.train_path={tmp}/named.jsonl"], 1,

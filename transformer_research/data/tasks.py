@@ -70,6 +70,7 @@ class TaskSpec:
   tokenizer: str  # "config" (data.tokenizer decides) or "char" (fixed alphabet).
   metric_names: tuple[str, ...]  # Eval metrics the evaluator reports.
   num_classes: int | None = None  # Classification tasks only.
+  local_files: bool = False  # Reads data.train_path / eval_path when they are set.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +87,11 @@ REGISTRY: dict[str, TaskSpec] = {
     "spa_eng": TaskSpec("seq2seq", "config", _TRANSLATION_METRICS),  # TFDS spa_eng (en->es).
     "wmt13_es_en": TaskSpec("seq2seq", "config", _TRANSLATION_METRICS),  # TFDS wmt13 (en->es).
     # TFDS imdb_reviews, or local files (data.train_path).
-    "imdb": TaskSpec("classify", "config", ("loss", "accuracy"), num_classes=2),
-    "lm_imdb": TaskSpec("lm", "config", ("loss", "accuracy", "perplexity")),
+    "imdb": TaskSpec("classify", "config", ("loss", "accuracy"), num_classes=2,
+                     local_files=True),
+    "lm_imdb": TaskSpec("lm", "config", ("loss", "accuracy", "perplexity"), local_files=True),
     # Masked-LM pre-training of an encoder on IMDB's unlabelled reviews.
-    "mlm_imdb": TaskSpec("mlm", "config", ("loss", "accuracy", "perplexity")),
+    "mlm_imdb": TaskSpec("mlm", "config", ("loss", "accuracy", "perplexity"), local_files=True),
     "reverse": TaskSpec("seq2seq", "char", _SEQ_METRICS),
     "sort": TaskSpec("seq2seq", "char", _SEQ_METRICS),
     "addition": TaskSpec("seq2seq", "char", _SEQ_METRICS),
@@ -103,6 +105,21 @@ def spec(name: str) -> TaskSpec:
   if name not in REGISTRY:
     raise ValueError(f"config.data.task={name!r}; expected one of {sorted(REGISTRY)}")
   return REGISTRY[name]
+
+
+def check_data_paths(data: ml_collections.ConfigDict) -> None:
+  """Refuses local data paths the task would not read: spa_eng trained on
+  TFDS spa_eng with data.train_path=pairs.tsv set, and an eval_path without a
+  train_path left the test split TFDS's, each without a word."""
+  readers = sorted(name for name, entry in REGISTRY.items() if entry.local_files)
+  for field in ("train_path", "eval_path"):
+    if data.get(field) and not spec(data.task).local_files:
+      raise ValueError(f"config.data.{field}={data[field]!r}: data.task={data.task!r} reads no "
+                       f"local files; expected '' (the tasks that do: {', '.join(readers)})")
+  if data.get("eval_path") and not data.get("train_path"):
+    raise ValueError(f"config.data.eval_path={data.eval_path!r} without a data.train_path: the "
+                     "test file is read beside local training files; set both, or neither for "
+                     f"the TFDS dataset of data.task={data.task!r}")
 
 
 def num_classes(data: ml_collections.ConfigDict) -> int | None:
