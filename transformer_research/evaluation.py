@@ -317,6 +317,12 @@ def evaluate_run(workdir: str, split: str = "test", step: int | None = None,
   exp = run.experiment
   task, e = exp.task, exp.config.eval
   suffix = f"_avg{average_last}" if run.averaged_steps else ""
+  ignored = [f"beam_size={beam_size}"] * (beam_size is not None) + (
+      [f"num_examples={num_examples}"] * (num_examples not in (None, -1)))
+  if task.kind != "seq2seq" and ignored:  # Else ignored: all scored, the report named _beamN.
+    raise ValueError(f"{', '.join(ignored)}: this run's model has kind={task.kind!r}, which "
+                     "decodes nothing and scores every example of the split; expected no "
+                     "beam_size, and num_examples -1 (the whole split) or none")
   inference.check_beam_size(beam_size)
   if beam_size is not None and beam_size != e.beam_size:
     e.beam_size, suffix = beam_size, suffix + f"_beam{beam_size}"  # Before anything is compiled.

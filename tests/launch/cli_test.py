@@ -273,6 +273,14 @@ def test_translate_samples_from_an_lm_run_and_refuses_what_it_would_ignore(tmp_p
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   samples = (workdir / "eval_validation_2.md").read_text().split("## Samples")[1]
   assert samples.count("- **input**: ") == 5 and samples.count(" ...\n") == 5, samples
+  # A beam or a number of examples to decode meant nothing here: ignored, the
+  # report named eval_validation_2_beam2.md all the same.
+  refused = cli("evaluate.py", f"--workdir={workdir}", "--split=validation", "--beam_size=2")
+  assert refused.returncode == 1 and not (workdir / "eval_validation_2_beam2.md").exists()
+  assert refused.stderr.strip().splitlines()[-1] == (
+      "error: beam_size=2: this run's model has kind='lm', which decodes nothing and scores "
+      "every example of the split; expected no beam_size, and num_examples -1 (the whole split) "
+      "or none"), refused.stderr[-2000:]
 
 
 def test_the_imdb_cpu_recipe_runs_as_the_readme_says_on_local_files(tmp_path):
