@@ -100,10 +100,35 @@ def _with(config, **fields):
   return c
 
 
+def _compare_shape(text: str | None, chips: int) -> tuple[int, ...] | None:
+  """--compare_mesh as a mesh shape of the topology's chips (None when not given).
+
+  Raises:
+    ValueError: not a tuple of ints, or not a mesh of `chips` devices, naming the flag
+      (it was found after the first compile, as Python's `malformed node or string`).
+  """
+  if text is None:
+    return None
+  try:
+    shape = tuple(ast.literal_eval(text))
+    if not all(isinstance(size, int) and not isinstance(size, bool) for size in shape):
+      raise TypeError
+  except (ValueError, SyntaxError, TypeError):
+    raise ValueError(f"--compare_mesh={text!r}: expected a mesh shape (data, fsdp, tensor) "
+                     "such as (16,1,1)") from None
+  from transformer_research import sharding  # pylint: disable=g-import-not-at-top  (imports jax)
+  try:
+    sharding.resolve_shape(shape, chips)
+  except ValueError as e:
+    raise ValueError(f"--compare_mesh={text!r}: {e}") from None
+  return shape
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   chips = aot.num_chips(_TOPOLOGY.value)
+  compare = _compare_shape(_COMPARE.value, chips)  # Before the first compile: minutes on big.
   exact = aot.libtpu_available() and not _CPU.value
   # This tool never runs a computation: the host's CPU backend is all JAX needs to start
   # (TPU programs compile through the topology description).
@@ -123,7 +148,7 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   fits, train = _check(config, topo, _DECODE_BATCH.value)
   if _COMPARE.value:
-    other = _with(config, **{"mesh.shape": tuple(ast.literal_eval(_COMPARE.value))})
+    other = _with(config, **{"mesh.shape": compare})
     _, other_train = _check(other, topo, _DECODE_BATCH.value)
     if train is None or other_train is None:
       raise ValueError("--compare_mesh: a train step that does not compile has no figures")

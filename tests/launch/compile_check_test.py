@@ -93,6 +93,12 @@ def test_the_masked_lm_compiles_with_its_predicted_positions():
      "config.train.batch_size=6 is not divisible by the 4 batch shards"),
     (["--topology=v5e:2x2", "--decode_batch=6", "--cpu"],
      "--decode_batch=6 is not divisible by the 4 batch shards"),
+    # Found after the first compile (minutes on a big model), as Python's
+    # "malformed node or string", or naming config.mesh.shape.
+    (["--topology=v5e:2x2", "--compare_mesh=oops", "--cpu"],
+     "error: --compare_mesh='oops': expected a mesh shape (data, fsdp, tensor) such as (16,1,1)"),
+    (["--topology=v5e:2x2", "--compare_mesh=(3,1,1)", "--cpu"],
+     "error: --compare_mesh='(3,1,1)': config.mesh.shape=(3, 1, 1) does not divide the 4 devices"),
 ])
 def test_bad_input_is_one_line(args, message):
   result = check(REVERSE, *args)
