@@ -14,7 +14,9 @@ and installs it with the `[tpu]` extra into a venv there. `start` runs
 workers itself) under nohup, each writing its own `~/train.log` and
 `~/train.pid`; arguments after `--` are passed to train.py, each quoted for
 the remote shell, so overrides with spaces, commas or parentheses arrive
-intact. Rerunning `start` resumes from the workdir's latest checkpoint.
+intact. The config and overrides are first checked here as train.py checks
+them before it writes anything: a misspelt field stops `start` before any
+worker starts. Rerunning `start` resumes from the workdir's latest checkpoint.
 `--dry-run` prints every gcloud command (one per line, ready to paste)
 instead of running it, and needs no gcloud.
 """
@@ -29,6 +31,7 @@ from absl import app
 from absl import flags
 
 from transformer_research import cli
+from transformer_research import sweep
 
 ACTIONS = ("create", "install", "start", "tail", "stop", "delete")
 REMOTE_DIR = "~/transformer_research"  # Where `install` puts the checkout on each worker.
@@ -71,6 +74,7 @@ def commands(action: str, train_args: list[str]) -> list[list[str]]:
   if action == "start":
     if not _CONFIG.value or not _WORKDIR.value:
       raise ValueError("start needs --config=configs/<task>.py[:variant] and --workdir=gs://...")
+    _check_config(train_args)
     train = shlex.join([".venv/bin/python", "launch/train.py", "--distributed",
                         f"--config={_CONFIG.value}", f"--workdir={_WORKDIR.value}", *train_args])
     return [_ssh("all", f"cd {REMOTE_DIR} && nohup {train} > ~/train.log 2>&1 < /dev/null & "
@@ -82,6 +86,23 @@ def commands(action: str, train_args: list[str]) -> list[list[str]]:
   if action == "delete":
     return [_tpu("delete", _NAME.value, "--quiet")]
   raise ValueError(f"action {action!r}: expected one of {list(ACTIONS)}")
+
+
+def _check_config(train_args: list[str]) -> None:
+  """Refuses, here, a config train.py would refuse on the workers: a missing
+  config file, a misspelt field, a value out of range. Started as it was, the
+  pod's workers stopped at once, seen only in their logs (`tail`).
+
+  The config path is the checkout's, as on the workers (`cd` there first).
+  """
+  path, _, variant = _CONFIG.value.partition(":")
+  local = path if os.path.isabs(path) else os.path.join(REPO, path)
+  config = local + (f":{variant}" if variant else "")
+  try:
+    sweep.train_command_config([sys.executable, "launch/train.py", f"--config={config}",
+                                *train_args])
+  except ValueError as e:
+    raise ValueError(f"start: the workers' launch/train.py would stop: {e}") from None
 
 
 def _checkout_files() -> list[str]:

@@ -139,7 +139,7 @@ def test_print_gives_the_train_commands_and_writes_nothing(tmp_path):
     (["--run=a: model.positions=rope", "--run=a:"], "run name 'a' twice", 1),
     ([], "nothing to run: expected --sweep=", 1),
     (["--sweep=model.positionz=rope,learned"],
-     "run 'positionz-rope': KeyError: 'positionz' Did you mean \"positions\"", 1),
+     "reverse.py:tiny,smoke: KeyError: 'positionz' Did you mean \"positions\"", 1),
     # A value train.py would refuse, in the last run: found before the first trains.
     (["--sweep=model.positions=rope,bogus"],
      "run 'positions-bogus': model.positions='bogus'; expected one of ['learned', ", 1),

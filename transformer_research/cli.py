@@ -90,11 +90,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except Exception as e:  # pylint: disable=broad-except  (flags, config files, config values)
     if "--verbose" in argv or _verbose():
       raise
-    _fail(_flag_error(e, argv), 2)
+    _fail(flag_error(e, argv), 2)
   return remaining
 
 
-def _flag_error(error: BaseException, argv: list[str]) -> str:
+def flag_error(error: BaseException, argv: list[str]) -> str:
   """One line for a flag or config error, naming the config file when it is
   the file that failed (it cannot be imported, or its get_config raised)."""
   if isinstance(error, OSError) and error.__cause__ is not None:

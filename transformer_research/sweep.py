@@ -50,6 +50,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from transformer_research import checkpointing
+from transformer_research import cli
 from transformer_research import configs
 from transformer_research import plots
 from transformer_research import rundir
@@ -220,14 +221,23 @@ def train_command(train_script: str, config: str, sweep_dir: str, shared: Sequen
 
 
 def parse_config(run: Run, command: Sequence[str]) -> Any:
-  """The config `command` will train, parsed by config_flags as train.py parses
-  it, and checked as train.py checks it before it writes anything (the checks
-  that need neither devices nor data: `train_loop.check_settings`), so a bad
-  value stops the sweep before its first run, not when its turn comes.
+  """`train_command_config(command)`, its error naming the run."""
+  try:
+    return train_command_config(command)
+  except ValueError as e:
+    raise ValueError(f"run {run.name!r}: {e}") from None
+
+
+def train_command_config(command: Sequence[str]) -> Any:
+  """The config a `launch/train.py` command will train, parsed by config_flags
+  as train.py parses it, and checked as train.py checks it before it writes
+  anything (the checks that need neither devices nor data:
+  `train_loop.check_settings`), so a bad value stops a sweep before its first
+  run, not when its turn comes (and a pod's start before it is sent).
 
   Raises:
-    ValueError: naming the run, with config_flags' message (an unknown field,
-      a value of the wrong type) or the value train.py would refuse.
+    ValueError: config_flags' message (an unknown field, a value of the wrong
+      type, a config file that does not load) or the value train.py would refuse.
   """
   argv = [command[1]] + [arg for arg in command[2:] if OVERRIDE.match(arg) or
                          arg.startswith("--config=")]
@@ -236,15 +246,11 @@ def parse_config(run: Run, command: Sequence[str]) -> Any:
                                            sys_argv=argv)
   try:
     values(argv)
+    # A config file that failed to load is kept as a value that raises on first use.
+    getattr(holder.value, "is_locked", None)
   except Exception as e:  # pylint: disable=broad-except  (flags, config files, config values)
-    while e.args and isinstance(e.args[0], BaseException):
-      e = e.args[0]  # ConfigDict wraps a KeyError in an AttributeError.
-    text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
-    raise ValueError(f"run {run.name!r}: {type(e).__name__}: {' '.join(text.split())}") from None
-  try:
-    train_loop.check_settings(holder.value)
-  except ValueError as e:
-    raise ValueError(f"run {run.name!r}: {e}") from None
+    raise ValueError(cli.flag_error(e, argv)) from None  # The line train.py would print.
+  train_loop.check_settings(holder.value)
   return holder.value
 
 

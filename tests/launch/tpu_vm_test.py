@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOOL = str(ROOT / "launch" / "tpu_vm.py")
 VM = ["--name=pod1", "--zone=us-west4-a", "--project=my-proj"]
 # Overrides a shell or a naive join would break: spaces, commas, parentheses, quotes.
-OVERRIDES = ['--config.mesh.shape=(2,2,1)', "--config.data.train_path=/data/my reviews.jsonl",
+OVERRIDES = ['--config.mesh.shape=(2,2,1)', "--config.data.tfds_data_dir=gs://bkt/my tfds",
              "--config.mesh.param_rules=(('attn/(query|key)/w$', ('fsdp', None)),)",
              "--config.train.num_steps=100"]
 
@@ -117,6 +117,17 @@ def test_without_gcloud_a_clear_error_and_dry_run_still_works(tmp_path):
     (["launch", *VM], "expected an action, one of"),
     (["stop", "--zone=z"], "--name and --zone are required"),
     (["stop", *VM, "--", "--config.x=1"], "unexpected arguments"),
+    # Checked here, as the workers' train.py checks them: started as it was,
+    # the pod stopped at once, seen only in the workers' logs.
+    (["start", *VM, "--config=configs/wmt_spa.py:big", "--workdir=gs://b/w", "--",
+      "--config.train.batchsize=3"],
+     "configs/wmt_spa.py:big: KeyError: 'batchsize' Did you mean \"batch_size\""),
+    (["start", *VM, "--config=configs/wmt_spa.py:big", "--workdir=gs://b/w", "--",
+      "--config.train.learning_rate=-1"],
+     "error: start: the workers' launch/train.py would stop: config.train.learning_rate=-1.0: "
+     "expected > 0"),
+    (["start", *VM, "--config=configs/nonexist.py", "--workdir=gs://b/w"],
+     "No such file or directory"),
 ])
 def test_bad_input_is_one_line(args, message):
   result = tool(args[0], "--dry-run", *args[1:])
