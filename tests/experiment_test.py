@@ -8,6 +8,7 @@ from transformer_research import configs
 from transformer_research import experiment
 from transformer_research.data import sources
 from transformer_research.data import tasks
+from transformer_research.data import text_files
 
 
 @pytest.fixture
@@ -16,8 +17,10 @@ def no_data(monkeypatch, tmp_path):
   def refuse(*args, **kwargs):
     raise AssertionError(f"data was opened: {args} {kwargs}")
 
-  for name in ("spa_eng", "wmt13_es_en", "imdb", "text_files"):
+  for name in ("spa_eng", "wmt13_es_en", "imdb"):
     monkeypatch.setattr(sources, name, refuse)
+  for name in ("text_files", "sentence_pairs"):
+    monkeypatch.setattr(text_files, name, refuse)
   monkeypatch.setattr(tasks, "build", refuse)
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
   monkeypatch.setenv("HOME", str(tmp_path / "home"))

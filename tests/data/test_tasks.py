@@ -121,6 +121,38 @@ def test_translation_task_trains_sentencepiece_and_groups_references(tmp_path, m
   assert sum(b["example_mask"].sum() for b in task.eval_batches("test", 4, 0, 1)) == 5
 
 
+def test_translation_reads_local_pairs_and_holds_out_whole_source_sentences(tmp_path):
+  """data.train_path of spa_eng: source<TAB>target lines as manythings.org
+  writes them (an attribution column, a BOM, CRLF), gzipped or not. Every
+  translation of a held-out source is held out with it: a validation source
+  seen in training would score its memorised references."""
+  rng = np.random.default_rng(0)
+  words = "the cat dog eats sees a big small house red".split()
+  lines = []
+  for i in range(120):
+    source = " ".join(rng.choice(words, 4)) + f" {i}."
+    lines += [f"{source}\t{source.upper()}\tCC-BY 2.0 (France) #{i}"] * (1 + i % 3)
+  lines.insert(7, "a line with no tab")
+  with gzip.open(tmp_path / "pairs.tsv.gz", "wt", newline="") as f:
+    f.write("\ufeff" + "\r\n".join(lines) + "\r\n")
+  (tmp_path / "test.txt").write_text("Hello.\tHola.\nHello.\t¡Hola!\nBye.\tAdiós.\n")
+  config = _config("wmt_spa")
+  config.data.train_path = str(tmp_path / "pairs.tsv.gz")
+  config.data.eval_path = str(tmp_path / "test.txt")
+  config.data.vocab_size = 60
+  task = _build(config, tmp_path)
+  train, validation = task._raw("train"), task._raw("validation")
+  assert len(train) + len(validation) == 240  # 120 sources, 1-3 translations each.
+  assert {r["inputs"] for r in train}.isdisjoint(r["inputs"] for r in validation)
+  held_out = {e["source"]: e["references"] for e in task.eval_examples("validation")}
+  assert len(held_out) == 12  # A tenth of the sources, with all their translations.
+  assert all(refs == [source.upper()] * (1 + int(source.split()[-1][:-1]) % 3)
+             for source, refs in held_out.items())
+  assert [e["references"] for e in task.eval_examples("test")] == [["Hola.", "¡Hola!"],
+                                                                  ["Adiós."]]
+  assert next(task.train_iterator(4, process_index=0, process_count=1))["inputs"].shape == (4, 64)
+
+
 def _write_jsonl(path, records):
   with gzip.open(path, "wt") as f:
     f.writelines(json.dumps(r) + "\n" for r in records)

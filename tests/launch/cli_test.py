@@ -333,6 +333,38 @@ def test_the_imdb_cpu_recipe_runs_as_the_readme_says_on_local_files(tmp_path):
   assert second["accuracy"] == first["accuracy"] and second["loss"] == first["loss"]
 
 
+def test_translation_trains_and_evaluates_on_local_pairs_as_the_readme_says(tmp_path):
+  """wmt_spa on the user's own source<TAB>target files (the Tatoeba / Anki
+  layout, its attribution column too): trained, validated at the last step
+  and scored on the test file from the command line, with no TFDS dataset
+  opened. (Which pairs are held out: tests/data/test_tasks.py.)"""
+  rng = np.random.default_rng(0)
+  words = dict(zip("the cat dog eats sees a big house red fish".split(),
+                   "el gato perro come ve un grande casa rojo pez".split()))
+  for name, n in (("pairs.tsv", 300), ("test.tsv", 12)):
+    with open(tmp_path / name, "w") as f:
+      for _ in range(n):
+        source = list(rng.choice(list(words), rng.integers(2, 6)))
+        f.write(f"{' '.join(source)}\t{' '.join(words[w] for w in source)}\tCC-BY 2.0\n")
+  env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"))
+  run = tmp_path / "run"
+  train = cli("train.py", f"--config={REPO / 'configs' / 'wmt_spa.py'}:tiny,smoke",
+              f"--workdir={run}", f"--config.data.train_path={tmp_path / 'pairs.tsv'}",
+              f"--config.data.eval_path={tmp_path / 'test.tsv'}", "--config.data.vocab_size=40",
+              "--config.train.num_steps=2", "--config.checkpoint.every_steps=2", env=env)
+  assert train.returncode == 0, train.stderr[-3000:]
+  assert "/pairs.tsv: 300 pairs; skipped bad lines: none" in train.stderr
+  records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  assert any(r.get("split") == "validation" and "bleu" in r for r in records), records
+  evaluate = cli("evaluate.py", f"--workdir={run}", "--split=test", "--num_examples=-1",
+                 "--beam_size=1", env=env)
+  assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+  assert "bleu: " in evaluate.stdout and (run / "eval_test_2_beam1.md").is_file()
+  scored = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+  assert scored["split"] == "test" and scored["decoded_examples"] == 12, scored
+  assert not (tmp_path / "tfds").exists()
+
+
 @pytest.fixture(scope="module")
 def three_checkpoints(tmp_path_factory):
   """A `reverse:tiny` run that kept its checkpoints of steps 1, 2 and 3."""

@@ -227,8 +227,12 @@ def _bad_value(override: str, message: str) -> tuple:
                   "--config.data.vocab_size=0"], 1,
      "config.data.vocab_size=0: expected a positive number of sentencepiece pieces"),
     ("train.py", [f"--config={CONFIGS}/imdb.py:tiny,smoke", "--workdir={tmp}/run",
-                  "--config.data.train_path={bad_config}", "--config.data.eval_path={tmp}/no.tsv"],
+                  "--config.data.train_path={tmp}/named.jsonl",
+                  "--config.data.eval_path={tmp}/no.tsv"],
      1, "config.data.eval_path: paths='{tmp}/no.tsv': no such file"),
+    ("train.py", [f"--config={CONFIGS}/imdb.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.data.train_path={bad_config}"], 1,
+     "config.data.train_path: path='{bad_config}': expected a .jsonl, .json, .tsv or .txt file"),
     _bad_value("--config.eval.num_samples=-1",
                "config.eval.num_samples=-1: expected 0 (none) or a number of examples"),
     ("train.py", [f"--config={CONFIGS}/difference.py:tiny,smoke", "--workdir={tmp}/run",
@@ -246,12 +250,21 @@ def _bad_value(override: str, message: str) -> tuple:
                  "plain_text/1.0.0, or train on local copies: --config.data.train_path=FILE",
                  marks=pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
                                           reason="TensorFlow is installed")),
-    # Local files a task would not read: spa_eng trained on TFDS spa_eng, and
-    # an eval_path alone left the test split TFDS's, without a word.
-    ("train.py", [f"--config={CONFIGS}/wmt_spa.py:tiny,smoke", "--workdir={tmp}/run",
+    # Local files a task would not read: the synthetic tasks generate their
+    # data, and an eval_path alone left the test split TFDS's, without a word.
+    ("train.py", [f"--config={CONFIGS}/reverse.py:tiny,smoke", "--workdir={tmp}/run",
                   "--config.data.train_path={tmp}/a_file"], 1,
-     "config.data.train_path='{tmp}/a_file': data.task='spa_eng' reads no local files; "
-     "expected '' (the tasks that do: imdb, lm_imdb, mlm_imdb)"),
+     "config.data.train_path='{tmp}/a_file': data.task='reverse' reads no local files; "
+     "expected '' (the tasks that do: imdb, lm_imdb, mlm_imdb, spa_eng, wmt13_es_en)"),
+    # Translation pairs: source<TAB>target lines, nothing else.
+    ("train.py", [f"--config={CONFIGS}/wmt_spa.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.data.train_path={tmp}/named.jsonl"], 1,
+     "config.data.train_path: {tmp}/named.jsonl: expected a .tsv or .txt file (optionally .gz) "
+     "of source<TAB>target lines, the Tatoeba / Anki layout"),
+    ("train.py", [f"--config={CONFIGS}/wmt_spa.py:tiny,smoke", "--workdir={tmp}/run",
+                  "--config.data.train_path={tmp}/prose.txt"], 1,
+     "{tmp}/prose.txt: no usable pair (expected source<TAB>target lines; skipped lines: "
+     "no_tab=3 (first at line 2))"),
     ("train.py", [f"--config={CONFIGS}/imdb.py:tiny,smoke", "--workdir={tmp}/run",
                   "--config.data.eval_path={tmp}/named.jsonl"], 1,
      "config.data.eval_path='{tmp}/named.jsonl' without a data.train_path"),
@@ -285,6 +298,7 @@ def test_user_errors_are_one_line(tmp_path, script, args, status, message):
   bad_config.write_text("import no_such_module\n")
   (tmp_path / "a_file").write_text("")
   (tmp_path / "named.jsonl").write_text('{"text": "Loved it.", "label": "pos"}\n' * 20)
+  (tmp_path / "prose.txt").write_text("\nOne sentence.\n" * 3)
   fill = lambda s: s.format(tmp=tmp_path, bad_config=bad_config)
   run = _cli(script, *map(fill, args))
   assert run.returncode == status, run.stderr[-3000:]

@@ -91,11 +91,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.tfds_data_dir = ""  # TFDS data_dir; "" = TFDS default.
   c.data.manual_dir = ""  # Holds spa-eng.zip offline; "" = TFDS default.
   c.data.bpemb_cache_dir = ""  # BPEmb models dir; "" = ~/.cache/bpemb.
-  # Local files (imdb, lm_imdb, mlm_imdb) instead of TFDS: JSON lines, TSV,
+  # Local files instead of TFDS. imdb, lm_imdb, mlm_imdb: JSON lines, TSV,
   # .txt (one example a line; with labels one file per class) or a directory
   # (one example a .txt file; with labels one sub-folder per class, as aclImdb).
+  # spa_eng, wmt13_es_en: .tsv / .txt of source<TAB>target lines (Tatoeba / Anki).
   # A fixed random share (data.validation_fraction) of train_path is held out
-  # as validation, eval_path is test.
+  # as validation (translation: of its source sentences), eval_path is test.
   c.data.train_path = ""
   c.data.eval_path = ""
   # Where a dataset has no validation split (local files, IMDB): the share of

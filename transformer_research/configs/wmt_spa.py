@@ -3,7 +3,10 @@
 Data: the `spa_eng` TFDS builder (70/15/15 split by English sentence), a
 joint 8k SentencePiece vocabulary trained into the workdir, packed rows.
 Offline: put spa-eng.zip in the TFDS manual dir or pass
-`--config.data.manual_dir=DIR`.
+`--config.data.manual_dir=DIR`. Your own pairs instead (any two languages):
+`--config.data.train_path=pairs.tsv --config.data.eval_path=test.tsv`, files of
+`source<TAB>target` lines (the Tatoeba / Anki layout); a fixed tenth of the
+source sentences of train_path is held out as validation.
 
 Launch:
   python launch/train.py --config=configs/wmt_spa.py --workdir=/tmp/wmt

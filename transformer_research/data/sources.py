@@ -23,9 +23,8 @@ from typing import Any
 from etils import epath
 
 from transformer_research import storage
-from transformer_research.data.text_files import text_files
 
-__all__ = ["Source", "spa_eng", "wmt13_es_en", "imdb", "text_files", "group_references"]
+__all__ = ["Source", "spa_eng", "wmt13_es_en", "imdb", "group_references"]
 
 PathLike = str | os.PathLike
 

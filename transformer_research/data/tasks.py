@@ -84,8 +84,9 @@ class VocabSizes:
 _SEQ_METRICS = ("loss", "accuracy", "sequence_accuracy", "sequence_accuracy_by_length")
 _TRANSLATION_METRICS = ("loss", "accuracy", "bleu", "chrf")
 REGISTRY: dict[str, TaskSpec] = {
-    "spa_eng": TaskSpec("seq2seq", "config", _TRANSLATION_METRICS),  # TFDS spa_eng (en->es).
-    "wmt13_es_en": TaskSpec("seq2seq", "config", _TRANSLATION_METRICS),  # TFDS wmt13 (en->es).
+    # TFDS spa_eng / wmt13 (en->es), or local source<TAB>target files (data.train_path).
+    "spa_eng": TaskSpec("seq2seq", "config", _TRANSLATION_METRICS, local_files=True),
+    "wmt13_es_en": TaskSpec("seq2seq", "config", _TRANSLATION_METRICS, local_files=True),
     # TFDS imdb_reviews, or local files (data.train_path).
     "imdb": TaskSpec("classify", "config", ("loss", "accuracy"), num_classes=2,
                      local_files=True),
@@ -406,37 +407,21 @@ def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Seq
   def raw(split: str) -> Sequence[Mapping[str, Any]]:
     if split in cache:
       return cache[split]
-    if name in ("spa_eng", "wmt13_es_en"):
-      reader = sources.spa_eng if name == "spa_eng" else sources.wmt13_es_en
-      cache[split] = reader(split, manual_dir=data.manual_dir or None, **tfds_dirs)
-    elif data.train_path:  # Local files or folders: the user's own data (text_files.py).
-      classes = num_classes(data)  # None: text only (language modelling).
-      # .get: a run directory's config.json from before these fields existed.
-      labels = dict(with_label=classes is not None, num_labels=classes,
-                    text_field=data.get("text_field", ""), label_field=data.get("label_field", ""))
-      if classes is not None:  # One class order for train and test: from train's layout.
-        labels["label_names"] = (list(data.get("class_names", ())) or
-                                 text_files.class_names(data.train_path))
+    if data.train_path:  # Local files or folders: the user's own data (text_files.py).
+      read = _local_reader(name, data)
       if split == "test":
         if not data.eval_path:
           raise ValueError("config.data.eval_path=''; expected a test file when "
                            f"data.train_path={data.train_path!r} is set")
-        cache[split] = sources.text_files(data.eval_path, **labels)
+        cache[split] = read(data.eval_path)
       else:
         if "local_train" not in cache:
-          records = sources.text_files(data.train_path, **labels)
-          # Files are often sorted by label: one fixed shuffle makes both the
-          # held-out tenth and a `max_train_examples` prefix representative.
-          order = np.random.default_rng(0).permutation(len(records))
-          cache["local_train"] = [records[i] for i in order]
-        records = cache["local_train"]
-        kept = len(records) - round(len(records) * held_out)
-        if not 0 < kept < len(records):  # An empty split trains on nothing or scores 0 / 0.
-          raise ValueError(
-              f"config.data.validation_fraction={held_out!r} of the {len(records)} examples of "
-              f"data.train_path={data.train_path!r} leaves {kept} to train on and "
-              f"{len(records) - kept} to validate on; expected a share that leaves both some")
-        cache[split] = records[:kept] if split == "train" else records[kept:]
+          cache["local_train"] = _carve(read(data.train_path), held_out, data.train_path,
+                                        by_source=spec(name).kind == "seq2seq")
+        cache[split] = cache["local_train"][split]
+    elif name in ("spa_eng", "wmt13_es_en"):
+      reader = sources.spa_eng if name == "spa_eng" else sources.wmt13_es_en
+      cache[split] = reader(split, manual_dir=data.manual_dir or None, **tfds_dirs)
     else:
       # The language models (masked and causal) learn text from the 50,000
       # unlabelled reviews; the classifier learns its labels from train.
@@ -449,16 +434,62 @@ def _text_raw(name: str, data: ml_collections.ConfigDict) -> Callable[[str], Seq
   return raw
 
 
-def _check_local_paths(data: ml_collections.ConfigDict) -> None:
-  """Refuses a `data.train_path` / `data.eval_path` that matches no file, naming
-  the field, before a tokenizer is trained on the other (the test file is
-  otherwise first read at the first test eval)."""
+def _local_reader(name: str, data: ml_collections.ConfigDict
+                  ) -> Callable[[str], list[dict[str, Any]]]:
+  """paths -> raw records of the task's kind, from the user's own files."""
+  if spec(name).kind == "seq2seq":
+    return text_files.sentence_pairs
+  classes = num_classes(data)  # None: text only (language modelling).
+  # .get: a run directory's config.json from before these fields existed.
+  labels = dict(with_label=classes is not None, num_labels=classes,
+                text_field=data.get("text_field", ""), label_field=data.get("label_field", ""))
+  if classes is not None:  # One class order for train and test: from train's layout.
+    labels["label_names"] = (list(data.get("class_names", ())) or
+                             text_files.class_names(data.train_path))
+  return lambda paths: text_files.text_files(paths, **labels)
+
+
+def _carve(records: list[dict[str, Any]], held_out: float, path: str, *, by_source: bool
+           ) -> dict[str, list[dict[str, Any]]]:
+  """{"train", "validation"}: the last `held_out` share of one fixed shuffle.
+
+  Files are often sorted by label: one fixed shuffle makes both the held-out
+  share and a `max_train_examples` prefix representative. Translation pairs
+  are shuffled by source sentence (`by_source`), so every translation of one
+  source lands in one split (as the spa_eng builder splits): a validation
+  source seen in training would score its memorised references.
+  """
+  groups: dict[Any, list[int]] = {}
+  for i, record in enumerate(records):
+    groups.setdefault(record["inputs"] if by_source else i, []).append(i)
+  groups = list(groups.values())
+  order = np.random.default_rng(0).permutation(len(groups))
+  kept = len(groups) - round(len(groups) * held_out)
+  train = [records[i] for g in order[:kept] for i in groups[g]]
+  validation = [records[i] for g in order[kept:] for i in groups[g]]
+  if not train or not validation:  # An empty split trains on nothing or scores 0 / 0.
+    raise ValueError(
+        f"config.data.validation_fraction={held_out!r} of the {len(records)} examples of "
+        f"data.train_path={path!r} leaves {len(train)} to train on and {len(validation)} to "
+        "validate on; expected a share that leaves both some"
+        + (f" (pairs are carved by source sentence: {len(groups)} of them)" if by_source
+           else ""))
+  return {"train": train, "validation": validation}
+
+
+def _check_local_paths(name: str, data: ml_collections.ConfigDict) -> None:
+  """Refuses a `data.train_path` / `data.eval_path` that matches no file, or
+  files of a layout the task does not read, naming the field, before a
+  tokenizer is trained on the other (the test file is otherwise first read at
+  the first test eval)."""
+  check = (text_files.pairs_files if spec(name).kind == "seq2seq" else
+           lambda paths: text_files.layout_of(text_files.expand(paths)))
   for field in ("train_path", "eval_path"):
     if data.get(field):
       try:
-        text_files.expand(data[field])
-      except FileNotFoundError as e:
-        raise FileNotFoundError(f"config.data.{field}: {e}") from None
+        check(data[field])
+      except (FileNotFoundError, ValueError) as e:
+        raise type(e)(f"config.data.{field}: {e}") from None
 
 
 def _text_fingerprint(data: ml_collections.ConfigDict,
@@ -637,7 +668,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, *, train_token
     in_tok, tgt_tok = char_tokenizers(name, data)
   else:
     if train_tokenizers:  # Every process stops when one host lacks the files.
-      distributed.raise_together(lambda: _check_local_paths(data))
+      distributed.raise_together(lambda: _check_local_paths(name, data))
     raw = _text_raw(name, data)
     pi, pc = pipeline.default_process(process_index, process_count)
     if pc > 1 and train_tokenizers:  # TFDS preparation: once by process 0, then found

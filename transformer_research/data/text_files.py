@@ -1,7 +1,8 @@
 """Local text datasets as sources, in the layouts people keep them in.
 
-Lets users bring their own classification or language-modelling data without
-writing a TFDS builder. Layouts, chosen by the path (`.gz` is stripped first):
+Lets users bring their own classification, language-modelling or translation
+data without writing a TFDS builder. Classification and language modelling
+(`text_files`); layouts, chosen by the path (`.gz` is stripped first):
 
 * `.jsonl` / `.json`: one JSON object per line, e.g. `{"text": "...", "label": 1}`;
   other fields are ignored.
@@ -30,6 +31,12 @@ silently. A label that is there but is not one of the labels is an error
 naming the file, line and value (it means the labels are configured wrong, and
 skipping would quietly drop a class), and so is a file with no usable example
 (naming the columns found and the skip counts).
+
+Translation (`sentence_pairs`): `.tsv` or `.txt` files (optionally `.gz`) of
+`source<TAB>target` lines, with no header: the layout of the Tatoeba / Anki
+files of manythings.org (`spa.txt` of the shipped `spa-eng.zip`), whose
+further columns (an attribution) are ignored. Lines with no tab or an empty
+side are skipped and counted as above.
 """
 
 from collections.abc import Iterator, Sequence
@@ -120,6 +127,17 @@ def _records(path: str, skipped: _Skipped, columns: set[str]) -> Iterator[tuple[
         skipped.add("wrong_columns", number)
         continue
       yield number, dict(zip(header, fields))
+
+
+def split_pair(line: str) -> tuple[str, str] | str:
+  """(source, target) of a `source<TAB>target[<TAB>...]` line, each stripped;
+  else why it is no pair: "no_tab" or "empty_side". The one reading of the
+  layout, for the spa_eng builder and a user's own files alike."""
+  fields = line.split("\t")
+  if len(fields) < 2:
+    return "no_tab"
+  source, target = fields[0].strip(), fields[1].strip()
+  return (source, target) if source and target else "empty_side"
 
 
 def _pick(configured: str, columns: Sequence[str], known: Sequence[str], what: str,
@@ -293,7 +311,7 @@ def expand(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
   return sorted(files)
 
 
-def _layout(files: Sequence[str]) -> str:
+def layout_of(files: Sequence[str]) -> str:
   """"folders", "class_files" (.txt, one per class) or "records" (JSON / TSV)."""
   kinds = {"folders" if epath.Path(f).is_dir() else "class_files" if _format(f) == "txt"
            else "records" for f in files}
@@ -307,7 +325,7 @@ def class_names(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
   """The classes a folder or one-file-per-class layout names, sorted; None for
   JSON / TSV files (their labels are in the records)."""
   files = expand(paths)
-  layout = _layout(files)
+  layout = layout_of(files)
   if layout == "records":
     return None
   if layout == "class_files":
@@ -335,7 +353,7 @@ def text_files(paths: str | os.PathLike | Sequence[str | os.PathLike], *, with_l
       `num_labels`, or a class with no file or folder (naming what was found).
   """
   files = expand(paths)
-  layout = _layout(files)
+  layout = layout_of(files)
   if layout == "records" or not with_label:
     examples = []
     for path in files:
@@ -368,6 +386,51 @@ def text_files(paths: str | os.PathLike | Sequence[str | os.PathLike], *, with_l
     for name in names:
       if (epath.Path(path) / name).is_dir():
         examples.extend(_read_folder(str(epath.Path(path) / name), names.index(name)))
+  return examples
+
+
+def pairs_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+  """`expand(paths)`, each a .tsv / .txt file (optionally .gz) as
+  `sentence_pairs` reads; a directory or JSON is an error naming it."""
+  files = expand(paths)
+  for path in files:
+    if epath.Path(path).is_dir() or _format(path) not in ("tsv", "txt"):
+      raise ValueError(f"{path}: expected a .tsv or .txt file (optionally .gz) of "
+                       "source<TAB>target lines, the Tatoeba / Anki layout")
+  return files
+
+
+def sentence_pairs(paths: str | os.PathLike | Sequence[str | os.PathLike]
+                   ) -> list[dict[str, str]]:
+  """`{"inputs": source, "targets": target}` of each pair of `source<TAB>target`
+  files (a glob pattern, a path, or a list), in sorted path order.
+
+  Raises:
+    ValueError: a path that is not a .tsv / .txt file (a directory, JSON), or
+      a file with no pair (naming the skipped lines).
+  """
+  examples = []
+  for path in pairs_files(paths):
+    skipped, before = _Skipped(path), len(examples)
+    for number, raw in enumerate(_lines(path), start=1):
+      try:
+        line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+      except UnicodeDecodeError:
+        skipped.add("not_utf8", number)
+        continue
+      if not line.strip():
+        continue
+      pair = split_pair(line)
+      if isinstance(pair, str):
+        skipped.add(pair, number)
+        continue
+      examples.append({"inputs": pair[0], "targets": pair[1]})
+    if len(examples) == before:
+      raise ValueError(f"{path}: no usable pair (expected source<TAB>target lines; skipped "
+                       f"lines: {skipped})")
+    level = logging.WARNING if skipped.counts else logging.INFO
+    logging.log(level, "%s: %d pairs; skipped bad lines: %s", path, len(examples) - before,
+                skipped)
   return examples
 
 

@@ -27,6 +27,8 @@ import zipfile
 from etils import epath
 import tensorflow_datasets as tfds
 
+from transformer_research.data import text_files
+
 URL = "http://storage.googleapis.com/download.tensorflow.org/data/spa-eng.zip"
 ARCHIVE_NAME = "spa-eng.zip"
 _MEMBER = "spa-eng/spa.txt"  # Path of the pairs inside the archive.
@@ -72,7 +74,8 @@ def parse_pairs(lines: Iterable[bytes]) -> tuple[list[tuple[int, str, str]], dic
   Bad lines are skipped and counted by reason instead of raising: the archive
   is user-contributed text, and one stray line must not stop a build.
   Fields after the second are ignored (newer manythings exports append an
-  attribution column).
+  attribution column): `text_files.split_pair`, which reads a user's own
+  pairs files (`data.train_path`) the same way.
 
   Returns:
     (line_number, english, spanish) for every good line, and the number of
@@ -88,15 +91,11 @@ def parse_pairs(lines: Iterable[bytes]) -> tuple[list[tuple[int, str, str]], dic
       continue
     if not line.strip():
       continue  # Blank lines (e.g. a trailing newline) are not data.
-    fields = line.split("\t")
-    if len(fields) < 2:
-      bad["no_tab"] += 1
+    pair = text_files.split_pair(line)
+    if isinstance(pair, str):
+      bad[pair] += 1
       continue
-    en, es = fields[0].strip(), fields[1].strip()
-    if not en or not es:
-      bad["empty_side"] += 1
-      continue
-    pairs.append((number, en, es))
+    pairs.append((number, *pair))
   return pairs, bad
 
 
