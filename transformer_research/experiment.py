@@ -156,6 +156,12 @@ class Experiment:
                                   self.state_shardings, self.mesh)
 
   @functools.cached_property
+  def class_probabilities(self) -> Callable[[Any, jax.Array], jax.Array]:
+    """Jitted `(params, inputs [B, S]) -> [B, classes]` softmax of a classifier."""
+    return jax.jit(lambda params, inputs: jax.nn.softmax(
+        self.model.apply(params, None, {"inputs": inputs}), axis=-1))
+
+  @functools.cached_property
   def state_is_finite(self) -> Callable[[training.TrainState], jax.Array]:
     """Jitted: are the parameters and optimizer state all finite?"""
     return jax.jit(lambda state: training.all_finite((state.params, state.opt_state)))

@@ -10,7 +10,8 @@ text in length-sorted batches padded to a few bucket widths (`batching`;
 multi-host: each process feeds its rows of a batch, the tokens are
 all-gathered). They take an `experiment.Experiment`
 (tokenizers, mesh, compiled decoders) and its parameters; `experiment.load_run`
-restores both from a run directory.
+restores both from a run directory. `classify` / `label_texts` batch a
+classifier's texts the same way, one forward pass a batch.
 """
 
 from typing import Any, Callable, Sequence
@@ -23,6 +24,7 @@ import numpy as np
 from transformer_research import batching
 from transformer_research import decoding
 from transformer_research import sharding
+from transformer_research.data import tasks
 
 GENERATIVE_KINDS = ("seq2seq", "lm")
 
@@ -32,8 +34,8 @@ def check_can_generate(kind: str, what: str = "generate text") -> None:
   if kind not in GENERATIVE_KINDS:
     raise ValueError(
         f"model kind={kind!r} cannot {what}; expected a kind in "
-        f"{list(GENERATIVE_KINDS)} (a classifier predicts labels: use "
-        "launch/evaluate.py).")
+        f"{list(GENERATIVE_KINDS)} (a classifier labels texts: `label_texts`, as "
+        "translate.py does for a classifier run).")
 
 
 def make_generate_fn(model: Any, *, eos_id: int, max_len: int, beam_size: int = 1,
@@ -191,21 +193,48 @@ def continue_prompts(exp: Any, params: Any, prompts: Sequence[str], *, max_len: 
 def _decode(generate, rows: list[list[int]], widths: Sequence[int], batch_size: int,
             mesh: jax.sharding.Mesh) -> list[list[int]]:
   """`batching.decode` with `generate(global batch, number, first) -> (tokens, done)`
-  run on the mesh: each process feeds its rows of every batch, outputs are
-  all-gathered, so every process gets every row's tokens.
-  """
-  n_proc, proc = jax.process_count(), jax.process_index()
-  if batch_size % n_proc or batch_size % sharding.batch_shards(mesh):
-    raise ValueError(f"batch_size={batch_size}: expected a multiple of the "
-                     f"{n_proc} processes and of the mesh's batch shards.")
-  local = batch_size // n_proc
-
-  def run(batch: np.ndarray, number: int, first: bool):
-    mine = batch[proc * local:(proc + 1) * local]  # This process's rows.
-    out = generate(sharding.global_batch({"x": mine}, mesh)["x"], number, first)
-    return tuple(np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in out)
-
+  run on the mesh (`_on_mesh`), so every process gets every row's tokens."""
+  _check_batch_size(batch_size, mesh)
+  run = lambda batch, number, first: _on_mesh(lambda x: generate(x, number, first), batch, mesh)
   return [t.tolist() for t in batching.decode(rows, widths, batch_size, run)]
+
+
+def _check_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> None:
+  if batch_size % jax.process_count() or batch_size % sharding.batch_shards(mesh):
+    raise ValueError(f"batch_size={batch_size}: expected a multiple of the "
+                     f"{jax.process_count()} processes and of the mesh's batch shards.")
+
+
+def _on_mesh(fn: Callable[[jax.Array], tuple[jax.Array, ...]], batch: np.ndarray,
+             mesh: jax.sharding.Mesh) -> tuple[np.ndarray, ...]:
+  """fn(global batch) with each process feeding its rows of `batch` (every
+  process holds the whole batch), its outputs all-gathered to every process."""
+  local = batch.shape[0] // jax.process_count()
+  mine = batch[jax.process_index() * local:][:local]  # This process's rows.
+  out = fn(sharding.global_batch({"x": mine}, mesh)["x"])
+  return tuple(np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in out)
+
+
+def classify(exp: Any, params: Any, texts: Sequence[str], *, batch_size: int) -> np.ndarray:
+  """Class probabilities [len(texts), classes] of a classifier run.
+
+  Each text is read as its training batches read it (`Task.classifier_inputs`:
+  cut to `data.max_input_len` by `data.truncation`); batches are length-sorted
+  and padded to bucket widths, which changes no probability (padding is masked
+  out of attention and pooling). Every process must call this with the same
+  `texts`.
+  """
+  if exp.kind != "classify":
+    raise ValueError(f"model kind={exp.kind!r} predicts no class; expected a classifier run")
+  _check_batch_size(batch_size, exp.mesh)
+  rows = [exp.task.classifier_inputs(t) for t in texts]
+  widths = batching.bucket_widths(exp.config.data.max_input_len)
+  probabilities = np.zeros((len(rows), exp.task.num_classes), np.float32)
+  for indices, width in batching.plan([len(r) for r in rows], batch_size, widths):
+    batch = batching.pad(rows, indices, batch_size, width)
+    out, = _on_mesh(lambda x: (exp.class_probabilities(params, x),), batch, exp.mesh)
+    probabilities[indices] = out[:len(indices)]
+  return probabilities
 
 
 def check_beam_size(beam_size: int | None) -> None:
@@ -213,6 +242,21 @@ def check_beam_size(beam_size: int | None) -> None:
   "not given", as `beam_size or config.eval.beam_size` would take it."""
   if beam_size is not None and beam_size < 1:
     raise ValueError(f"beam_size={beam_size}: expected 1 (greedy) or more")
+
+
+def label_texts(exp: Any, params: Any, texts: Sequence[str]) -> list[str]:
+  """`label<TAB>probability` of each text for a classifier run ("" for a blank
+  text): the most likely class, by its name (`tasks.class_labels`), and the
+  probability the model gives it."""
+  names = tasks.class_labels(exp.config.data)
+  shards = sharding.batch_shards(exp.mesh) * jax.process_count()
+
+  def run(chosen: list[str]) -> list[str]:
+    batch_size = batching.batch_size_for(len(chosen), exp.config.eval.batch_size, shards)
+    probabilities = classify(exp, params, chosen, batch_size=batch_size)
+    return [f"{names[k]}\t{p[k]:.4f}" for p, k in zip(probabilities, probabilities.argmax(1))]
+
+  return batching.on_non_blank(texts, run)
 
 
 def generate_text(exp: Any, params: Any, texts: Sequence[str], *, beam_size: int | None = None,

@@ -194,10 +194,26 @@ def test_evaluate_with_no_examples_to_decode_records_no_decoded_scores(workdir):
   assert "error: num_examples=-2: expected -1 (the whole split), 0 (no decoding)" in refused.stderr
 
 
-def test_a_classifier_cannot_translate():
+def test_a_classifier_labels_texts_as_its_batches_read_them():
+  """Bucket-width padding changes no probability, and a text is cut as in
+  training: each row's label is the argmax of the model's own logits over
+  the text padded to data.max_input_len."""
   classifier = experiment.Experiment(tiny_config("difference"))
   with pytest.raises(ValueError, match="kind='classify' cannot translate or continue"):
     inference.generate_text(classifier, None, ["1-2"])
+  params = classifier.model.init(jax.random.key(0), {"inputs": np.ones((1, 8), np.int32)})
+  texts = ["1-2", "98765-4321", "5-5", "1" * 40 + "-3"]  # The last is cut to max_input_len.
+  probabilities = inference.classify(classifier, params, texts, batch_size=8)
+  width = classifier.config.data.max_input_len
+  rows = np.zeros((len(texts), width), np.int32)
+  for i, text in enumerate(texts):
+    ids = classifier.task.classifier_inputs(text)
+    rows[i, :len(ids)] = ids
+  expected = jax.nn.softmax(classifier.model.apply(params, None, {"inputs": rows}))
+  np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+  labels = inference.label_texts(classifier, params, ["1-2", "", "98765-4321"])
+  assert labels[1] == "" and [line.split("\t")[0] for line in labels[::2]] == [
+      str(k) for k in expected[:2].argmax(1)]
 
 
 def test_bad_step_and_split_are_named(workdir):
@@ -314,6 +330,21 @@ def test_the_imdb_cpu_recipe_runs_as_the_readme_says_on_local_files(tmp_path):
   assert "accuracy: " in evaluate.stdout and (run / "eval_test_40.md").is_file()
   report = (run / "eval_test_40.md").read_text()
   assert "model `tiny` (classify)\n" in report and "beam" not in report  # Nothing decoded.
+  # New text labelled from the command line: its label (the files' numbers:
+  # no data.class_names) and the probability of it; a blank line stays blank.
+  labelled = cli("translate.py", f"--workdir={run}", stdin="great fun film\n\nawful boring\n")
+  assert labelled.returncode == 0, labelled.stderr[-3000:]
+  lines = labelled.stdout.splitlines()
+  assert len(lines) == 3 and lines[1] == "", lines
+  for line in lines[::2]:
+    label, probability = line.split("\t")
+    assert label in ("0", "1") and 0.5 <= float(probability) <= 1, line
+  refused = cli("translate.py", f"--workdir={run}", "--beam_size=2", "great fun film")
+  assert refused.returncode == 1 and refused.stdout == ""
+  assert refused.stderr.strip().splitlines()[-1] == (
+      "error: --beam_size: this run's model is a classifier, which labels each text and "
+      "generates nothing; expected none of --beam_size, --max_length, --temperature, --top_k, "
+      "--top_p, --seed"), refused.stderr[-2000:]
 
   # The run evaluated on another machine, whose data is elsewhere: config.json
   # names the training machine's paths, and the flags give this one's.

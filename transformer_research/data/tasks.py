@@ -132,6 +132,18 @@ def num_classes(data: ml_collections.ConfigDict) -> int | None:
   return len(data.class_names)
 
 
+def class_labels(data: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """What a classifier's labels are called, in label order: `data.class_names`,
+  else IMDB's own ('neg', 'pos') when the labels are TFDS imdb_reviews', else
+  the label numbers (the classes of a folder layout are its folder names only
+  where the files are: a run directory is read without them)."""
+  if data.get("class_names", ()):
+    return tuple(data.class_names)
+  if data.task == "imdb" and not data.get("train_path"):
+    return ("neg", "pos")  # imdb_reviews' ClassLabel names.
+  return tuple(str(i) for i in range(num_classes(data)))
+
+
 class _Indexed(Sequence):
   """A source whose records carry their own index, so eval batches and eval
   examples can be matched after bad records were skipped.
@@ -230,6 +242,11 @@ class Task:
     (a masked LM's before masking)."""
     return (self.target_tokenizer if self.kind == "lm" else self.input_tokenizer).encode(text)
 
+  def classifier_inputs(self, text: str) -> list[int]:
+    """A classifier's inputs for `text`, as in its batches: cut to
+    `data.max_input_len` by `data.truncation`."""
+    return cut(self.encode_inputs(text), self.data.max_input_len, self.truncation)
+
   def _with_eos(self, text: str) -> list[int]:
     """Target ids + EOS; an empty text stays empty so it is skipped as "empty"."""
     ids = self.target_tokenizer.encode(text)
@@ -245,7 +262,7 @@ class Task:
       label = int(record["label"])
       if not 0 <= label < self.num_classes:
         raise ValueError(f"label={label}; expected 0..{self.num_classes - 1}")
-      inputs = cut(self.encode_inputs(record["text"]), self.data.max_input_len, self.truncation)
+      inputs = self.classifier_inputs(record["text"])
       return {"inputs": inputs, "label": label, "length": len(inputs), **extra}
     if self.kind == "mlm":  # Every chunk of a document: pre-training uses all the text.
       ids, n = self.encode_inputs(record["text"]), self.data.max_input_len
