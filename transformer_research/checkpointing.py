@@ -246,15 +246,11 @@ def restore_params(path: str, abstract: Any) -> Any:
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
-  """Saved steps under WORKDIR/checkpoints, oldest first ([] if none)."""
+  """Saved (finalized) steps under WORKDIR/checkpoints, oldest first ([] if
+  none), listed as `warm_start.locate` lists them: not through an Orbax
+  manager, whose construction is a collective in a multi-process run."""
   directory = storage.absolute(workdir) / "checkpoints"
-  if not directory.is_dir():
-    return []
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      read_only=True))
-  steps = sorted(manager.all_steps())
-  manager.close()
-  return steps
+  return sorted(ocp.utils.checkpoint_steps(directory)) if directory.is_dir() else []
 
 
 def has_checkpoint(workdir: str) -> bool:

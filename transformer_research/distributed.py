@@ -198,8 +198,8 @@ def raise_together(check: Callable[[], _T]) -> _T:
     result, failure = check(), None
   except Exception as e:  # pylint: disable=broad-except  (reported on every process below)
     result, failure = None, e
-  reasons = gather_json(None if failure is None else
-                        " ".join(str(failure).split()) or type(failure).__name__)
+  # The message as raised: the CLI prints the LaunchError below on one line.
+  reasons = gather_json(None if failure is None else str(failure) or type(failure).__name__)
   if failure is not None:
     raise failure
   for index, reason in enumerate(reasons):
