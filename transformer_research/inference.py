@@ -244,16 +244,21 @@ def check_beam_size(beam_size: int | None) -> None:
     raise ValueError(f"beam_size={beam_size}: expected 1 (greedy) or more")
 
 
+def _batch_size_for(exp: Any, count: int) -> int:
+  """Rows per batch for `count` texts: `eval.batch_size`, or fewer for a small
+  input, a multiple of the processes and the mesh's batch shards."""
+  shards = sharding.batch_shards(exp.mesh) * jax.process_count()
+  return batching.batch_size_for(count, exp.config.eval.batch_size, shards)
+
+
 def label_texts(exp: Any, params: Any, texts: Sequence[str]) -> list[str]:
   """`label<TAB>probability` of each text for a classifier run ("" for a blank
   text): the most likely class, by its name (`tasks.class_labels`), and the
   probability the model gives it."""
   names = tasks.class_labels(exp.config.data)
-  shards = sharding.batch_shards(exp.mesh) * jax.process_count()
 
   def run(chosen: list[str]) -> list[str]:
-    batch_size = batching.batch_size_for(len(chosen), exp.config.eval.batch_size, shards)
-    probabilities = classify(exp, params, chosen, batch_size=batch_size)
+    probabilities = classify(exp, params, chosen, batch_size=_batch_size_for(exp, len(chosen)))
     return [f"{names[k]}\t{p[k]:.4f}" for p, k in zip(probabilities, probabilities.argmax(1))]
 
   return batching.on_non_blank(texts, run)
@@ -273,7 +278,6 @@ def generate_text(exp: Any, params: Any, texts: Sequence[str], *, beam_size: int
     ValueError: a classifier run, or no non-blank text.
   """
   check_can_generate(exp.kind, "translate or continue text")
-  c, shards = exp.config, sharding.batch_shards(exp.mesh) * jax.process_count()
   check_beam_size(beam_size)
   if max_len is not None and max_len < 1:
     raise ValueError(f"max_length={max_len}: expected 1 or more tokens")
@@ -289,11 +293,11 @@ def generate_text(exp: Any, params: Any, texts: Sequence[str], *, beam_size: int
                      "temperature > 0 with them (0 = greedy)")
 
   def run(chosen: list[str]) -> list[str]:
-    batch_size = batching.batch_size_for(len(chosen), c.eval.batch_size, shards)
+    batch_size = _batch_size_for(exp, len(chosen))
     if exp.kind == "seq2seq":
       return translate(exp, params, chosen, beam_size=beam_size, max_len=max_len,
                        batch_size=batch_size)
-    return continue_prompts(exp, params, chosen, max_len=max_len or c.data.max_target_len,
+    return continue_prompts(exp, params, chosen, max_len=max_len or exp.config.data.max_target_len,
                             batch_size=batch_size, temperature=temperature, top_k=top_k,
                             top_p=top_p, beam_size=beam_size or 1, rng=jax.random.key(seed))
 

@@ -20,8 +20,9 @@ anything runs; so is a shared `--config.FIELD` of a swept field (it would
 change no run, without a word) and two runs of the same config. Every run's
 command is parsed by config_flags up front (in `launch/sweep.py`) and its
 config checked as train.py checks it before it writes anything, so a misspelt
-field or a value train.py would refuse fails before the first run trains; what depends on the devices or the data (the mesh,
-the data paths, a warm start's source) fails in that run.
+field or a value train.py would refuse fails before the first run trains; what
+depends on the devices or the data (the mesh, the data paths, a warm start's
+source) fails in that run.
 
 Each run trains in `SWEEPDIR/<name>/` (its log: `SWEEPDIR/<name>/train.log`);
 `SWEEPDIR/sweep.jsonl` records every attempt (command, exit status, wall

@@ -92,11 +92,9 @@ class _Skipped:
                      for reason, n in self.counts.items())
 
 
-def _records(path: str, skipped: _Skipped, columns: set[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-  """(line number, raw field dict) of one file; bad lines go to `skipped`,
-  the field names seen to `columns`."""
-  fmt = _format(path)
-  header = None
+def _text_lines(path: str, skipped: _Skipped) -> Iterator[tuple[int, str]]:
+  """(line number, line without its end) of each non-blank line of a file;
+  undecodable lines go to `skipped`."""
   for number, raw in enumerate(_lines(path), start=1):
     try:
       # "utf-8-sig" on the first line: editors on Windows start files with a BOM.
@@ -104,8 +102,16 @@ def _records(path: str, skipped: _Skipped, columns: set[str]) -> Iterator[tuple[
     except UnicodeDecodeError:
       skipped.add("not_utf8", number)
       continue
-    if not line.strip():
-      continue
+    if line.strip():
+      yield number, line
+
+
+def _records(path: str, skipped: _Skipped, columns: set[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(line number, raw field dict) of one file; bad lines go to `skipped`,
+  the field names seen to `columns`."""
+  fmt = _format(path)
+  header = None
+  for number, line in _text_lines(path, skipped):
     if fmt == "txt":
       yield number, {"text": line}
     elif fmt == "json":
@@ -412,14 +418,7 @@ def sentence_pairs(paths: str | os.PathLike | Sequence[str | os.PathLike]
   examples = []
   for path in pairs_files(paths):
     skipped, before = _Skipped(path), len(examples)
-    for number, raw in enumerate(_lines(path), start=1):
-      try:
-        line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-      except UnicodeDecodeError:
-        skipped.add("not_utf8", number)
-        continue
-      if not line.strip():
-        continue
+    for number, line in _text_lines(path, skipped):
       pair = split_pair(line)
       if isinstance(pair, str):
         skipped.add(pair, number)
